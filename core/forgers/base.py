@@ -1,0 +1,105 @@
+"""The face editors Veil defends against, behind one small interface.
+
+A :class:`Forger` edits a batch of faces ``x`` (N, 3, H, W) in [-1, 1] towards attribute vectors ``c``
+(N, A) of 0/1 floats over :attr:`Forger.attributes`. It works at its native ``image_size``; inputs of
+another size are resampled (differentiably) in and out, so one protection can cover forgers trained at
+different resolutions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from core.registry import Registry
+
+CELEBA5: tuple[str, ...] = ("Black_Hair", "Blond_Hair", "Brown_Hair", "Male", "Young")
+
+
+class InstanceNorm(nn.InstanceNorm2d):
+    """InstanceNorm2d that always normalises with the statistics of its input.
+
+    The reference StarGAN keeps ``track_running_stats=True`` (its checkpoints hold running_mean/var) but
+    never switches to eval mode, so it always used instance statistics. Plain InstanceNorm2d in eval mode
+    would switch to the (meaningless) running averages and change every output; this keeps the keys and
+    the reference behaviour in both modes.
+    """
+
+    def __init__(self, num_features: int) -> None:
+        super().__init__(num_features, affine=True, track_running_stats=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.instance_norm(x, None, None, self.weight, self.bias, True, 0.0, self.eps)
+
+
+@dataclass(frozen=True)
+class ArchSpec:
+    """An architecture: how to build its generator (and discriminator) from a named config."""
+
+    name: str
+    paper: str
+    build_generator: Callable[..., nn.Module]
+    build_discriminator: Callable[..., nn.Module]
+    configs: dict[str, dict[str, Any]]
+    default_config: str
+    attributes: tuple[str, ...] = CELEBA5
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def config(self, name_or_dict: str | dict[str, Any] | None) -> dict[str, Any]:
+        if name_or_dict is None:
+            name_or_dict = self.default_config
+        if isinstance(name_or_dict, dict):
+            return dict(name_or_dict)
+        if name_or_dict not in self.configs:
+            known = ", ".join(sorted(self.configs))
+            raise ValueError(f"unknown {self.name} config {name_or_dict!r}; known: {known}")
+        return dict(self.configs[name_or_dict], config_name=name_or_dict)
+
+
+FORGERS: Registry[ArchSpec] = Registry("forger")
+
+
+class Forger(nn.Module):
+    """A frozen-or-trainable face editor: ``forger(x, c)`` returns the edited faces, same shape as ``x``."""
+
+    def __init__(self, name: str, generator: nn.Module, config: dict[str, Any], attributes: tuple[str, ...]):
+        super().__init__()
+        self.name = name
+        self.generator = generator
+        self.config = config
+        self.attributes = attributes
+        self.image_size = int(config["image_size"])
+        self.source: str = "random init"
+
+    @property
+    def c_dim(self) -> int:
+        return len(self.attributes)
+
+    def edit(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        """Edit at the native resolution (no resampling)."""
+        return self.generator(x, c)
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 4 or x.shape[1] != 3:
+            raise ValueError(f"expected images of shape (N, 3, H, W), got {tuple(x.shape)}")
+        if c.shape != (x.shape[0], self.c_dim):
+            raise ValueError(f"expected attribute vectors of shape ({x.shape[0]}, {self.c_dim}), got {tuple(c.shape)}")
+        size = x.shape[-2:]
+        native = (self.image_size, self.image_size)
+        if tuple(size) == native:
+            return self.edit(x, c)
+        small = F.interpolate(x, size=native, mode="bilinear", align_corners=False, antialias=True)
+        out = self.edit(small, c.to(x.dtype))
+        return F.interpolate(out, size=tuple(size), mode="bilinear", align_corners=False)
+
+    def freeze(self) -> Forger:
+        """Eval mode, no parameter gradients: how protections use a forger."""
+        self.eval()
+        for p in self.parameters():
+            p.requires_grad_(False)
+        return self

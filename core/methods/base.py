@@ -1,0 +1,186 @@
+"""The base class of every protection method: frozen forgers, targets, budget, seeding, EoT.
+
+A protection maps clean faces ``x`` (N, 3, H, W) in [-1, 1] to protected faces ``x_adv`` of the same
+shape, already rounded to the 8-bit grid a user receives, so that the forgers' edits of ``x_adv`` are
+broken (``distort``: far from their edits of ``x``) or void (``nullify``: close to ``x`` itself).
+Subclasses implement :meth:`Protection.perturb` (and :meth:`Protection.within_budget` when their budget
+is not an RGB L-infinity ball).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from typing import Any, ClassVar
+
+import torch
+
+from core.forgers import Forger
+from core.image import quantize
+from core.registry import Registry
+from core.targets import targets_for
+
+OBJECTIVES = ("distort", "nullify")
+QUANT_STEP = 2.0 / 255.0  # one 8-bit level on [-1, 1]
+
+
+class Protection(ABC):
+    """Common mechanics of the protection methods.
+
+    Args:
+        forgers: one forger or several (an ensemble: losses are summed over forgers and targets).
+        eps: the budget, in the units the method documents (RGB L-inf on [-1, 1] for ``pgd``).
+        steps: number of iterations (iterative methods).
+        step_size: per-step update; None picks the method's default (``step_fraction`` * eps, else
+            2.5 * eps / steps).
+        objective: ``distort`` maximises MSE(G(x_adv, c), G(x, c)); ``nullify`` minimises MSE(G(x_adv, c), x).
+        random_start: start from a random point of the budget (seeded).
+        eot: optional transform (e.g. :class:`core.transforms.EoT`) applied to x_adv before the forgers,
+            for robustness to JPEG, blur and resizing; ``eot_samples`` draws are averaged per step.
+        seed: seed of every random choice, for deterministic results.
+    """
+
+    name: ClassVar[str] = ""
+    paper: ClassVar[str] = ""
+    budget_units: ClassVar[str] = "L-inf on [-1, 1]"
+    defaults: ClassVar[dict[str, Any]] = {}
+    eps_range: ClassVar[tuple[float, float]] = (0.0, 0.5)
+
+    def __init__(
+        self,
+        forgers: Forger | Sequence[Forger],
+        eps: float | None = None,
+        steps: int | None = None,
+        step_size: float | None = None,
+        objective: str | None = None,
+        random_start: bool | None = None,
+        eot: Callable[..., torch.Tensor] | None = None,
+        eot_samples: int = 1,
+        seed: int = 0,
+    ) -> None:
+        self.forgers: list[Forger] = [forgers] if isinstance(forgers, Forger) else list(forgers)
+        if not self.forgers:
+            raise ValueError("a protection needs at least one forger")
+        attrs = {f.attributes for f in self.forgers}
+        if len(attrs) != 1:
+            raise ValueError(f"forgers disagree on their attributes: {attrs}")
+        self.attributes: tuple[str, ...] = attrs.pop()
+        for f in self.forgers:
+            f.freeze()
+        d = self.defaults
+        self.eps = float(eps if eps is not None else d.get("eps", 0.05))
+        lo, hi = self.eps_range
+        if not lo < self.eps <= hi:
+            raise ValueError(f"eps {self.eps} out of range ({lo}, {hi}] for {self.name} ({self.budget_units})")
+        self.steps = int(steps if steps is not None else d.get("steps", 10))
+        if not 0 <= self.steps <= 10_000:
+            raise ValueError(f"steps must be in [0, 10000], got {self.steps}")
+        fraction = d.get("step_fraction", 2.5 / max(self.steps, 1))
+        self.step_size = float(step_size if step_size is not None else fraction * self.eps)
+        self.objective = objective or d.get("objective", "distort")
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"unknown objective {self.objective!r}; known: {', '.join(OBJECTIVES)}")
+        self.random_start = bool(random_start if random_start is not None else d.get("random_start", True))
+        self.eot = eot
+        self.eot_samples = max(1, int(eot_samples))
+        self.seed = seed
+
+    # ----- public -------------------------------------------------------------------------------------
+    def __call__(
+        self, x: torch.Tensor, c_org: torch.Tensor | None = None, targets: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Protect ``x`` (N, 3, H, W) in [-1, 1]; returns x_adv on the 8-bit grid, same shape.
+
+        ``targets`` (N, T, A) are the attribute vectors to cover; by default every single-attribute
+        edit of each face, from ``c_org`` (N, A) when its attributes are known.
+        """
+        if x.dim() != 4 or x.shape[1] != 3:
+            raise ValueError(f"expected images of shape (N, 3, H, W), got {tuple(x.shape)}")
+        if targets is None:
+            targets = targets_for(x, self.attributes, c_org)
+        x = x.detach()
+        gen = torch.Generator(device="cpu").manual_seed(self.seed)
+        with torch.enable_grad():
+            x_adv = self.perturb(x, targets.to(x.device), gen)
+        return self.finalize(x, x_adv)
+
+    def finalize(self, x: torch.Tensor, x_adv: torch.Tensor) -> torch.Tensor:
+        """Round to 8 bits as delivered, then pull any pixel that rounding pushed past the budget back."""
+        q = quantize(x_adv.detach())
+        delta = q - x
+        over = delta > self.linf_cap() + 1e-6
+        under = delta < -self.linf_cap() - 1e-6
+        q = torch.where(over, q - QUANT_STEP, torch.where(under, q + QUANT_STEP, q))
+        return q.clamp(-1, 1)
+
+    def linf_cap(self) -> float:
+        """RGB L-inf bound enforced on the delivered image; methods with other budgets may widen it."""
+        return self.eps
+
+    def within_budget(self, x: torch.Tensor, x_adv: torch.Tensor) -> bool:
+        """Whether a delivered (8-bit) ``x_adv`` respects the budget relative to ``x``."""
+        return bool(((x_adv - x).abs().amax() <= self.eps + 1e-6).item())
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "method": self.name,
+            "eps": self.eps,
+            "budget_units": self.budget_units,
+            "steps": self.steps,
+            "step_size": self.step_size,
+            "objective": self.objective,
+            "forgers": [f.name for f in self.forgers],
+            "eot": self.eot is not None,
+        }
+
+    # ----- for subclasses -----------------------------------------------------------------------------
+    @abstractmethod
+    def perturb(self, x: torch.Tensor, targets: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        """Return x_adv (N, 3, H, W) in [-1, 1] (not yet quantised)."""
+
+    @torch.no_grad()
+    def clean_outputs(self, x: torch.Tensor, targets: torch.Tensor) -> list[torch.Tensor]:
+        """G(x, c) for every forger, as (N*T, 3, H, W) tensors: the references of the distort objective."""
+        xs, cs = expand_targets(x, targets)
+        return [f(xs, cs) for f in self.forgers]
+
+    def loss(
+        self, x_adv: torch.Tensor, x: torch.Tensor, targets: torch.Tensor, refs: list[torch.Tensor], gen: torch.Generator
+    ) -> torch.Tensor:
+        """The quantity to maximise, summed over forgers, targets and images (mean over pixels)."""
+        total = x_adv.new_zeros(())
+        for _ in range(self.eot_samples):
+            seen = self.eot(x_adv, generator=gen) if self.eot is not None else x_adv
+            xs, cs = expand_targets(seen, targets)
+            n_t = targets.shape[1]
+            for forger, ref in zip(self.forgers, refs, strict=True):
+                out = forger(xs, cs)
+                if self.objective == "distort":
+                    per = (out - ref).pow(2).flatten(1).mean(1)
+                else:
+                    goal = x.repeat_interleave(n_t, dim=0)
+                    per = -(out - goal).pow(2).flatten(1).mean(1)
+                total = total + per.sum()
+        return total / self.eot_samples
+
+    def gradient(
+        self, x_adv: torch.Tensor, x: torch.Tensor, targets: torch.Tensor, refs: list[torch.Tensor], gen: torch.Generator
+    ) -> torch.Tensor:
+        x_adv = x_adv.detach().requires_grad_(True)
+        loss = self.loss(x_adv, x, targets, refs, gen)
+        (grad,) = torch.autograd.grad(loss, x_adv)
+        return grad
+
+    def uniform(self, shape: torch.Size, bound: float, gen: torch.Generator, like: torch.Tensor) -> torch.Tensor:
+        """Seeded uniform noise in [-bound, bound] (drawn on the CPU so results match across devices)."""
+        noise = torch.rand(shape, generator=gen) * 2 * bound - bound
+        return noise.to(device=like.device, dtype=like.dtype)
+
+
+def expand_targets(x: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, 3, H, W) and (N, T, A) -> (N*T, 3, H, W) and (N*T, A): one forward pass covers all targets."""
+    n, t, a = targets.shape
+    return x.repeat_interleave(t, dim=0), targets.reshape(n * t, a).to(x.dtype)
+
+
+METHODS: Registry[Protection] = Registry("method")

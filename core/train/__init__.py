@@ -1,0 +1,1 @@
+"""Trainers: forgers on CelebA (``veil train forger``)."""

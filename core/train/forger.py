@@ -1,0 +1,336 @@
+"""Resumable trainer for the forgers (StarGAN, Fixed-Point GAN, AttGAN) on CelebA.
+
+Recipes:
+- StarGAN (Choi et al. 2018): WGAN-GP, lambda_cls 1, lambda_rec 10, lambda_gp 10, n_critic 5,
+  Adam 1e-4 (0.5, 0.999), batch 16, linear learning-rate decay over the second half.
+- Fixed-Point GAN (Siddiquee et al. 2019): StarGAN plus the conditional identity loss
+  ``lambda_id * |G(x, c_org) - x|_1`` (lambda_id 10), and the adversarial/classification terms on the
+  identity translation too.
+- AttGAN (He et al. 2019): WGAN-GP, lambda_rec 100 on G(x, c_org), lambda_cls_g 10, lambda_cls_d 1,
+  n_critic 5, Adam 2e-4 (0.5, 0.999), batch 32.
+
+A run directory holds ``state.pt`` (models, optimisers, RNG, data order, iteration; written atomically),
+``log.jsonl`` (losses), ``samples/<iter>.png`` (validation grids) and the data pack cache.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import signal
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from core.data import FacePack
+from core.forgers import create_discriminator, create_forger
+from core.image import make_grid, save_image
+
+RECIPES: dict[str, dict[str, Any]] = {
+    "stargan": dict(batch_size=16, lr=1e-4, n_critic=5, lambda_cls=1.0, lambda_rec=10.0, lambda_gp=10.0,
+                    lambda_id=0.0, iters=200_000),
+    "fpgan": dict(batch_size=16, lr=1e-4, n_critic=5, lambda_cls=1.0, lambda_rec=10.0, lambda_gp=10.0,
+                  lambda_id=10.0, iters=200_000),
+    "attgan": dict(batch_size=32, lr=2e-4, n_critic=5, lambda_cls=10.0, lambda_rec=100.0, lambda_gp=10.0,
+                   lambda_id=0.0, lambda_cls_d=1.0, iters=200_000),
+}
+
+
+@dataclass
+class TrainConfig:
+    forger: str = "stargan"
+    model_config: str = "compact64"
+    run_dir: Path = Path("runs/stargan-compact64")
+    data_dir: Path | None = None
+    iters: int = 200_000
+    batch_size: int = 16
+    lr: float = 1e-4
+    betas: tuple[float, float] = (0.5, 0.999)
+    n_critic: int = 5
+    lambda_cls: float = 1.0
+    lambda_rec: float = 10.0
+    lambda_gp: float = 10.0
+    lambda_id: float = 0.0
+    lambda_cls_d: float = 1.0
+    decay_from: float = 0.5  # linear decay to 0 over the last (1 - decay_from) of the iterations
+    ckpt_every: int = 1000
+    sample_every: int = 1000
+    log_every: int = 50
+    seed: int = 0
+    threads: int | None = None
+    limit: int | None = None  # use only the first N training faces (tests)
+    device: str = "cpu"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def for_forger(cls, forger: str, model_config: str, **overrides: Any) -> TrainConfig:
+        recipe = dict(RECIPES[forger])
+        recipe.update({k: v for k, v in overrides.items() if v is not None})
+        run_dir = recipe.pop("run_dir", None) or Path("runs") / f"{forger}-{model_config}"
+        return cls(forger=forger, model_config=model_config, run_dir=Path(run_dir), **recipe)
+
+    def to_json(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["run_dir"] = str(self.run_dir)
+        out["data_dir"] = str(self.data_dir) if self.data_dir else None
+        return out
+
+
+def gradient_penalty(critic: nn.Module, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
+    """WGAN-GP: (||grad_x D(x_hat)||_2 - 1)^2 on random interpolates."""
+    alpha = torch.rand(real.shape[0], 1, 1, 1, device=real.device)
+    x_hat = (alpha * real + (1 - alpha) * fake).requires_grad_(True)
+    out = critic(x_hat)[0]
+    grad = torch.autograd.grad(out.sum(), x_hat, create_graph=True)[0]
+    return ((grad.flatten(1).norm(2, dim=1) - 1) ** 2).mean()
+
+
+def _cls_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    # StarGAN sums over attributes and averages over the batch.
+    return F.binary_cross_entropy_with_logits(logits, target, reduction="sum") / logits.shape[0]
+
+
+class ForgerTrainer:
+    def __init__(self, cfg: TrainConfig) -> None:
+        self.cfg = cfg
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        self.device = torch.device(cfg.device)
+        torch.manual_seed(cfg.seed)
+        self.forger = create_forger(cfg.forger, config=cfg.model_config, pretrained=False, frozen=False)
+        self.G = self.forger.generator.to(self.device)
+        self.D = create_discriminator(cfg.forger, config=cfg.model_config, pretrained=False).to(self.device)
+        self.g_opt = torch.optim.Adam(self.G.parameters(), cfg.lr, betas=cfg.betas)
+        self.d_opt = torch.optim.Adam(self.D.parameters(), cfg.lr, betas=cfg.betas)
+        self.iteration = 0
+        self.data_gen = torch.Generator().manual_seed(cfg.seed)
+        self.perm = torch.empty(0, dtype=torch.long)
+        self.pos = 0
+        self.stop_requested = False
+        self.train_data: FacePack | None = None
+        self.val_batch: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    # ----- data -------------------------------------------------------------------------------------
+    def load_data(self) -> None:
+        from core.data import default_celeba_dir
+
+        root = self.cfg.data_dir or default_celeba_dir()
+        size = self.forger.image_size
+        cache = self.cfg.run_dir.parent / "cache"
+        self.train_data = FacePack.load(root, "train", size, cache, self.cfg.limit)
+        val = FacePack.load(root, "val", size, cache, 64)
+        self.val_batch = val[torch.arange(min(8, len(val)))]
+
+    def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        assert self.train_data is not None
+        bs = self.cfg.batch_size
+        if self.pos + bs > len(self.perm):
+            self.perm = torch.randperm(len(self.train_data), generator=self.data_gen)
+            self.pos = 0
+        idx = self.perm[self.pos : self.pos + bs]
+        self.pos += bs
+        x, c = self.train_data[idx]
+        return x.to(self.device), c.to(self.device)
+
+    # ----- schedule ---------------------------------------------------------------------------------
+    def lr_at(self, it: int) -> float:
+        start = int(self.cfg.iters * self.cfg.decay_from)
+        if it < start:
+            return self.cfg.lr
+        return self.cfg.lr * max(0.0, (self.cfg.iters - it) / max(1, self.cfg.iters - start))
+
+    # ----- one iteration ----------------------------------------------------------------------------
+    def step(self, x: torch.Tensor, c_org: torch.Tensor) -> dict[str, float]:
+        cfg = self.cfg
+        lr = self.lr_at(self.iteration)
+        for opt in (self.g_opt, self.d_opt):
+            for group in opt.param_groups:
+                group["lr"] = lr
+        c_trg = c_org[torch.randperm(c_org.shape[0], device=c_org.device)]
+        logs: dict[str, float] = {}
+
+        # Critic.
+        out_src, out_cls = self.D(x)
+        with torch.no_grad():
+            fake = self.G(x, c_trg)
+        fake_src, _ = self.D(fake)
+        d_real, d_fake = -out_src.mean(), fake_src.mean()
+        d_cls = _cls_loss(out_cls, c_org)
+        d_gp = gradient_penalty(self.D, x, fake)
+        lambda_cls_d = cfg.lambda_cls_d if cfg.forger == "attgan" else cfg.lambda_cls
+        d_loss = d_real + d_fake + lambda_cls_d * d_cls + cfg.lambda_gp * d_gp
+        self.d_opt.zero_grad(set_to_none=True)
+        d_loss.backward()
+        self.d_opt.step()
+        logs.update(d_real=d_real.item(), d_fake=d_fake.item(), d_cls=d_cls.item(), d_gp=d_gp.item())
+
+        # Generator, every n_critic iterations.
+        if (self.iteration + 1) % cfg.n_critic == 0:
+            fake = self.G(x, c_trg)
+            g_src, g_cls_logits = self.D(fake)
+            g_adv = -g_src.mean()
+            g_cls = _cls_loss(g_cls_logits, c_trg)
+            if cfg.forger == "attgan":
+                rec = self.G(x, c_org)  # AttGAN reconstructs from the original attributes directly
+            else:
+                rec = self.G(fake, c_org)
+            g_rec = (rec - x).abs().mean()
+            g_loss = g_adv + cfg.lambda_cls * g_cls + cfg.lambda_rec * g_rec
+            if cfg.lambda_id > 0:
+                same = self.G(x, c_org)
+                id_src, id_cls = self.D(same)
+                g_id = (same - x).abs().mean()
+                g_loss = g_loss - id_src.mean() + cfg.lambda_cls * _cls_loss(id_cls, c_org) + cfg.lambda_id * g_id
+                logs["g_id"] = g_id.item()
+            self.g_opt.zero_grad(set_to_none=True)
+            g_loss.backward()
+            self.g_opt.step()
+            logs.update(g_adv=g_adv.item(), g_cls=g_cls.item(), g_rec=g_rec.item())
+        logs["lr"] = lr
+        return logs
+
+    # ----- state ------------------------------------------------------------------------------------
+    @property
+    def state_path(self) -> Path:
+        return self.cfg.run_dir / "state.pt"
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "config": self.cfg.to_json(),
+            "iteration": self.iteration,
+            "G": self.G.state_dict(),
+            "D": self.D.state_dict(),
+            "g_opt": self.g_opt.state_dict(),
+            "d_opt": self.d_opt.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+            "data_gen": self.data_gen.get_state(),
+            "perm": self.perm,
+            "pos": self.pos,
+            "numpy_rng": json.dumps(np.random.get_state()[1].tolist()),
+            "python_rng": repr(random.getstate()),
+        }
+
+    def save(self) -> Path:
+        self.cfg.run_dir.mkdir(parents=True, exist_ok=True)
+        tmp = self.state_path.with_suffix(".tmp")
+        torch.save(self.state_dict(), tmp)
+        tmp.replace(self.state_path)  # atomic: a crash mid-write never leaves a broken state.pt
+        return self.state_path
+
+    def resume(self) -> bool:
+        if not self.state_path.is_file():
+            return False
+        state = torch.load(self.state_path, map_location=self.device, weights_only=True)
+        self.G.load_state_dict(state["G"])
+        self.D.load_state_dict(state["D"])
+        self.g_opt.load_state_dict(state["g_opt"])
+        self.d_opt.load_state_dict(state["d_opt"])
+        torch.set_rng_state(state["torch_rng"])
+        self.data_gen.set_state(state["data_gen"])
+        self.perm, self.pos, self.iteration = state["perm"], int(state["pos"]), int(state["iteration"])
+        return True
+
+    def warm_start(self, generator: Path, discriminator: Path | None) -> None:
+        """Start from exported weights (no optimiser state) when no full state survives."""
+        from core.checkpoints import load_weights
+
+        g_state, meta = load_weights(generator)
+        self.G.load_state_dict(g_state)
+        if discriminator is not None:
+            self.D.load_state_dict(load_weights(discriminator)[0])
+        self.iteration = int(meta.get("iterations", 0))
+
+    # ----- outputs ----------------------------------------------------------------------------------
+    @torch.no_grad()
+    def sample(self) -> Path | None:
+        if self.val_batch is None:
+            return None
+        x, c = (t.to(self.device) for t in self.val_batch)
+        from core.targets import single_attribute_edits
+
+        rows = []
+        for i in range(x.shape[0]):
+            targets = single_attribute_edits(c[i], self.forger.attributes)
+            edits = self.G(x[i : i + 1].expand(len(targets), -1, -1, -1), targets)
+            rows.append([x[i], *edits])
+        path = self.cfg.run_dir / "samples" / f"{self.iteration:07d}.png"
+        return save_image(make_grid(rows), path)
+
+    def log(self, record: dict[str, Any]) -> None:
+        self.cfg.run_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.cfg.run_dir / "log.jsonl", "a") as fh:
+            fh.write(json.dumps(record) + "\n")
+
+    # ----- loop -------------------------------------------------------------------------------------
+    def train(self, max_iters: int | None = None, max_seconds: float | None = None, progress: bool = True) -> int:
+        """Train until cfg.iters (or max_iters more, or max_seconds); Ctrl-C saves and stops cleanly."""
+        if self.train_data is None:
+            self.load_data()
+        self.G.train()
+        self.D.train()
+        end = self.cfg.iters if max_iters is None else min(self.cfg.iters, self.iteration + max_iters)
+        start_time, start_iter = time.monotonic(), self.iteration
+        previous = signal.getsignal(signal.SIGINT)
+
+        def request_stop(signum: int, frame: Any) -> None:
+            self.stop_requested = True
+
+        signal.signal(signal.SIGINT, request_stop)
+        signal.signal(signal.SIGTERM, request_stop)
+        try:
+            with _progress(progress, end, self.iteration, self.cfg.forger) as bar:
+                while self.iteration < end and not self.stop_requested:
+                    if max_seconds is not None and time.monotonic() - start_time > max_seconds:
+                        break
+                    logs = self.step(*self.next_batch())
+                    self.iteration += 1
+                    bar(self.iteration, logs)
+                    if self.iteration % self.cfg.log_every == 0:
+                        rate = (self.iteration - start_iter) / (time.monotonic() - start_time)
+                        self.log({"iter": self.iteration, "it_per_s": rate, **logs})
+                    if self.iteration % self.cfg.sample_every == 0:
+                        self.sample()
+                    if self.iteration % self.cfg.ckpt_every == 0:
+                        self.save()
+        finally:
+            signal.signal(signal.SIGINT, previous)
+            self.save()
+        return self.iteration
+
+
+class _progress:
+    """A rich progress bar with rate and ETA (or nothing when disabled)."""
+
+    def __init__(self, enabled: bool, total: int, done: int, name: str) -> None:
+        self.enabled, self.total, self.done, self.name = enabled, total, done, name
+        self._bar: Any = None
+
+    def __enter__(self) -> _progress:
+        if self.enabled:
+            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                                       TimeElapsedColumn, TimeRemainingColumn)
+
+            self._bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                 TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+                                 TextColumn("{task.fields[loss]}"))
+            self._bar.__enter__()
+            self._task = self._bar.add_task(f"train {self.name}", total=self.total, completed=self.done,
+                                            rate="", loss="")
+        return self
+
+    def __call__(self, it: int, logs: dict[str, float]) -> None:
+        if self._bar is not None:
+            task = self._bar.tasks[0]
+            rate = f"{task.speed:.2f} it/s" if task.speed else ""
+            loss = " ".join(f"{k}={v:.3f}" for k, v in logs.items() if k in ("d_real", "g_rec", "g_cls"))
+            self._bar.update(self._task, completed=it, rate=rate, loss=loss)
+
+    def __exit__(self, *exc: object) -> None:
+        if self._bar is not None:
+            self._bar.__exit__(None, None, None)

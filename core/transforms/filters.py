@@ -1,0 +1,112 @@
+"""Differentiable spatial filters: Gaussian blur and down-then-up rescaling (the "resize" condition)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+def _check_images(x: Tensor, name: str) -> None:
+    if x.dim() != 4:
+        raise ValueError(f"{name}: expected an (N, C, H, W) tensor, got shape {tuple(x.shape)}")
+
+
+def default_kernel_size(sigma: float) -> int:
+    """``2 * ceil(3 sigma) + 1``: odd, and covers +-3 sigma (99.7 % of the mass)."""
+    return 2 * math.ceil(3 * sigma) + 1
+
+
+def gaussian_kernel1d(
+    sigma: float, kernel_size: int, dtype: torch.dtype = torch.float32, device: torch.device | None = None
+) -> Tensor:
+    """Normalised 1-D Gaussian of length ``kernel_size`` (odd), centred, summing to 1."""
+    if kernel_size < 1 or kernel_size % 2 == 0:
+        raise ValueError(f"kernel_size must be a positive odd integer, got {kernel_size}")
+    if sigma <= 0:
+        raise ValueError(f"sigma must be > 0, got {sigma}")
+    # Built in float64 and normalised there, so the sum is 1 to the precision of `dtype`.
+    t = torch.arange(kernel_size, dtype=torch.float64) - (kernel_size - 1) / 2
+    k = torch.exp(-0.5 * (t / sigma) ** 2)
+    return (k / k.sum()).to(dtype=dtype, device=device)
+
+
+def gaussian_blur(x: Tensor, sigma: float, kernel_size: int | None = None) -> Tensor:
+    """Separable Gaussian blur with reflect padding, differentiable w.r.t. ``x``.
+
+    Args:
+        x: ``(N, C, H, W)`` float tensor, any range (the blur is linear and preserves constants).
+        sigma: standard deviation in pixels; ``sigma == 0`` returns ``x`` unchanged.
+        kernel_size: odd kernel length; default ``2 * ceil(3 * sigma) + 1``.
+
+    Returns:
+        ``(N, C, H, W)``, same dtype and device. Images smaller than the kernel radius are padded by
+        replication instead of reflection (reflection needs the pad to be smaller than the size).
+    """
+    _check_images(x, "gaussian_blur")
+    if sigma < 0:
+        raise ValueError(f"gaussian_blur: sigma must be >= 0, got {sigma}")
+    if sigma == 0:
+        return x
+    size = default_kernel_size(sigma) if kernel_size is None else kernel_size
+    k = gaussian_kernel1d(sigma, size, x.dtype, x.device)
+    c = x.shape[1]
+    pad = size // 2
+    h, w = x.shape[-2:]
+    mode = "reflect" if pad < h and pad < w else "replicate"
+    x = F.pad(x, (pad, pad, pad, pad), mode=mode)
+    # Depthwise (groups=C) horizontal then vertical pass: 2k instead of k^2 multiplies per pixel.
+    x = F.conv2d(x, k.view(1, 1, 1, size).expand(c, 1, 1, size), groups=c)
+    return F.conv2d(x, k.view(1, 1, size, 1).expand(c, 1, size, 1), groups=c)
+
+
+def rescale(x: Tensor, scale: float) -> Tensor:
+    """Resize by ``scale`` then back to the original size (bilinear, antialiased), differentiable.
+
+    This is what happens to a photo that a platform stores at lower resolution and a forger then
+    upsamples: high frequencies above the reduced Nyquist limit are lost.
+
+    Args:
+        x: ``(N, C, H, W)`` float tensor.
+        scale: > 0; the intermediate size is ``max(1, round(H * scale)) x max(1, round(W * scale))``.
+            A scale that leaves the size unchanged (e.g. 1.0) returns ``x`` itself.
+
+    Returns:
+        ``(N, C, H, W)``, same dtype and device.
+    """
+    _check_images(x, "rescale")
+    if scale <= 0:
+        raise ValueError(f"rescale: scale must be > 0, got {scale}")
+    h, w = x.shape[-2:]
+    size = (max(1, round(h * scale)), max(1, round(w * scale)))
+    if size == (h, w):
+        return x
+    # antialias=True low-passes before decimating (like PIL's resize), so the result does not depend
+    # on aliasing of the pixel grid; it is a no-op on the upsampling leg.
+    small = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
+    return F.interpolate(small, size=(h, w), mode="bilinear", align_corners=False, antialias=True)
+
+
+class GaussianBlur(nn.Module):
+    """Module form of :func:`gaussian_blur`."""
+
+    def __init__(self, sigma: float, kernel_size: int | None = None) -> None:
+        super().__init__()
+        self.sigma = sigma
+        self.kernel_size = kernel_size
+
+    def forward(self, x: Tensor) -> Tensor:
+        return gaussian_blur(x, self.sigma, self.kernel_size)
+
+
+class Rescale(nn.Module):
+    """Module form of :func:`rescale`."""
+
+    def __init__(self, scale: float) -> None:
+        super().__init__()
+        self.scale = scale
+
+    def forward(self, x: Tensor) -> Tensor:
+        return rescale(x, self.scale)

@@ -1,0 +1,164 @@
+"""The steps behind the CLI commands, kept out of cli.py so they can be called and tested directly."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from core.checkpoints import CheckpointError, Manifest, ManifestEntry, checkpoints_dir, save_weights
+from core.data import celeba_available, preprocess_face, read_index
+from core.evaluate import Tally, measure_batch, summarize
+from core.image import load_image, make_grid, save_image
+from core.protect import build_protection
+from core.targets import targets_for
+
+DEMO_NAME = "astronaut.png"
+
+
+def demo_image(out: Path) -> Path:
+    """scikit-image's astronaut (Eileen Collins, NASA, public domain) as a PNG in ``out``."""
+    from skimage import data
+
+    out.mkdir(parents=True, exist_ok=True)
+    src = out / "input" / DEMO_NAME
+    src.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(data.astronaut()).save(src)
+    return src
+
+
+def _square(x: torch.Tensor, size: int) -> torch.Tensor:
+    """Centre-crop to a square and resize to size x size (antialiased)."""
+    h, w = x.shape[-2:]
+    s = min(h, w)
+    top, left = (h - s) // 2, (w - s) // 2
+    x = x[..., top : top + s, left : left + s]
+    return torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear", antialias=True,
+                                           align_corners=False).clamp(-1, 1)
+
+
+def load_faces(data: Path, limit: int, size: int) -> tuple[torch.Tensor, torch.Tensor | None, list[str]]:
+    """Faces to evaluate on: a CelebA root (validation split, attributes known) or a folder of images."""
+    if limit < 1:
+        raise ValueError("limit must be at least 1")
+    if celeba_available(data):
+        index = read_index(data, "val")
+        files = index.files[:limit]
+        arrays = []
+        for name in files:
+            with Image.open(data / "img_align_celeba" / name) as img:
+                arrays.append(preprocess_face(img, size))
+        x = torch.from_numpy(np.stack(arrays)).float() / 127.5 - 1
+        return x, torch.from_numpy(index.attrs[: len(files)]), files
+    if not data.is_dir():
+        raise FileNotFoundError(f"no such folder: {data}")
+    paths = sorted(p for p in data.iterdir() if p.suffix.lower() in {".png", ".jpg", ".jpeg", ".webp"})[:limit]
+    if not paths:
+        raise ValueError(f"no images in {data}")
+    x = torch.cat([_square(load_image(p).tensor, size) for p in paths])
+    # Faces of an arbitrary folder are stored at 8 bits by anyone who keeps them: measure them that way.
+    from core.image import quantize
+
+    return quantize(x), None, [p.name for p in paths]
+
+
+def face_grid(protection: Any, x: torch.Tensor, x_adv: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Rows: [x, x_adv, 10x amplified perturbation]; G(x, c) per target; G(x_adv, c) per target."""
+    forger = protection.forgers[0]
+    with torch.no_grad():
+        clean = forger(x.expand(targets.shape[0], -1, -1, -1), targets)
+        adv = forger(x_adv.expand(targets.shape[0], -1, -1, -1), targets)
+    amplified = ((x_adv - x) * 10).clamp(-1, 1)
+    return make_grid([[x[0], x_adv[0], amplified[0]], list(clean), list(adv)])
+
+
+def evaluate_faces(
+    method: str,
+    forgers: Sequence[str],
+    faces: torch.Tensor,
+    attrs: torch.Tensor | None,
+    names: Sequence[str],
+    conditions: Sequence[str],
+    batch: int,
+    grid_dir: Path | None,
+    device: str,
+    options: dict[str, Any],
+    advance: Callable[[int], Any] = lambda n: None,
+) -> dict[str, Any]:
+    protection = build_protection(method, forgers, device=device, **options)
+    tally = Tally()
+    for start in range(0, len(faces), batch):
+        x = faces[start : start + batch].to(device)
+        c = attrs[start : start + batch].to(device) if attrs is not None else None
+        x_adv, tally = measure_batch(protection, x, c, conditions=conditions, tally=tally)
+        if grid_dir is not None:
+            targets = targets_for(x, protection.attributes, c)
+            for i in range(x.shape[0]):
+                grid = face_grid(protection, x[i : i + 1], x_adv[i : i + 1], targets[i])
+                save_image(grid, grid_dir / f"{Path(names[start + i]).stem}.png")
+        advance(x.shape[0])
+    return summarize(tally, protection, protection.forgers, conditions)
+
+
+def train_forger(
+    forger: str, config: str, data: Path | None, run_dir: Path | None, iters: int | None,
+    max_minutes: float | None, batch_size: int | None, threads: int | None, device: str, init_from: str | None,
+) -> int:
+    from core.train.forger import ForgerTrainer, TrainConfig
+
+    root = data
+    if root is not None and not celeba_available(root):
+        raise FileNotFoundError(f"no CelebA layout (list_attr_celeba.txt, img_align_celeba/) in {root}")
+    if root is None and not celeba_available():
+        raise FileNotFoundError("the CelebA dataset was not found; pass --data or set VEIL_CELEBA")
+    cfg = TrainConfig.for_forger(forger, config, run_dir=run_dir, data_dir=root, iters=iters,
+                                 batch_size=batch_size, threads=threads, device=device)
+    trainer = ForgerTrainer(cfg)
+    if not trainer.resume() and init_from:
+        manifest = Manifest()
+        g = manifest.find(init_from)
+        d = manifest.find(init_from + "-D")
+        if g is None:
+            raise CheckpointError(f"no manifest entry {init_from!r} to warm start from")
+        trainer.warm_start(manifest.resolve(g), manifest.resolve(d) if d else None)
+    return trainer.train(max_seconds=max_minutes * 60 if max_minutes else None)
+
+
+def export_run(run_dir: Path, name: str, default: bool, half: bool, hardware: str) -> list[ManifestEntry]:
+    """Write a run's G and D as safetensors into checkpoints/ and list them in the manifest."""
+    state_path = run_dir / "state.pt"
+    if not state_path.is_file():
+        raise CheckpointError(f"no training state in {run_dir}")
+    state = torch.load(state_path, map_location="cpu", weights_only=True)
+    cfg = state["config"]
+    iterations = int(state["iteration"])
+    manifest = Manifest()
+    entries = []
+    for role, key, suffix in (("generator", "G", ""), ("discriminator", "D", "-D")):
+        file = f"{name}{suffix}.safetensors"
+        meta = {"forger": cfg["forger"], "config": cfg["model_config"], "role": role, "iterations": iterations}
+        sha = save_weights(state[key], checkpoints_dir() / file, meta, half=half)
+        entry = ManifestEntry(
+            name=name + suffix, forger=cfg["forger"], file=file, config=cfg["model_config"], sha256=sha,
+            role=role, default=default,
+            info={
+                "architecture": f"{cfg['forger']} {role}",
+                "data": "CelebA train split (24,000 aligned faces), attributes Black_Hair, Blond_Hair, "
+                        "Brown_Hair, Male, Young",
+                "iterations": iterations,
+                "batch_size": cfg["batch_size"],
+                "hardware": hardware,
+                "dtype": "float16" if half else "float32",
+                "exported": dt.date.today().isoformat(),
+                "licence": "CelebA: non-commercial research use only",
+            },
+        )
+        manifest.upsert(entry)
+        entries.append(entry)
+    manifest.save()
+    return entries

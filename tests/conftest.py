@@ -1,0 +1,44 @@
+"""Shared fixtures: tiny random forgers and small synthetic faces, so tests need no weights or data."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from core.data import celeba_available, default_celeba_dir
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def synthetic_faces(n: int = 2, size: int = 32, seed: int = 0) -> torch.Tensor:
+    """Smooth face-like blobs on the 8-bit grid in [-1, 1] (deterministic)."""
+    g = torch.Generator().manual_seed(seed)
+    yy, xx = torch.meshgrid(torch.linspace(-1, 1, size), torch.linspace(-1, 1, size), indexing="ij")
+    faces = []
+    for _ in range(n):
+        cx, cy, r = (torch.rand(3, generator=g) * torch.tensor([0.4, 0.4, 0.3]) + torch.tensor([-0.2, -0.2, 0.4]))
+        skin = torch.rand(3, generator=g) * 0.6 + 0.2
+        bg = torch.rand(3, generator=g) * 0.8 - 0.4
+        mask = (((xx - cx) ** 2 + (yy - cy) ** 2) < r**2).float()
+        img = bg[:, None, None] * (1 - mask) + skin[:, None, None] * mask
+        img = img + 0.05 * torch.sin(6 * xx + 3 * yy)[None]
+        faces.append(img)
+    x = torch.stack(faces).clamp(-1, 1)
+    return torch.round((x + 1) * 127.5) / 127.5 - 1
+
+
+@pytest.fixture
+def faces() -> torch.Tensor:
+    return synthetic_faces(2, 32)
+
+
+@pytest.fixture(scope="session")
+def celeba_root() -> Path:
+    root = default_celeba_dir()
+    if not celeba_available(root):
+        pytest.skip("CelebA subset not available")
+    return root

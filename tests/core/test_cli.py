@@ -1,0 +1,127 @@
+"""The `veil` command line, end to end on tiny random forgers in a temporary checkpoints folder."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from core.checkpoints import Manifest, ManifestEntry, save_weights
+from core.cli import app
+from core.forgers import create_forger
+from core.image import to_uint8
+from tests.conftest import synthetic_faces
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def tiny_checkpoints(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A checkpoints folder whose default stargan is a tiny random network."""
+    ckpt = tmp_path / "checkpoints"
+    monkeypatch.setenv("VEIL_CHECKPOINTS", str(ckpt))
+    forger = create_forger("stargan", config="tiny", pretrained=False)
+    sha = save_weights(forger.generator.state_dict(), ckpt / "tiny.safetensors", {"config": "tiny"})
+    manifest = Manifest(ckpt)
+    manifest.upsert(ManifestEntry(name="stargan-tiny", forger="stargan", file="tiny.safetensors", config="tiny",
+                                  sha256=sha, default=True, info={"iterations": 0, "hardware": "none"}))
+    manifest.save()
+    from core import protect
+
+    protect._FORGER_CACHE.clear()
+    return ckpt
+
+
+@pytest.fixture
+def photos(tmp_path: Path) -> Path:
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for i, face in enumerate(synthetic_faces(2, 32, seed=5)):
+        Image.fromarray(to_uint8(face)).save(folder / f"face{i}.png")
+    return folder
+
+
+def run(*args: str):
+    return runner.invoke(app, list(args), catch_exceptions=False)
+
+
+def test_protect_writes_pngs_and_report(tiny_checkpoints: Path, photos: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    result = run("protect", str(photos), "-o", str(out), "--steps", "3", "--eps", "0.05")
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "report.json").read_text())
+    assert len(report["photos"]) == 2
+    for entry in report["photos"]:
+        assert entry["within_budget"] is True
+        assert entry["linf"] <= 0.05 + 1e-6
+        assert 0 <= entry["forgers"]["stargan"]["success_rate"] <= 1
+        protected = np.asarray(Image.open(entry["output"]))
+        original = np.asarray(Image.open(entry["input"]))
+        assert protected.shape == original.shape
+        assert np.abs(protected.astype(int) - original.astype(int)).max() <= 7  # 0.05 * 127.5 = 6.4 levels
+
+
+def test_bad_photo_is_reported_and_others_continue(tiny_checkpoints: Path, photos: Path, tmp_path: Path) -> None:
+    (photos / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nbroken")
+    out = tmp_path / "out"
+    result = run("protect", str(photos), "-o", str(out), "--steps", "1")
+    assert result.exit_code == 0
+    report = json.loads((out / "report.json").read_text())
+    errors = [p for p in report["photos"] if "error" in p]
+    assert len(errors) == 1 and "broken.png" in errors[0]["input"]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--method", "nope"], "unknown method"),
+        (["--eps", "7"], "eps"),
+        (["--forger", "nope"], "unknown forger"),
+        (["--forger", "attgan"], "no shipped"),
+        (["--format", "gif"], "unsupported format"),
+    ],
+)
+def test_bad_options_exit_cleanly(tiny_checkpoints: Path, photos: Path, args: list[str], message: str) -> None:
+    result = runner.invoke(app, ["protect", str(photos), *args])
+    assert result.exit_code == 2
+    assert message in result.output
+    assert "Traceback" not in result.output
+
+
+def test_not_an_image_alone_fails(tiny_checkpoints: Path, tmp_path: Path) -> None:
+    bad = tmp_path / "x.jpg"
+    bad.write_text("hello")
+    result = runner.invoke(app, ["protect", str(bad), "-o", str(tmp_path / "o")])
+    assert result.exit_code == 2
+    assert "not a recognised image" in result.output
+    result = runner.invoke(app, ["protect", str(tmp_path / "missing.png")])
+    assert result.exit_code == 2 and "no such file" in result.output
+
+
+def test_methods_and_forgers_listing(tiny_checkpoints: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from core import cli
+
+    monkeypatch.setattr(cli.console, "width", 250)  # no wrapping inside table cells
+    methods = run("methods")
+    assert methods.exit_code == 0
+    for name in ("pgd", "anti-forgery", "dwt-pgd", "arXiv 2003.01279"):
+        assert name in methods.output
+    forgers = run("forgers")
+    assert forgers.exit_code == 0
+    assert "tiny.safetensors" in forgers.output and "attgan" in forgers.output
+
+
+def test_eval_folder_writes_tables_and_grids(tiny_checkpoints: Path, photos: Path, tmp_path: Path) -> None:
+    out = tmp_path / "eval"
+    result = run("eval", str(photos), "-m", "pgd", "--steps", "2", "--size", "32", "-c", "clean", "-c", "jpeg75",
+                 "-o", str(out))
+    assert result.exit_code == 0, result.output
+    data = json.loads((out / "results.json").read_text())
+    rows = data["summaries"][0]["rows"]
+    assert {r["condition"] for r in rows} == {"clean", "jpeg75"}
+    assert "| pgd | stargan | clean |" in (out / "results.md").read_text()
+    assert len(list((out / "pgd").glob("*.png"))) == 2

@@ -1,0 +1,140 @@
+"""One test loop over every registered protection method (timm style), on a tiny random forger."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from core.forgers import create_forger
+from core.methods import Protection, create_method, method_class, method_names
+from core.metrics import mse
+from core.targets import fixed_targets
+from tests.conftest import synthetic_faces
+
+FAST = {"steps": 5}
+
+
+@pytest.fixture(scope="module")
+def forger():
+    torch.manual_seed(0)
+    return create_forger("stargan", config="tiny", pretrained=False)
+
+
+@pytest.fixture(scope="module")
+def x() -> torch.Tensor:
+    return synthetic_faces(2, 32, seed=1)
+
+
+def test_registry_lists_the_iterative_methods() -> None:
+    assert {"pgd", "anti-forgery", "dwt-pgd"} <= set(method_names())
+    for name in method_names():
+        cls = method_class(name)
+        assert cls.paper and cls.budget_units and cls.__doc__, name
+
+
+@pytest.mark.parametrize("name", method_names())
+def test_shape_range_and_grid(name: str, forger, x: torch.Tensor) -> None:
+    x_adv = create_method(name, forger, **FAST)(x)
+    assert x_adv.shape == x.shape and x_adv.dtype == x.dtype
+    assert x_adv.min() >= -1 and x_adv.max() <= 1
+    levels = (x_adv + 1) * 127.5
+    assert torch.allclose(levels, levels.round(), atol=1e-4), "output must be on the 8-bit grid"
+    assert not torch.equal(x_adv, x)
+
+
+@pytest.mark.parametrize("name", method_names())
+def test_budget_respected_after_quantisation(name: str, forger, x: torch.Tensor) -> None:
+    method = create_method(name, forger, **FAST)
+    x_adv = method(x)
+    assert method.within_budget(x, x_adv)
+    # A larger perturbation is reported as outside the budget: the check can fail.
+    assert not method.within_budget(x, (x + 0.5).clamp(-1, 1).round())
+
+
+@pytest.mark.parametrize("name", method_names())
+def test_deterministic_under_seed(name: str, forger, x: torch.Tensor) -> None:
+    a = create_method(name, forger, seed=3, **FAST)(x)
+    b = create_method(name, forger, seed=3, **FAST)(x)
+    c = create_method(name, forger, seed=4, **FAST)(x)
+    assert torch.equal(a, b)
+    assert not torch.equal(a, c)
+
+
+@pytest.mark.parametrize("name", method_names())
+def test_disrupts_more_than_uniform_noise(name: str, forger, x: torch.Tensor) -> None:
+    x_adv = create_method(name, forger, steps=10)(x)
+    # Zero steps from a random start: uniform noise over the method's own budget.
+    noisy = create_method(name, forger, steps=0, random_start=True)(x)
+    targets = fixed_targets(forger.attributes).expand(x.shape[0], -1, -1)
+    xs = x.repeat_interleave(5, 0)
+    cs = targets.reshape(-1, 5)
+    with torch.no_grad():
+        ref = forger(xs, cs)
+        attack = mse(forger(x_adv.repeat_interleave(5, 0), cs), ref).mean()
+        noise = mse(forger(noisy.repeat_interleave(5, 0), cs), ref).mean()
+    assert attack > 2 * noise, (float(attack), float(noise))
+
+
+def test_pgd_respects_eps_exactly(forger, x: torch.Tensor) -> None:
+    for eps in (2 / 255, 0.05, 0.1):
+        x_adv = create_method("pgd", forger, eps=eps, steps=3)(x)
+        assert (x_adv - x).abs().max() <= eps + 1e-6
+
+
+def test_nullify_objective_moves_output_towards_input(forger, x: torch.Tensor) -> None:
+    targets = fixed_targets(forger.attributes).expand(x.shape[0], -1, -1)
+    cs = targets.reshape(-1, 5)
+    x_adv = create_method("pgd", forger, objective="nullify", eps=0.1, steps=20)(x, targets=targets)
+    with torch.no_grad():
+        before = mse(forger(x.repeat_interleave(5, 0), cs), x.repeat_interleave(5, 0)).mean()
+        after = mse(forger(x_adv.repeat_interleave(5, 0), cs), x_adv.repeat_interleave(5, 0)).mean()
+    assert after < before
+
+
+def test_ensemble_of_forgers(x: torch.Tensor) -> None:
+    forgers = [create_forger(n, config="tiny", pretrained=False) for n in ("stargan", "attgan")]
+    x_adv = create_method("pgd", forgers, steps=3)(x)
+    assert x_adv.shape == x.shape
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [({"eps": 0.0}, "eps"), ({"eps": 5.0}, "eps"), ({"steps": -1}, "steps"), ({"objective": "x"}, "objective")],
+)
+def test_bad_options_are_clear_errors(forger, options: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        create_method("pgd", forger, **options)
+
+
+def test_unknown_method() -> None:
+    with pytest.raises(KeyError, match="known: "):
+        create_method("nope", [])
+
+
+def test_anti_forgery_keeps_lightness(forger, x: torch.Tensor) -> None:
+    from core.transforms import rgb_to_lab
+
+    x_adv = create_method("anti-forgery", forger, steps=5, eps=8.0)(x)
+    d = rgb_to_lab((x_adv + 1) / 2) - rgb_to_lab((x + 1) / 2)
+    assert d[:, 0].abs().max() < 1.5  # only 8-bit rounding touches L
+    assert d[:, 1:].abs().max() > 2.0  # the a/b channels carry the perturbation
+
+
+def test_dwt_pgd_keeps_luma(forger, x: torch.Tensor) -> None:
+    from core.transforms import rgb_to_ycbcr
+
+    x_adv = create_method("dwt-pgd", forger, steps=5)(x)
+    d = rgb_to_ycbcr((x_adv + 1) / 2) - rgb_to_ycbcr((x + 1) / 2)
+    assert d[:, 0].abs().max() <= 1.0 / 255 + 1e-6
+    assert d[:, 1:].abs().max() > 4.0 / 255
+
+
+def test_eot_hook_is_used(forger, x: torch.Tensor) -> None:
+    calls = []
+
+    def eot(t: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        calls.append(1)
+        return t
+
+    create_method("pgd", forger, steps=2, eot=eot, eot_samples=2)(x)
+    assert len(calls) == 4
