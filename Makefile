@@ -27,7 +27,7 @@ test: setup
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/mypy core api worker benchmarks
+	$(BIN)/mypy core api benchmarks
 
 bench: setup
 	$(BIN)/python benchmarks/protect.py

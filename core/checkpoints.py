@@ -52,6 +52,7 @@ def save_weights(
         tensors[key] = value
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(path), metadata={k: json.dumps(v) for k, v in metadata.items()})
+    path.chmod(0o644)  # safetensors writes owner-only files; workers may run as another user
     return sha256_file(path)
 
 
@@ -145,7 +146,8 @@ class Manifest:
     def default_for(self, forger: str, role: str = "generator") -> ManifestEntry | None:
         candidates = [e for e in self.entries if e.forger == forger and e.role == role]
         defaults = [e for e in candidates if e.default]
-        return (defaults or candidates or [None])[0]
+        pool = defaults or candidates
+        return pool[0] if pool else None
 
     def resolve(self, entry: ManifestEntry, verify: bool = True) -> Path:
         path = self.directory / entry.file

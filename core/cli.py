@@ -11,7 +11,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
@@ -159,9 +159,13 @@ def eval_cmd(
     with _progress() as bar:
         for m in method:
             task = bar.add_task(f"eval {m}", total=len(faces))
+
+            def advance(n: int, task: TaskID = task) -> None:
+                bar.advance(task, n)
+
             summaries.append(evaluate_faces(
                 m, forger, faces, attrs, names, condition, batch, out / m if grids else None, device,
-                dict(eps=eps, steps=steps, objective=objective, seed=seed), lambda n, t=task: bar.advance(t, n),
+                dict(eps=eps, steps=steps, objective=objective, seed=seed), advance,
             ))
     out.mkdir(parents=True, exist_ok=True)
     table = markdown_table(summaries)

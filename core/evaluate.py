@@ -86,11 +86,24 @@ def measure_batch(
 ) -> tuple[torch.Tensor, Tally]:
     """Protect one batch and add its measurements to ``tally``; returns (x_adv, tally)."""
     tally = tally or Tally()
-    forgers = list(forgers) if forgers is not None else protection.forgers
     targets = targets_for(x, protection.attributes, c_org)
     start = time.perf_counter()
     x_adv = protection(x, targets=targets)
     tally.add("seconds_per_face", time.perf_counter() - start, count=x.shape[0])
+    measure(x, x_adv, targets, forgers if forgers is not None else protection.forgers, conditions, tally)
+    return x_adv, tally
+
+
+def measure(
+    x: torch.Tensor,
+    x_adv: torch.Tensor,
+    targets: torch.Tensor,
+    forgers: Sequence[Forger],
+    conditions: Sequence[str] = ("clean",),
+    tally: Tally | None = None,
+) -> Tally:
+    """Add imperceptibility and per forger x condition effect of a delivered x_adv to ``tally``."""
+    tally = tally or Tally()
     tally.add("psnr", metrics.psnr(x_adv, x))
     tally.add("ssim", metrics.ssim(x_adv, x))
     tally.track_max("linf", (x_adv - x).abs().flatten(1).amax(1))
@@ -105,10 +118,12 @@ def measure_batch(
             tally.add(f"{key}/success_rate", eff["defended"].float())
             tally.add(f"{key}/nullification", eff["nullification"])
             tally.add(f"{key}/edit_strength", eff["edit_strength"])
-    return x_adv, tally
+    return tally
 
 
-def summarize(tally: Tally, protection: Protection, forgers: Sequence[Forger], conditions: Sequence[str]) -> dict[str, Any]:
+def summarize(
+    tally: Tally, protection: Protection, forgers: Sequence[Forger], conditions: Sequence[str]
+) -> dict[str, Any]:
     """A JSON-able summary: one row per forger x condition, plus the imperceptibility numbers."""
     def num(key: str) -> float | None:
         v = tally.mean(key)

@@ -56,7 +56,7 @@ def _open(source: str | Path | bytes | IO[bytes], max_pixels: int) -> Image.Imag
     except ImageError:
         raise
     except FileNotFoundError:
-        raise ImageError(f"no such file: {source}") from None
+        raise ImageError(f"no such file: {source!s}") from None
     except UnidentifiedImageError:
         raise ImageError("not a recognised image (expected JPEG, PNG, WebP, ...)") from None
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:

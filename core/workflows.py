@@ -21,14 +21,18 @@ from core.targets import targets_for
 DEMO_NAME = "astronaut.png"
 
 
+# A CelebA-like framing of the portrait's face (hand-picked for this one picture; face detection and
+# alignment for arbitrary photos belong to the full-resolution pipeline).
+DEMO_FACE_BOX = (100, 0, 350, 250)
+
+
 def demo_image(out: Path) -> Path:
-    """scikit-image's astronaut (Eileen Collins, NASA, public domain) as a PNG in ``out``."""
+    """scikit-image's astronaut (Eileen Collins, NASA, public domain), framed on her face, as a PNG."""
     from skimage import data
 
-    out.mkdir(parents=True, exist_ok=True)
     src = out / "input" / DEMO_NAME
     src.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(data.astronaut()).save(src)
+    Image.fromarray(data.astronaut()).crop(DEMO_FACE_BOX).save(src)
     return src
 
 
@@ -161,4 +165,45 @@ def export_run(run_dir: Path, name: str, default: bool, half: bool, hardware: st
         manifest.upsert(entry)
         entries.append(entry)
     manifest.save()
+    write_model_card(entries[0], cfg)
     return entries
+
+
+def write_model_card(entry: ManifestEntry, train_cfg: dict[str, Any]) -> Path:
+    """``checkpoints/<name>.md``: what the weights are, how they were made, what they may be used for."""
+    info = entry.info
+    metrics = info.get("metrics", {})
+    numbers = "\n".join(f"| {k} | {v:.4g} |" if isinstance(v, float) else f"| {k} | {v} |"
+                        for k, v in metrics.items()) or "| (not measured yet) | |"
+    recipe = ", ".join(f"{k} {train_cfg[k]}" for k in (
+        "forger", "batch_size", "lr", "n_critic", "lambda_cls", "lambda_rec", "lambda_gp", "lambda_id"))
+    card = f"""# {entry.name}
+
+A {entry.forger} face-attribute editor (generator `{entry.file}`,
+discriminator `{entry.name}-D.safetensors`), config `{entry.config}`, trained by Veil as an adversary
+to protect against. It is not a product feature:
+it exists so that Veil's protections are measured against a real editor.
+
+## Training
+- Data: {info.get("data")}; preprocessing CenterCrop 178, resize to the config's size, [-1, 1].
+- Recipe: {recipe}.
+- Iterations: {info.get("iterations")} on {info.get("hardware")}; stored as {info.get("dtype")};
+  sha256 `{entry.sha256}`.
+
+## Measured
+| number | value |
+|---|---|
+{numbers}
+
+## Intended use and limits
+- Intended use: research on and evaluation of protections against face editing (Veil's own tests,
+  benchmarks and evaluations). Not for editing people's faces.
+- Licence: trained on CelebA, which is available for non-commercial research purposes only; these
+  weights carry that restriction.
+- Limits: trained on aligned, centred celebrity faces (CelebA's demographics and framing); edits of
+  other faces, poses or resolutions are weaker. A compact config trained for few iterations edits less
+  strongly than the reference StarGAN (edit strength about 0.0435): see the numbers above.
+"""
+    path = checkpoints_dir() / f"{entry.name}.md"
+    path.write_text(card)
+    return path

@@ -68,7 +68,7 @@ def _load(
     module: nn.Module, name: str, checkpoint: str | Path | None, role: str, config: Any
 ) -> tuple[str, dict[str, Any]]:
     manifest = Manifest()
-    path, entry = _locate(name, checkpoint, role, manifest)
+    path, _ = _locate(name, checkpoint, role, manifest)
     state, meta = load_weights(path)
     try:
         module.load_state_dict(state, strict=True)

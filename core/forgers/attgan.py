@@ -8,6 +8,8 @@ reference (``thres_int`` 0.5).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
@@ -24,7 +26,7 @@ ATTGAN_CONFIGS = {
 }
 
 
-def _down(n_in: int, n_out: int, norm: type[nn.Module]) -> nn.Sequential:
+def _down(n_in: int, n_out: int, norm: Callable[[int], nn.Module]) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(n_in, n_out, 4, 2, 1, bias=False), norm(n_out), nn.LeakyReLU(0.2, inplace=True))
 
 

@@ -145,7 +145,8 @@ class Protection(ABC):
         return [f(xs, cs) for f in self.forgers]
 
     def loss(
-        self, x_adv: torch.Tensor, x: torch.Tensor, targets: torch.Tensor, refs: list[torch.Tensor], gen: torch.Generator
+        self, x_adv: torch.Tensor, x: torch.Tensor, targets: torch.Tensor, refs: list[torch.Tensor],
+        gen: torch.Generator,
     ) -> torch.Tensor:
         """The quantity to maximise, summed over forgers, targets and images (mean over pixels)."""
         total = x_adv.new_zeros(())
@@ -164,7 +165,8 @@ class Protection(ABC):
         return total / self.eot_samples
 
     def gradient(
-        self, x_adv: torch.Tensor, x: torch.Tensor, targets: torch.Tensor, refs: list[torch.Tensor], gen: torch.Generator
+        self, x_adv: torch.Tensor, x: torch.Tensor, targets: torch.Tensor, refs: list[torch.Tensor],
+        gen: torch.Generator,
     ) -> torch.Tensor:
         x_adv = x_adv.detach().requires_grad_(True)
         loss = self.loss(x_adv, x, targets, refs, gen)

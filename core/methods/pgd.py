@@ -12,7 +12,8 @@ class PGD(Protection):
     """Projected gradient ascent in an RGB L-infinity ball, class-transferable over all targets.
 
     Budget: ``eps`` = L-inf radius on [-1, 1] (default 0.05 = 6.4/255 on [0, 1]); ``step_size`` per
-    iteration (default eps / 5: 0.01 at the default eps, as in the reference code); ``steps`` (default 10); random start in the ball.
+    iteration (default eps / 5: 0.01 at the default eps, as in the reference code); ``steps`` (default 10);
+    random start in the ball.
     Objective ``distort`` maximises sum_{forger, c} MSE(G(x_adv, c), G(x, c)); ``nullify`` minimises
     sum MSE(G(x_adv, c), x).
 

@@ -16,14 +16,12 @@ A run directory holds ``state.pt`` (models, optimisers, RNG, data order, iterati
 from __future__ import annotations
 
 import json
-import random
 import signal
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -176,10 +174,8 @@ class ForgerTrainer:
             g_src, g_cls_logits = self.D(fake)
             g_adv = -g_src.mean()
             g_cls = _cls_loss(g_cls_logits, c_trg)
-            if cfg.forger == "attgan":
-                rec = self.G(x, c_org)  # AttGAN reconstructs from the original attributes directly
-            else:
-                rec = self.G(fake, c_org)
+            # AttGAN reconstructs from the original attributes directly; StarGAN cycles back.
+            rec = self.G(x, c_org) if cfg.forger == "attgan" else self.G(fake, c_org)
             g_rec = (rec - x).abs().mean()
             g_loss = g_adv + cfg.lambda_cls * g_cls + cfg.lambda_rec * g_rec
             if cfg.lambda_id > 0:
@@ -212,8 +208,6 @@ class ForgerTrainer:
             "data_gen": self.data_gen.get_state(),
             "perm": self.perm,
             "pos": self.pos,
-            "numpy_rng": json.dumps(np.random.get_state()[1].tolist()),
-            "python_rng": repr(random.getstate()),
         }
 
     def save(self) -> Path:
@@ -313,8 +307,14 @@ class _progress:
 
     def __enter__(self) -> _progress:
         if self.enabled:
-            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
-                                       TimeElapsedColumn, TimeRemainingColumn)
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+                TimeRemainingColumn,
+            )
 
             self._bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                                  TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TimeRemainingColumn(),

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor, nn
 
-from core.image import from_uint8, to_uint8
+from core.image import to_uint8
 from core.transforms.color import rgb_to_ycbcr, ycbcr_to_rgb
 
 Subsampling = Literal["4:2:0", "4:4:4"]
@@ -100,9 +100,10 @@ def jpeg(x: Tensor, quality: int, subsampling: str = "4:2:0") -> Tensor:
         buf = io.BytesIO()
         Image.fromarray(to_uint8(img), "RGB").save(buf, "JPEG", quality=quality, subsampling=subsampling)
         with Image.open(io.BytesIO(buf.getvalue())) as decoded:
-            arr = np.asarray(decoded.convert("RGB"))
-        out.append(from_uint8(arr))
-    return torch.cat(out).to(device=x.device, dtype=x.dtype)
+            out.append(torch.from_numpy(np.asarray(decoded.convert("RGB")).transpose(2, 0, 1).copy()))
+    # Scale in the target dtype (as core.image.from_uint8 / quantize do in float32), so the result lies
+    # exactly on the 8-bit grid of that dtype: quantize(jpeg(x)) == jpeg(x) in float64 too.
+    return torch.stack(out).to(device=x.device, dtype=x.dtype) / 127.5 - 1
 
 
 # --- differentiable JPEG ----------------------------------------------------------------------------

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from core.forgers import create_forger
-from core.methods import Protection, create_method, method_class, method_names
+from core.methods import create_method, method_class, method_names
 from core.metrics import mse
 from core.targets import fixed_targets
 from tests.conftest import synthetic_faces

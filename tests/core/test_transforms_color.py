@@ -34,7 +34,9 @@ def test_ycbcr_round_trip(dtype: torch.dtype) -> None:
 def test_ycbcr_known_values() -> None:
     # JFIF: Y = .299 R + .587 G + .114 B, Cb = .5 + (B - Y) / 1.772, Cr = .5 + (R - Y) / 1.402.
     red = rgb_to_ycbcr(_pixel(1, 0, 0)).flatten()
-    assert torch.allclose(red, torch.tensor([0.299, 0.5 - 0.299 / 1.772, 1.0], dtype=torch.float64), atol=1e-12)
+    assert torch.allclose(
+        red, torch.tensor([0.299, 0.5 - 0.299 / 1.772, 1.0], dtype=torch.float64), atol=1e-12
+    )
     assert torch.allclose(red, torch.tensor([0.299, 0.331264, 1.0], dtype=torch.float64), atol=1e-6)
     grey = rgb_to_ycbcr(_pixel(0.25, 0.25, 0.25)).flatten()
     assert torch.allclose(grey, torch.tensor([0.25, 0.5, 0.5], dtype=torch.float64), atol=1e-12)
@@ -83,7 +85,7 @@ def test_grey_has_no_chroma() -> None:
 
 
 def test_gradcheck() -> None:
-    x = (0.1 + 0.8 * torch.rand(1, 3, 2, 3, generator=torch.Generator().manual_seed(2), dtype=torch.float64))
+    x = 0.1 + 0.8 * torch.rand(1, 3, 2, 3, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
     x.requires_grad_(True)
     for fn in (rgb_to_ycbcr, ycbcr_to_rgb, rgb_to_lab):
         assert torch.autograd.gradcheck(fn, (x,))

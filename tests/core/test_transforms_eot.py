@@ -1,0 +1,93 @@
+"""core.transforms.eot: expectation over transformation."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from core.transforms import DEFAULT_TRANSFORMS, EoT, TransformSpec
+
+ALL = ["identity", "jpeg", "blur", "resize"]
+
+
+def _image(requires_grad: bool = False) -> torch.Tensor:
+    x = torch.rand(1, 3, 24, 24, generator=torch.Generator().manual_seed(0)) * 1.8 - 0.9
+    return x.requires_grad_(requires_grad)
+
+
+def _draws(eot: EoT, seed: int, n: int = 40) -> list[tuple[str, float]]:
+    g = torch.Generator().manual_seed(seed)
+    return [(spec.name, param) for spec, param in (eot.sample(g) for _ in range(n))]
+
+
+def test_default_ranges() -> None:
+    eot = EoT.from_names(ALL)
+    assert eot.names == ALL
+    assert repr(eot) == "EoT(identity, jpeg[50..95], blur[0.5..1.5], resize[0.5..0.9])"
+    draws = _draws(eot, 0, n=200)
+    assert {name for name, _ in draws} == set(ALL)
+    for name, param in draws:
+        spec = DEFAULT_TRANSFORMS[name]
+        assert spec.low <= param <= spec.high
+        if name == "jpeg":
+            assert param == int(param)
+    qualities = {p for n, p in draws if n == "jpeg"}
+    assert len(qualities) > 10  # integer qualities spread over the range
+
+
+def test_deterministic_given_generator() -> None:
+    eot = EoT.from_names(ALL)
+    assert _draws(eot, 123) == _draws(eot, 123)
+    assert _draws(eot, 123) != _draws(eot, 124)
+    x = _image()
+    g1, g2 = torch.Generator().manual_seed(7), torch.Generator().manual_seed(7)
+    for _ in range(6):
+        assert torch.equal(eot(x, g1), eot(x, g2))
+
+
+def test_global_rng_when_no_generator() -> None:
+    eot = EoT.from_names(["blur", "resize"])
+    torch.manual_seed(3)
+    a = eot(_image())
+    torch.manual_seed(3)
+    assert torch.equal(eot(_image()), a)
+
+
+def test_none_is_identity_and_draws_nothing() -> None:
+    eot = EoT.none()
+    assert eot.is_identity and not EoT.from_names(["jpeg"]).is_identity
+    g = torch.Generator().manual_seed(5)
+    state = g.get_state()
+    x = _image()
+    assert eot(x, g) is x
+    assert torch.equal(g.get_state(), state)
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_gradient_flows(name: str) -> None:
+    x = _image(requires_grad=True)
+    out = EoT.from_names([name])(x, torch.Generator().manual_seed(0))
+    assert out.shape == x.shape
+    (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
+
+
+def test_range_override_and_fixed_parameter() -> None:
+    eot = EoT.from_names(["jpeg"], ranges={"jpeg": (80, 80)})
+    g = torch.Generator().manual_seed(0)
+    state = g.get_state()
+    assert eot.sample(g)[1] == 80
+    assert torch.equal(g.get_state(), state)  # fixed parameter, single transform: nothing drawn
+
+
+def test_errors() -> None:
+    with pytest.raises(
+        ValueError, match=r"unknown EoT transform.*'crop'.*known: identity, jpeg, blur, resize"
+    ):
+        EoT.from_names(["jpeg", "crop"])
+    with pytest.raises(ValueError, match="unknown"):
+        EoT.from_names(["jpeg"], ranges={"crop": (0.1, 0.2)})
+    with pytest.raises(ValueError, match="at least one"):
+        EoT.from_names([])
+    with pytest.raises(ValueError, match="low"):
+        TransformSpec("blur", lambda x, s: x, 2.0, 1.0)
