@@ -171,7 +171,7 @@ def eval_cmd(
     table = markdown_table(summaries)
     (out / "results.md").write_text(table)
     (out / "results.json").write_text(json.dumps({"data": str(data), "summaries": summaries}, indent=2) + "\n")
-    console.print(table)
+    typer.echo(table)  # plain Markdown, never wrapped
     console.print(f"wrote {out / 'results.md'} and {out / 'results.json'}")
 
 
@@ -209,6 +209,23 @@ def forgers() -> None:
             cfg = e.config if isinstance(e.config, str) else "custom"
             table.add_row(name, arch(name).paper, where + (" (default)" if e.default else ""), cfg, trained, numbers)
     console.print(table)
+
+
+@app.command("measure-forger")
+@friendly_errors
+def measure_forger_cmd(
+    name: Annotated[str, typer.Argument(help="Manifest entry of a generator, e.g. stargan-compact64.")],
+    data: Annotated[Path | None, typer.Option(help="CelebA root (default: the shared dataset).")] = None,
+    limit: Annotated[int, typer.Option(help="Validation faces to use.")] = 2000,
+) -> None:
+    """Measure a forger's edits (strength, target accuracy, reconstruction) and record them in its card."""
+    from core.data import default_celeba_dir
+    from core.workflows import measure_and_record
+
+    with _progress() as bar:
+        task = bar.add_task(f"measure {name}", total=limit)
+        numbers = measure_and_record(name, data or default_celeba_dir(), limit, lambda n: bar.advance(task, n))
+    typer.echo(json.dumps(numbers, indent=2))
 
 
 @app.command()
@@ -259,6 +276,28 @@ def train_forger(
     from core.workflows import train_forger as run
 
     run(forger, config, data, run_dir, iters, max_minutes, batch_size, threads, device, init_from)
+
+
+@train_app.command("classifier")
+@friendly_errors
+def train_classifier_cmd(
+    data: Annotated[Path | None, typer.Option(help="CelebA root (default: the shared dataset).")] = None,
+    epochs: Annotated[int, typer.Option()] = 6,
+    cache: Annotated[Path, typer.Option(help="Folder for the preprocessed face packs.")] = Path("runs/cache"),
+    hardware: Annotated[str, typer.Option(help="What it was trained on, for the card.")] = "CPU",
+) -> None:
+    """Train the CelebA-5 attribute classifier and export it into checkpoints/."""
+    from core.classifier import export_classifier, train_classifier
+    from core.data import FacePack, celeba_available, default_celeba_dir
+
+    root = data or default_celeba_dir()
+    if not celeba_available(root):
+        raise FileNotFoundError(f"no CelebA layout in {root}; pass --data or set VEIL_CELEBA")
+    train, val = FacePack.load(root, "train", 64, cache), FacePack.load(root, "val", 64, cache)
+    model, facts = train_classifier(train.images, train.attrs, val.images, val.attrs, epochs=epochs,
+                                    log=console.print)
+    entry = export_classifier(model, facts, hardware)
+    console.print(f"exported {entry.name} -> checkpoints/{entry.file}: {facts['val_accuracy']}")
 
 
 @train_app.command("export")

@@ -45,7 +45,7 @@ def forger_effect(
     return {
         "distortion": distortion,
         "defended": distortion > SUCCESS_THRESHOLD,
-        "nullification": metrics.mse(out_adv, xas),
+        "nullification": metrics.nullification_error(out_adv, xs),
         "edit_strength": metrics.mse(out_clean, xs),
     }
 

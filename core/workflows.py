@@ -160,23 +160,26 @@ def export_run(run_dir: Path, name: str, default: bool, half: bool, hardware: st
                 "dtype": "float16" if half else "float32",
                 "exported": dt.date.today().isoformat(),
                 "licence": "CelebA: non-commercial research use only",
+                "recipe": {k: cfg[k] for k in RECIPE_KEYS},
             },
         )
         manifest.upsert(entry)
         entries.append(entry)
     manifest.save()
-    write_model_card(entries[0], cfg)
+    write_model_card(entries[0])
     return entries
 
 
-def write_model_card(entry: ManifestEntry, train_cfg: dict[str, Any]) -> Path:
+RECIPE_KEYS = ("forger", "batch_size", "lr", "n_critic", "lambda_cls", "lambda_rec", "lambda_gp", "lambda_id")
+
+
+def write_model_card(entry: ManifestEntry) -> Path:
     """``checkpoints/<name>.md``: what the weights are, how they were made, what they may be used for."""
     info = entry.info
     metrics = info.get("metrics", {})
     numbers = "\n".join(f"| {k} | {v:.4g} |" if isinstance(v, float) else f"| {k} | {v} |"
                         for k, v in metrics.items()) or "| (not measured yet) | |"
-    recipe = ", ".join(f"{k} {train_cfg[k]}" for k in (
-        "forger", "batch_size", "lr", "n_critic", "lambda_cls", "lambda_rec", "lambda_gp", "lambda_id"))
+    recipe = ", ".join(f"{k} {v}" for k, v in info.get("recipe", {}).items())
     card = f"""# {entry.name}
 
 A {entry.forger} face-attribute editor (generator `{entry.file}`,
@@ -207,3 +210,32 @@ it exists so that Veil's protections are measured against a real editor.
     path = checkpoints_dir() / f"{entry.name}.md"
     path.write_text(card)
     return path
+
+
+def measure_and_record(name: str, data: Path, limit: int, advance: Callable[[int], Any] = lambda n: None
+                       ) -> dict[str, Any]:
+    """Measure a manifest forger on the validation faces; store the numbers in its entry and card."""
+    from core.classifier import load_classifier
+    from core.forger_eval import measure_forger
+    from core.forgers import create_forger
+
+    manifest = Manifest()
+    entry = manifest.find(name)
+    if entry is None or entry.role != "generator":
+        raise CheckpointError(f"no generator named {name!r} in the manifest")
+    if not celeba_available(data):
+        raise FileNotFoundError(f"no CelebA layout in {data}")
+    forger = create_forger(entry.forger, name)
+    faces, attrs, _ = load_faces(data, limit, 128)
+    assert attrs is not None
+    try:
+        classifier = load_classifier()
+    except CheckpointError:
+        classifier = None
+    numbers = measure_forger(forger, faces, attrs, classifier, advance=advance)
+    entry.info["metrics"] = {k: v for k, v in numbers.items() if not isinstance(v, dict)}
+    entry.info["metrics_detail"] = {k: v for k, v in numbers.items() if isinstance(v, dict)}
+    manifest.upsert(entry)
+    manifest.save()
+    write_model_card(entry)
+    return numbers

@@ -17,7 +17,7 @@ LAB_QUANT_TOL = 1.5
 class AntiForgery(Protection):
     """Sign-gradient steps on the a and b channels of CIELab only; L (lightness) is never changed.
 
-    Budget: ``eps`` = L-inf bound on the a/b perturbation in Lab units (default 6.0; a/b span about
+    Budget: ``eps`` = L-inf bound on the a/b perturbation in Lab units (default 4.0; a/b span about
     [-128, 127]); ``step_size`` default eps / 5; ``steps`` default 10. The public code's Adam steps of
     1e-4 barely move the image; sign steps use the whole budget. Colour changes are far less visible to
     people than lightness changes of the same size, which is the point of the method. Pass ``eot`` (e.g.
@@ -37,7 +37,7 @@ class AntiForgery(Protection):
     name = "anti-forgery"
     paper = "Wang et al., Anti-Forgery, IJCAI 2022 (arXiv 2206.00477)"
     budget_units = "L-inf on CIELab a/b (Lab units)"
-    defaults = {"eps": 6.0, "steps": 10, "step_fraction": 0.2, "objective": "distort", "random_start": True}
+    defaults = {"eps": 4.0, "steps": 10, "step_fraction": 0.2, "objective": "distort", "random_start": True}
     eps_range = (0.0, 40.0)
 
     def perturb(self, x: torch.Tensor, targets: torch.Tensor, gen: torch.Generator) -> torch.Tensor:

@@ -20,7 +20,7 @@ class DWTPGD(Protection):
     Non-targeted objective: maximise sum_{forger, c} MSE(G(x_adv, c), G(x, c)).
 
     Budget: ``eps`` = L-inf bound on every subband coefficient of Cb and Cr (YCbCr on [0, 1]; the
-    orthonormal Haar basis spreads a coefficient over a 2x2 block at half its size); default 0.04.
+    orthonormal Haar basis spreads a coefficient over a 2x2 block at half its size); default 0.02.
     ``step_size`` default eps / 5, ``steps`` default 10. Inputs need even height and width.
 
     Shapes: x (N, 3, H, W) in [-1, 1] -> x_adv (N, 3, H, W) on the 8-bit grid.
@@ -36,7 +36,7 @@ class DWTPGD(Protection):
     name = "dwt-pgd"
     paper = "Haar DWT chroma perturbation (iterative counterpart of the DWT-domain generator)"
     budget_units = "L-inf on Haar DWT subbands of Cb/Cr (YCbCr on [0, 1])"
-    defaults = {"eps": 0.04, "steps": 10, "step_fraction": 0.2, "objective": "distort", "random_start": True}
+    defaults = {"eps": 0.02, "steps": 10, "step_fraction": 0.2, "objective": "distort", "random_start": True}
     eps_range = (0.0, 0.5)
 
     def perturb(self, x: torch.Tensor, targets: torch.Tensor, gen: torch.Generator) -> torch.Tensor:

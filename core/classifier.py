@@ -1,0 +1,132 @@
+"""A small CNN that predicts the forgers' attributes (CelebA-5) from a face.
+
+It measures edit quality (does a forger's "make blond" edit produce a face the classifier calls blond?)
+and gives targets for faces whose attributes are unknown. Trained by ``veil train classifier`` on the
+same CelebA train split as the forgers; its validation accuracy per attribute is in its model card.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from core.checkpoints import CheckpointError, Manifest, ManifestEntry, checkpoints_dir, load_weights, save_weights
+from core.forgers.base import CELEBA5
+
+CLASSIFIER_NAME = "attribute-classifier"
+
+
+class AttributeClassifier(nn.Module):
+    """x (N, 3, H, W) in [-1, 1] (resized to ``image_size``) -> attribute logits (N, A)."""
+
+    def __init__(self, image_size: int = 64, width: int = 32, attributes: tuple[str, ...] = CELEBA5) -> None:
+        super().__init__()
+        self.image_size = image_size
+        self.width = width
+        self.attributes = attributes
+        # A stride-2 stem, then three (conv, strided conv) stages: cheap enough to train on a CPU.
+        layers: list[nn.Module] = [nn.Conv2d(3, width, 4, 2, 1, bias=False), nn.BatchNorm2d(width),
+                                   nn.ReLU(inplace=True)]
+        n_in = width
+        for i in range(3):
+            n_out = width * 2**i
+            layers += [nn.Conv2d(n_in, n_out, 3, 1, 1, bias=False), nn.BatchNorm2d(n_out), nn.ReLU(inplace=True),
+                       nn.Conv2d(n_out, n_out, 3, 2, 1, bias=False), nn.BatchNorm2d(n_out), nn.ReLU(inplace=True)]
+            n_in = n_out
+        self.features = nn.Sequential(*layers)
+        self.head = nn.Sequential(nn.Dropout(0.2), nn.Linear(n_in, len(attributes)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-1] != self.image_size or x.shape[-2] != self.image_size:
+            x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear", antialias=True,
+                              align_corners=False)
+        return self.head(self.features(x).mean(dim=(2, 3)))
+
+
+def load_classifier(checkpoint: str | Path | None = None) -> AttributeClassifier:
+    """The shipped classifier (or a given file), frozen in eval mode."""
+    manifest = Manifest()
+    if checkpoint is None:
+        entry = manifest.find(CLASSIFIER_NAME)
+        if entry is None:
+            raise CheckpointError("no attribute classifier in the manifest; train one with `veil train classifier`")
+        path = manifest.resolve(entry)
+    else:
+        path = Path(checkpoint)
+    state, meta = load_weights(path)
+    cfg = meta.get("config", {})
+    model = AttributeClassifier(cfg.get("image_size", 64), cfg.get("width", 32))
+    model.load_state_dict(state, strict=True)
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+@torch.no_grad()
+def accuracy(model: AttributeClassifier, x: torch.Tensor, c: torch.Tensor, batch: int = 256) -> torch.Tensor:
+    """Per-attribute accuracy (A,) of ``model`` on faces ``x`` with 0/1 labels ``c``."""
+    model.eval()
+    correct = torch.zeros(c.shape[1])
+    for i in range(0, len(x), batch):
+        pred = model(x[i : i + batch]) > 0
+        correct += (pred == c[i : i + batch].bool()).float().sum(0)
+    return correct / len(x)
+
+
+def train_classifier(
+    train_x: torch.Tensor, train_c: torch.Tensor, val_x: torch.Tensor, val_c: torch.Tensor,
+    epochs: int = 6, batch: int = 64, lr: float = 2e-3, seed: int = 0, width: int = 32, image_size: int = 64,
+    log: Any = print,
+) -> tuple[AttributeClassifier, dict[str, Any]]:
+    """Train with Adam, light augmentation (horizontal flips) and a cosine schedule; returns model and facts."""
+    torch.manual_seed(seed)
+    model = AttributeClassifier(image_size, width)
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    steps = epochs * ((len(train_x) + batch - 1) // batch)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps)
+    start = time.monotonic()
+    for epoch in range(epochs):
+        model.train()
+        perm = torch.randperm(len(train_x))
+        for i in range(0, len(train_x), batch):
+            idx = perm[i : i + batch]
+            x, c = train_x[idx].float() / 127.5 - 1, train_c[idx]
+            flip = torch.rand(len(idx)) < 0.5
+            x[flip] = x[flip].flip(-1)
+            loss = F.binary_cross_entropy_with_logits(model(x), c)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+        acc = accuracy(model, val_x.float() / 127.5 - 1, val_c)
+        log(f"epoch {epoch + 1}/{epochs}: loss {loss.item():.3f}, val acc " +
+            ", ".join(f"{a} {v:.3f}" for a, v in zip(CELEBA5, acc.tolist(), strict=True)))
+    facts = {
+        "epochs": epochs,
+        "seconds": time.monotonic() - start,
+        "val_accuracy": dict(zip(CELEBA5, [round(v, 4) for v in acc.tolist()], strict=True)),
+        "val_faces": len(val_x),
+        "train_faces": len(train_x),
+    }
+    return model, facts
+
+
+def export_classifier(model: AttributeClassifier, facts: dict[str, Any], hardware: str) -> ManifestEntry:
+    file = f"{CLASSIFIER_NAME}.safetensors"
+    cfg = {"image_size": model.image_size, "width": model.width}
+    sha = save_weights(model.state_dict(), checkpoints_dir() / file, {"config": cfg, **facts})
+    entry = ManifestEntry(name=CLASSIFIER_NAME, forger="classifier", role="classifier", file=file, config=cfg,
+                          sha256=sha, info={"architecture": "AttributeClassifier (7 conv, BN, ReLU)",
+                                            "data": "CelebA train split (24,000 faces), 64 px",
+                                            "hardware": hardware, "metrics": facts["val_accuracy"],
+                                            "licence": "CelebA: non-commercial research use only", **facts})
+    manifest = Manifest()
+    manifest.upsert(entry)
+    manifest.save()
+    return entry
