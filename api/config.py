@@ -37,71 +37,77 @@ class Settings(BaseSettings):
 
     # --- Redis (job records, API keys, rate limits, idempotency, worker heartbeats) ---
     redis_url: str = "redis://127.0.0.1:6379/0"
-    redis_prefix: str = Field("veil:", description="prefix of every key the service writes")
-    redis_socket_timeout_s: float = Field(5.0, gt=0)
+    redis_prefix: str = Field(default="veil:", description="prefix of every key the service writes")
+    redis_socket_timeout_s: float = Field(default=5.0, gt=0)
 
     # --- Celery (tasks are sent by name; no task code is imported) ---
-    celery_broker_url: str | None = Field(None, description="defaults to redis_url")
-    celery_key_prefix: str = Field("", description="kombu global_keyprefix of the broker's Redis keys")
+    celery_broker_url: str | None = Field(default=None, description="defaults to redis_url")
+    celery_key_prefix: str = Field(
+        default="", description="kombu global_keyprefix of the broker's Redis keys"
+    )
     queue_gpu: str = "gpu"
     queue_io: str = "io"
     task_protect: str = "veil.protect"
     task_protect_archive: str = "veil.protect_archive"
 
     # --- S3-compatible storage ---
-    s3_endpoint_url: str | None = Field(None, description="None = AWS; e.g. http://127.0.0.1:9000")
-    s3_public_endpoint_url: str | None = Field(None, description="endpoint put in presigned URLs")
+    s3_endpoint_url: str | None = Field(default=None, description="None = AWS; e.g. http://127.0.0.1:9000")
+    s3_public_endpoint_url: str | None = Field(default=None, description="endpoint put in presigned URLs")
     s3_region: str = "us-east-1"
     s3_access_key_id: str | None = None
     s3_secret_access_key: SecretStr | None = None
     s3_bucket: str = "veil"
     s3_addressing_style: str = "path"
     s3_create_bucket: bool = True
-    s3_timeout_s: float = Field(10.0, gt=0)
-    retention_days: int = Field(7, ge=1, le=3650, description="inputs/outputs expire after this many days")
+    s3_timeout_s: float = Field(default=10.0, gt=0)
+    retention_days: int = Field(
+        default=7, ge=1, le=3650, description="inputs/outputs expire after this many days"
+    )
 
     # --- presigned URLs ---
-    download_url_ttl_s: int = Field(900, ge=1, le=7 * 24 * 3600)
-    download_url_ttl_max_s: int = Field(24 * 3600, ge=1, le=7 * 24 * 3600)
-    upload_url_ttl_s: int = Field(3600, ge=1, le=7 * 24 * 3600)
+    download_url_ttl_s: int = Field(default=900, ge=1, le=7 * 24 * 3600)
+    download_url_ttl_max_s: int = Field(default=24 * 3600, ge=1, le=7 * 24 * 3600)
+    upload_url_ttl_s: int = Field(default=3600, ge=1, le=7 * 24 * 3600)
 
     # --- upload limits (enforced before anything is stored) ---
-    max_request_bytes: int = Field(64 * MiB, ge=1024, description="body of a direct POST /v1/jobs")
-    max_json_bytes: int = Field(1 * MiB, ge=1024, description="body of any other request")
-    max_image_bytes: int = Field(25 * MiB, ge=1)
-    max_archive_bytes: int = Field(2048 * MiB, ge=1)
-    max_image_pixels: int = Field(40_000_000, ge=1)
-    max_archive_entries: int = Field(1000, ge=1)
-    max_archive_uncompressed_bytes: int = Field(8192 * MiB, ge=1)
-    multipart_threshold_bytes: int = Field(100 * MiB, ge=5 * MiB)
-    multipart_part_bytes: int = Field(16 * MiB, ge=5 * MiB, le=5 * 1024 * MiB)
-    max_metadata_bytes: int = Field(4096, ge=2)
+    max_request_bytes: int = Field(default=64 * MiB, ge=1024, description="body of a direct POST /v1/jobs")
+    max_json_bytes: int = Field(default=1 * MiB, ge=1024, description="body of any other request")
+    max_image_bytes: int = Field(default=25 * MiB, ge=1)
+    max_archive_bytes: int = Field(default=2048 * MiB, ge=1)
+    max_image_pixels: int = Field(default=40_000_000, ge=1)
+    max_archive_entries: int = Field(default=1000, ge=1)
+    max_archive_uncompressed_bytes: int = Field(default=8192 * MiB, ge=1)
+    multipart_threshold_bytes: int = Field(default=100 * MiB, ge=5 * MiB)
+    multipart_part_bytes: int = Field(default=16 * MiB, ge=5 * MiB, le=5 * 1024 * MiB)
+    max_metadata_bytes: int = Field(default=4096, ge=2)
 
     # --- API keys and rate limiting ---
-    rate_limit_requests: int = Field(120, ge=0, description="per key and window; 0 disables")
-    rate_limit_window_s: float = Field(60.0, gt=0)
+    rate_limit_requests: int = Field(default=120, ge=0, description="per key and window; 0 disables")
+    rate_limit_window_s: float = Field(default=60.0, gt=0)
 
     # --- jobs ---
-    prefer_wait_max_s: float = Field(30.0, ge=0, le=300)
-    wait_poll_interval_s: float = Field(0.25, gt=0)
-    idempotency_ttl_s: int = Field(24 * 3600, ge=1)
-    list_max_limit: int = Field(100, ge=1)
+    prefer_wait_max_s: float = Field(default=30.0, ge=0, le=300)
+    wait_poll_interval_s: float = Field(default=0.25, gt=0)
+    idempotency_ttl_s: int = Field(default=24 * 3600, ge=1)
+    list_max_limit: int = Field(default=100, ge=1)
     methods_file: Path = DEFAULT_METHODS_FILE
 
     # --- webhooks ---
     webhook_allow_hosts: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="hosts (or IPs) exempt from the SSRF guard, e.g. a test receiver"
     )
-    webhook_require_https: bool = Field(True, description="allow-listed hosts may still use http")
+    webhook_require_https: bool = Field(default=True, description="allow-listed hosts may still use http")
     webhook_retry_schedule_s: Annotated[list[float], NoDecode] = Field(
         default_factory=lambda: [5.0, 30.0, 120.0, 600.0, 1800.0],
         description="waits before each retry; attempts = len + 1",
     )
-    webhook_timeout_s: float = Field(10.0, gt=0)
-    webhook_attempt_log_max: int = Field(100, ge=1)
+    webhook_timeout_s: float = Field(default=10.0, gt=0)
+    webhook_attempt_log_max: int = Field(default=100, ge=1)
 
     # --- readiness ---
-    worker_heartbeat_ttl_s: int = Field(60, ge=1, description="workers refresh veil:workers:<host> this often")
+    worker_heartbeat_ttl_s: int = Field(
+        default=60, ge=1, description="workers refresh veil:workers:<host> this often"
+    )
 
     @field_validator("webhook_allow_hosts", "webhook_retry_schedule_s", mode="before")
     @classmethod

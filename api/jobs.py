@@ -49,7 +49,7 @@ class OutputRef(BaseModel):
     key: str
     size: int | None = None
     content_type: str | None = None
-    source: str | None = Field(None, description="input file (archive entry) it was made from")
+    source: str | None = Field(default=None, description="input file (archive entry) it was made from")
 
 
 class JobRecord(BaseModel):
@@ -84,8 +84,21 @@ class JobRecord(BaseModel):
     worker: str | None = None
 
     PLAIN: ClassVar[frozenset[str]] = frozenset(
-        {"id", "tenant", "status", "kind", "method", "strength", "output_format", "output_prefix",
-         "error_code", "error_message", "webhook_url", "task_id", "worker"}
+        {
+            "id",
+            "tenant",
+            "status",
+            "kind",
+            "method",
+            "strength",
+            "output_format",
+            "output_prefix",
+            "error_code",
+            "error_message",
+            "webhook_url",
+            "task_id",
+            "worker",
+        }
     )
 
     def to_redis(self) -> dict[str, str]:
@@ -194,7 +207,7 @@ class JobStore:
     def create(self, job: JobRecord) -> None:
         key = self.keys.job(job.id)
         with self.r.pipeline(transaction=True) as pipe:
-            pipe.hset(key, mapping=job.to_redis())
+            pipe.hset(key, mapping=job.to_redis())  # type: ignore[arg-type]
             pipe.expire(key, self.record_ttl(job))
             pipe.zadd(self.keys.tenant_jobs(job.tenant), {job.id: 0})
             pipe.zadd(self.keys.tenant_jobs(job.tenant, job.status.value), {job.id: 0})
@@ -213,7 +226,7 @@ class JobStore:
             return None
         return job
 
-    def list(
+    def list_jobs(
         self, tenant: str, status: JobStatus | None = None, limit: int = 20, cursor: str | None = None
     ) -> tuple[list[JobRecord], str | None]:
         """Newest first; returns the page and the cursor of the next page (None at the end)."""
@@ -296,7 +309,11 @@ class JobStore:
     def fail(self, job_id: str, code: str, message: str) -> bool:
         try:
             self.transition(
-                job_id, JobStatus.FAILED, finished_at=time.time(), error_code=code, error_message=message[:1000]
+                job_id,
+                JobStatus.FAILED,
+                finished_at=time.time(),
+                error_code=code,
+                error_message=message[:1000],
             )
         except InvalidTransition:
             return False

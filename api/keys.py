@@ -91,7 +91,9 @@ def revoke_key(key: str, *, r: redis.Redis | None = None, settings: Settings | N
     return True
 
 
-def get_webhook_secret(tenant: str, *, r: redis.Redis | None = None, settings: Settings | None = None) -> str | None:
+def get_webhook_secret(
+    tenant: str, *, r: redis.Redis | None = None, settings: Settings | None = None
+) -> str | None:
     r, settings = _client(r, settings)
     value = r.hget(RedisKeys(settings.redis_prefix).tenant(tenant), "webhook_secret")
     return str(value) if value else None

@@ -1,0 +1,1 @@
+"""Veil gateway: FastAPI app, and the service modules workers share (no torch, no ``core``)."""

@@ -1,0 +1,67 @@
+"""The catalogue of protection methods and forgers served by ``GET /v1/methods``.
+
+Read from ``Settings.methods_file`` (default ``api/methods.json``), which the worker side keeps in sync
+with ``core``'s registries; the gateway never imports ``core``. Note for packaging: a non-editable
+install needs ``api/methods.json`` declared as package data.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field, model_validator
+
+
+class EpsPresets(BaseModel):
+    default: float = Field(gt=0)
+    low: float = Field(gt=0)
+    medium: float = Field(gt=0)
+    high: float = Field(gt=0)
+
+    def for_strength(self, strength: str) -> float:
+        return float(getattr(self, strength))
+
+
+class MethodInfo(BaseModel):
+    name: str
+    title: str
+    description: str
+    core_units: str
+    core_eps_scale: float = Field(gt=0)
+    eps: EpsPresets
+    defaults: dict[str, Any] = Field(default_factory=dict)
+
+
+class ForgerInfo(BaseModel):
+    name: str
+    description: str
+    attributes: list[str]
+
+
+class Catalog(BaseModel):
+    version: int = 1
+    eps_units: str
+    eps_max: float = Field(gt=0)
+    methods: list[MethodInfo]
+    forgers: list[ForgerInfo]
+    output_formats: list[str]
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Catalog:
+        for m in self.methods:
+            for name, value in m.eps.model_dump().items():
+                if value > self.eps_max:
+                    raise ValueError(f"{m.name}: eps {name}={value} over eps_max {self.eps_max}")
+        return self
+
+    def method(self, name: str) -> MethodInfo | None:
+        return next((m for m in self.methods if m.name == name), None)
+
+    def forger(self, name: str) -> ForgerInfo | None:
+        return next((f for f in self.forgers if f.name == name), None)
+
+
+def load_catalog(path: Path) -> Catalog:
+    return Catalog.model_validate(json.loads(Path(path).read_text(encoding="utf-8")))

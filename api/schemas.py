@@ -1,0 +1,253 @@
+"""Request and response bodies of the public API."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from api.jobs import DEFAULT_WEBHOOK_EVENTS, JobRecord
+from api.states import JobStatus
+
+OutputFormat = Literal["png", "jpeg", "webp"]
+Strength = Literal["low", "medium", "high"]
+EventName = Literal["job.started", "job.completed", "job.failed", "job.progress"]
+UploadContentType = Literal["image/png", "image/jpeg", "image/webp", "application/zip"]
+
+
+def ts(value: float | None) -> datetime | None:
+    return datetime.fromtimestamp(value, UTC) if value is not None else None
+
+
+class JobOptions(BaseModel):
+    """Protection options (JSON body, or form fields next to ``file``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    method: str = Field(default="pgd", max_length=64, description="see GET /v1/methods")
+    forgers: list[str] = Field(default_factory=lambda: ["stargan"], min_length=1, max_length=8)
+    targets: list[str] | None = Field(
+        default=None,
+        max_length=32,
+        description="attribute edits to cover (default: every single-attribute edit)",
+    )
+    eps: float | None = Field(
+        default=None,
+        gt=0,
+        le=0.1,
+        description="budget, fraction of the channel range (method default if unset)",
+    )
+    strength: Strength | None = Field(default=None, description="preset budget; exclusive with eps")
+    output_format: OutputFormat = "png"
+    webhook_url: str | None = Field(default=None, max_length=2048)
+    webhook_events: list[EventName] | None = Field(
+        default=None, description=f"default {list(DEFAULT_WEBHOOK_EVENTS)}"
+    )
+    metadata: dict[str, Any] | None = Field(
+        default=None, description="small JSON object echoed back (max 4 KiB)"
+    )
+
+    @field_validator("forgers", "targets")
+    @classmethod
+    def _unique(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None and len(set(value)) != len(value):
+            raise ValueError("duplicate names")
+        return value
+
+
+class JobCreate(JobOptions):
+    """JSON (or urlencoded form) body of POST /v1/jobs referencing an upload."""
+
+    upload_id: str = Field(max_length=64, description="from POST /v1/uploads")
+
+
+class Progress(BaseModel):
+    done: int
+    total: int
+
+
+class JobErrorOut(BaseModel):
+    code: str
+    message: str
+
+
+class JobInputOut(BaseModel):
+    kind: Literal["image", "archive"]
+    filename: str
+    content_type: str
+    size: int
+    upload_id: str | None = None
+
+
+class WebhookAttemptOut(BaseModel):
+    event: str
+    msg_id: str
+    attempt: int
+    at: datetime
+    status_code: int | None
+    error: str | None
+
+
+class WebhookOut(BaseModel):
+    url: str
+    events: list[str]
+    disabled: bool
+    attempts: list[WebhookAttemptOut] | None = None
+
+
+class Job(BaseModel):
+    id: str
+    object: Literal["job"] = "job"
+    status: JobStatus
+    method: str
+    forgers: list[str]
+    targets: list[str] | None
+    eps: float
+    strength: str | None
+    output_format: str
+    input: JobInputOut
+    progress: Progress
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    expires_at: datetime
+    error: JobErrorOut | None
+    metadata: dict[str, Any]
+    webhook: WebhookOut | None
+    links: dict[str, str]
+
+
+def job_out(job: JobRecord, attempts: list[dict[str, Any]] | None = None) -> Job:
+    webhook = None
+    if job.webhook_url:
+        webhook = WebhookOut(
+            url=job.webhook_url,
+            events=job.webhook_events,
+            disabled=job.webhook_disabled,
+            attempts=(
+                [WebhookAttemptOut.model_validate({**a, "at": ts(a.get("at"))}) for a in attempts]
+                if attempts is not None
+                else None
+            ),
+        )
+    base = f"/v1/jobs/{job.id}"
+    return Job(
+        id=job.id,
+        status=job.status,
+        method=job.method,
+        forgers=job.forgers,
+        targets=job.targets,
+        eps=job.eps,
+        strength=job.strength,
+        output_format=job.output_format,
+        input=JobInputOut(
+            kind=job.kind,
+            filename=job.input.filename,
+            content_type=job.input.content_type,
+            size=job.input.size,
+            upload_id=job.input.upload_id,
+        ),
+        progress=Progress(done=job.progress_done, total=job.progress_total),
+        created_at=ts(job.created_at),  # type: ignore[arg-type]
+        started_at=ts(job.started_at),
+        finished_at=ts(job.finished_at),
+        expires_at=ts(job.expires_at),  # type: ignore[arg-type]
+        error=JobErrorOut(code=job.error_code, message=job.error_message or "") if job.error_code else None,
+        metadata=job.metadata,
+        webhook=webhook,
+        links={"self": base, "outputs": f"{base}/outputs", "cancel": f"{base}/cancel"},
+    )
+
+
+class JobList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[Job]
+    has_more: bool
+    next_cursor: str | None
+
+
+class OutputItem(BaseModel):
+    name: str = Field(description="path below the job's output prefix")
+    size: int
+    url: str
+    expires_at: datetime
+
+
+class JobOutputs(BaseModel):
+    job_id: str
+    status: JobStatus
+    expires_in: int
+    data: list[OutputItem]
+
+
+class UploadCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    filename: str = Field(min_length=1, max_length=255)
+    content_type: UploadContentType
+    size: int = Field(gt=0, description="bytes the client will upload")
+    multipart: bool | None = Field(
+        default=None, description="force (true) or forbid (false) a multipart upload"
+    )
+
+
+class PresignedPost(BaseModel):
+    url: str
+    fields: dict[str, str]
+
+
+class MultipartInfo(BaseModel):
+    part_size: int
+    part_count: int
+    parts_url: str
+    complete_url: str
+
+
+class Upload(BaseModel):
+    id: str
+    object: Literal["upload"] = "upload"
+    mode: Literal["post", "multipart"]
+    status: Literal["pending", "ready", "failed"]
+    filename: str
+    content_type: str
+    size: int
+    max_bytes: int
+    created_at: datetime
+    expires_at: datetime
+    kind: Literal["image", "archive"] | None = None
+    error: str | None = None
+    post: PresignedPost | None = None
+    multipart: MultipartInfo | None = None
+
+
+class PartsRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    part_numbers: list[int] = Field(min_length=1, max_length=1000)
+
+
+class PartUrl(BaseModel):
+    part_number: int
+    url: str
+
+
+class PartsResponse(BaseModel):
+    expires_at: datetime
+    parts: list[PartUrl]
+
+
+class CompletedPart(BaseModel):
+    part_number: int = Field(ge=1, le=10_000)
+    etag: str = Field(min_length=1, max_length=200)
+
+
+class CompleteRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    parts: list[CompletedPart] = Field(default_factory=list, max_length=10_000)
+
+
+def metadata_size(metadata: dict[str, Any] | None) -> int:
+    return len(json.dumps(metadata or {}, separators=(",", ":")).encode())

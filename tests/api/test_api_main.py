@@ -1,0 +1,90 @@
+"""The app as a whole: the no-torch rule, OpenAPI docs, and a real uvicorn server on loopback."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import uvicorn
+from apitest import Tenant, assert_problem, free_port, image_bytes, wait_until
+from fastapi.testclient import TestClient
+
+from api.config import Settings
+from api.main import create_app
+
+
+def test_api_never_imports_torch_or_core(repo_root: Path) -> None:
+    code = (
+        "import sys, api.main, api.jobs, api.storage, api.webhooks, api.config, api.queue, api.keys; "
+        "bad = [m for m in sys.modules if m in ('torch', 'core') or m.startswith(('torch.', 'core.'))]; "
+        "assert not bad, bad"
+    )
+    subprocess.run([sys.executable, "-c", code], cwd=repo_root, check=True, timeout=120)
+
+
+def test_openapi_and_docs(client: TestClient) -> None:
+    spec = client.get("/openapi.json").json()
+    assert {
+        "/v1/jobs",
+        "/v1/jobs/{job_id}",
+        "/v1/jobs/{job_id}/cancel",
+        "/v1/jobs/{job_id}/outputs",
+        "/v1/uploads",
+        "/v1/methods",
+        "/healthz",
+        "/readyz",
+        "/metrics",
+    } <= set(spec["paths"])
+    body = spec["paths"]["/v1/jobs"]["post"]["requestBody"]["content"]
+    assert {"multipart/form-data", "application/json"} <= set(body)
+    assert "file" in body["multipart/form-data"]["schema"]["properties"]
+    docs = client.get("/docs")
+    assert docs.status_code == 200 and "swagger" in docs.text.lower()
+
+
+@pytest.fixture()
+def live_server(settings: Settings) -> Iterator[str]:
+    app = create_app(settings.model_copy(update={"max_request_bytes": 100_000}))
+    port = free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    assert wait_until(lambda: server.started, timeout=10)
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(timeout=10)
+
+
+def test_real_server_round_trip(live_server: str, tenant: Tenant) -> None:
+    with httpx.Client(base_url=live_server, timeout=10) as http:
+        r = http.post("/v1/jobs", headers=tenant.headers, files={"file": ("a.jpg", image_bytes(fmt="JPEG"))})
+        assert r.status_code == 202, r.text
+        job = http.get(r.headers["location"], headers=tenant.headers).json()
+        assert job["status"] == "queued" and job["input"]["content_type"] == "image/jpeg"
+        assert http.get("/healthz").json() == {"status": "ok"}
+
+        # No Content-Length (chunked): the byte count is enforced while the body streams in.
+        def chunks() -> Iterator[bytes]:
+            boundary = b'--xx\r\nContent-Disposition: form-data; name="file"; filename="a.png"\r\n\r\n'
+            yield boundary + b"\x89PNG\r\n\x1a\n"
+            for _ in range(15):
+                yield b"\0" * 10_000
+            yield b"\r\n--xx--\r\n"
+
+        start = time.monotonic()
+        r = http.post(
+            "/v1/jobs",
+            headers={**tenant.headers, "content-type": "multipart/form-data; boundary=xx"},
+            content=chunks(),
+        )
+        assert "content-length" not in r.request.headers
+        body = assert_problem(r, 413, "too-large")
+        assert "limit" in body["detail"] and time.monotonic() - start < 5

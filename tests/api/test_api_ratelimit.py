@@ -1,0 +1,31 @@
+"""Sliding-window rate limit in Redis."""
+
+from __future__ import annotations
+
+import secrets
+import time
+
+import redis
+
+from api.config import Settings
+from api.ratelimit import RateLimiter
+
+
+def test_sliding_window(settings: Settings, rclient: redis.Redis) -> None:
+    limiter = RateLimiter(
+        rclient, settings.model_copy(update={"rate_limit_requests": 3, "rate_limit_window_s": 1.0})
+    )
+    key = secrets.token_hex(8)
+    results = [limiter.hit(key) for _ in range(4)]
+    assert [r.allowed for r in results] == [True, True, True, False]
+    assert [r.remaining for r in results[:3]] == [2, 1, 0]
+    assert results[3].retry_after_s == 1
+    assert limiter.hit(secrets.token_hex(8)).allowed  # per key
+    time.sleep(1.05)
+    assert limiter.hit(key).allowed  # the window slid
+    assert 0 < rclient.pttl(limiter.keys.ratelimit(key)) <= 1000
+
+
+def test_disabled(settings: Settings, rclient: redis.Redis) -> None:
+    limiter = RateLimiter(rclient, settings.model_copy(update={"rate_limit_requests": 0}))
+    assert all(limiter.hit("k").allowed for _ in range(5))

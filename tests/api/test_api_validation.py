@@ -1,0 +1,94 @@
+"""Inspection of photos and archives from headers and the zip central directory only."""
+
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+
+import pytest
+from apitest import image_bytes, zip_bytes
+
+from api.config import Settings
+from api.problems import Problem
+from api.validation import inspect, sniff, webp_size, zip_entry_count
+
+LIMITS = Settings(
+    max_image_pixels=1_000_000,
+    max_image_bytes=1_000_000,
+    max_archive_entries=3,
+    max_archive_uncompressed_bytes=100_000,
+)
+
+
+def check(data: bytes, **kw: bool) -> object:
+    return inspect(io.BytesIO(data), len(data), LIMITS, **kw)
+
+
+def status(data: bytes) -> tuple[int, str | None]:
+    with pytest.raises(Problem) as exc:
+        check(data)
+    return exc.value.status, exc.value.slug
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG", "WEBP"])
+def test_images_by_magic(fmt: str) -> None:
+    result = check(image_bytes(33, 17, fmt))
+    assert result.kind == "image" and (result.width, result.height) == (33, 17)  # type: ignore[attr-defined]
+
+
+def test_webp_header_variants() -> None:
+    from PIL import Image
+
+    for kwargs in ({"lossless": False}, {"lossless": True}, {"exif": b"Exif\0\0"}):
+        buf = io.BytesIO()
+        Image.new("RGBA", (37, 21)).save(buf, "WEBP", **kwargs)
+        assert webp_size(buf.getvalue()[:30]) == (37, 21)
+
+
+def png_header(width: int, height: int) -> bytes:
+    """A PNG signature, IHDR and the header of an IDAT chunk whose data never follows."""
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    chunk = struct.pack(">I", len(ihdr)) + b"IHDR" + ihdr + struct.pack(">I", zlib.crc32(b"IHDR" + ihdr))
+    return b"\x89PNG\r\n\x1a\n" + chunk + struct.pack(">I", 10**6) + b"IDAT"
+
+
+def test_pixels_counted_from_header_without_decoding() -> None:
+    # No pixel data at all: only a header could have been read.
+    assert check(png_header(1000, 1000)).width == 1000  # type: ignore[attr-defined]
+    assert status(png_header(1001, 1000)) == (413, "too-many-pixels")
+    assert status(png_header(60_000, 60_000)) == (413, "too-many-pixels")  # 3.6 gigapixels, not allocated
+
+
+def test_rejections() -> None:
+    assert sniff(b"GIF89a") is None
+    assert status(b"GIF89a....") == (415, "unsupported-media-type")
+    assert status(b"\xff\xd8\xff\xe0garbage") == (415, "unsupported-media-type")
+    assert status(b"") == (422, "validation-error")
+    assert status(b"\x89PNG\r\n\x1a\n" + b"\0" * 1_000_001) == (413, "too-large")
+
+
+def test_archives_from_central_directory() -> None:
+    good = zip_bytes(
+        {"a.png": image_bytes(), "x/b.jpeg": image_bytes(fmt="JPEG"), "__MACOSX/._a.png": b"junk"}
+    )
+    result = check(good)
+    assert result.kind == "archive" and result.entries == 2  # type: ignore[attr-defined]
+    assert zip_entry_count(io.BytesIO(good), len(good)) == 3
+    assert status(zip_bytes({f"{i}.png": image_bytes(2, 2) for i in range(4)})) == (413, "too-many-entries")
+    assert status(zip_bytes({"big.png": image_bytes(1001, 1000)})) == (413, "too-many-pixels")
+    assert status(zip_bytes({"fake.png": b"not a png"})) == (415, "unsupported-media-type")
+    assert status(zip_bytes({"/abs.png": image_bytes()})) == (422, "invalid-archive")
+    assert status(zip_bytes({"a/../../b.png": image_bytes()})) == (422, "invalid-archive")
+    assert status(zip_bytes({"notes.txt": b"x"})) == (422, "invalid-archive")
+    assert status(zip_bytes({"a.png": image_bytes(), "zeros.bin": b"\0" * 200_000})) == (413, "too-large")
+    assert status(b"PK\x03\x04" + b"\0" * 100) == (415, "unsupported-media-type")
+    # Entries only checked from the directory when the data is remote (the worker re-checks them).
+    assert check(zip_bytes({"fake.png": b"not a png"}), inspect_entries=False).entries == 1  # type: ignore[attr-defined]
+
+
+def test_entry_count_read_before_parsing_directory() -> None:
+    data = bytearray(zip_bytes({"a.png": image_bytes()}))
+    eocd = data.rfind(b"PK\x05\x06")
+    struct.pack_into("<H", data, eocd + 10, 60_000)  # claims 60,000 entries
+    assert status(bytes(data)) == (413, "too-many-entries")
