@@ -26,8 +26,11 @@ from core.transforms import apply_condition
 SUCCESS_THRESHOLD = 0.05
 
 
+LPIPS_MIN_SIDE = 32  # AlexNet's receptive field: smaller images have no LPIPS
+
+
 def _lpips_or_none(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor | None:
-    if not metrics.lpips_available():
+    if not metrics.lpips_available() or min(a.shape[-2:]) < LPIPS_MIN_SIDE:
         return None
     return metrics.lpips(a, b)
 

@@ -56,36 +56,67 @@ def work_size(protection: Protection) -> int:
 
 
 def protect_scaled(protection: Protection, x: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Protect at the forgers' resolution and map the perturbation back onto the full-size photo.
+    """Protect one photo (1, 3, H, W) at the forgers' resolution; see :func:`protect_many`."""
+    return protect_many(protection, [x], [targets])[0]
+
+
+def protect_many(
+    protection: Protection, photos: Sequence[torch.Tensor], targets: Sequence[torch.Tensor]
+) -> list[torch.Tensor]:
+    """Protect photos of any sizes in one batch at the forgers' resolution, mapped back to full size.
 
     A forger sees a photo resized to its own resolution, so that is where the perturbation must act;
-    computing it there (instead of at every full-resolution pixel) is also far cheaper. The
-    perturbation is upsampled (bilinear) and added to the original pixels, then rounded to 8 bits and
-    held to the budget like any output.
+    computing it there (instead of at every full-resolution pixel) is also far cheaper and lets photos
+    of different sizes share one batch. Each perturbation is upsampled (bilinear) and added to the
+    original pixels, then rounded to 8 bits and held to the budget like any output. Photos already at
+    the working size are protected directly.
+
+    Args:
+        photos: (1, 3, H_i, W_i) tensors in [-1, 1].
+        targets: (1, T, A) attribute targets per photo (same T for all).
     """
     size = work_size(protection)
-    h, w = x.shape[-2:]
-    if max(h, w) <= size:
-        return protection(x, targets=targets)
-    small = quantize(F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False))
-    delta = protection(small, targets=targets) - small
-    delta_full = F.interpolate(delta, size=(h, w), mode="bilinear", align_corners=False)
-    return protection.finalize(x, (x + delta_full).clamp(-1, 1))
+    smalls = [p if p.shape[-2:] == (size, size) else
+              quantize(F.interpolate(p, size=(size, size), mode="bilinear", antialias=True, align_corners=False))
+              for p in photos]
+    batch = torch.cat(smalls)
+    deltas = protection(batch, targets=torch.cat(list(targets))) - batch
+    out = []
+    for photo, small, delta in zip(photos, smalls, deltas, strict=True):
+        if small is photo:
+            out.append(protection.finalize(photo, photo + delta[None]))
+            continue
+        full = F.interpolate(delta[None], size=photo.shape[-2:], mode="bilinear", align_corners=False)
+        out.append(protection.finalize(photo, (photo + full).clamp(-1, 1)))
+    return out
+
+
+def protect_images(protection: Protection, images: Sequence[LoadedImage]) -> list[Protected]:
+    """Protect decoded photos in one batch; measure each as delivered, at full size (the receipt)."""
+    device = next(protection.forgers[0].parameters()).device
+    xs = [image.tensor.to(device) for image in images]
+    targets = [targets_for(x, protection.attributes) for x in xs]
+    start = time.perf_counter()
+    advs = protect_many(protection, xs, targets)
+    seconds = (time.perf_counter() - start) / max(len(images), 1)
+    return [Protected(image, x_adv.cpu(), photo_report(protection, x, x_adv, t, seconds))
+            for image, x, x_adv, t in zip(images, xs, advs, targets, strict=True)]
 
 
 def protect_image(protection: Protection, image: LoadedImage) -> Protected:
     """Protect one decoded photo (the whole image) and measure it as delivered, at full size."""
-    device = next(protection.forgers[0].parameters()).device
-    x = image.tensor.to(device)
-    targets = targets_for(x, protection.attributes)
-    start = time.perf_counter()
-    x_adv = protect_scaled(protection, x, targets)
-    seconds = time.perf_counter() - start
+    return protect_images(protection, [image])[0]
+
+
+def photo_report(
+    protection: Protection, x: torch.Tensor, x_adv: torch.Tensor, targets: torch.Tensor, seconds: float
+) -> dict[str, Any]:
+    """Quality of the delivered photo and the forgers' success rate on it."""
     tally = measure(x, x_adv, targets, protection.forgers, ("clean",))
     summary = summarize(tally, protection, protection.forgers, ("clean",))
-    report = {
-        "width": image.size[0],
-        "height": image.size[1],
+    return {
+        "width": int(x.shape[-1]),
+        "height": int(x.shape[-2]),
         "seconds": seconds,
         "psnr": summary["psnr"],
         "ssim": summary["ssim"],
@@ -95,7 +126,6 @@ def protect_image(protection: Protection, image: LoadedImage) -> Protected:
         "forgers": {r["forger"]: {k: r[k] for k in ("success_rate", "distortion", "nullification")}
                     for r in summary["rows"]},
     }
-    return Protected(image, x_adv.cpu(), report)
 
 
 def protect_file(protection: Protection, src: Path, dst: Path) -> dict[str, Any]:
