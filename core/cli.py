@@ -67,6 +67,8 @@ EpsOpt = Annotated[float | None, typer.Option(help="Budget, in the method's unit
 StepsOpt = Annotated[int | None, typer.Option(help="Iterations (default: method's).")]
 ObjectiveOpt = Annotated[str | None, typer.Option(help="distort or nullify (default: method's).")]
 SeedOpt = Annotated[int, typer.Option(help="Seed of every random choice.")]
+EotOpt = Annotated[str | None, typer.Option(help="Optimise through random transforms, e.g. identity,jpeg,blur,resize.")]
+EotSamplesOpt = Annotated[int, typer.Option(help="EoT draws averaged per step.")]
 DeviceOpt = Annotated[str, typer.Option(help="cpu, cuda or cuda:N.")]
 
 
@@ -81,6 +83,8 @@ def protect(
     steps: StepsOpt = None,
     objective: ObjectiveOpt = None,
     seed: SeedOpt = 0,
+    eot: EotOpt = None,
+    eot_samples: EotSamplesOpt = 1,
     fmt: Annotated[str, typer.Option("--format", help="png (lossless, default), jpeg or webp.")] = "png",
     device: DeviceOpt = "cpu",
 ) -> None:
@@ -92,7 +96,7 @@ def protect(
         raise ValueError(f"unsupported format {fmt!r}; use png, jpeg or webp")
     files = _collect_images(inputs)
     protection = build_protection(method, forger, device=device, eps=eps, steps=steps, objective=objective,
-                                  seed=seed)
+                                  seed=seed, eot=eot, eot_samples=eot_samples)
     suffix = "." + ("jpg" if fmt.lower() in {"jpeg", "jpg"} else fmt.lower())
     results: list[dict[str, Any]] = []
     failed = 0
@@ -138,6 +142,8 @@ def eval_cmd(
     steps: StepsOpt = None,
     objective: ObjectiveOpt = None,
     seed: SeedOpt = 0,
+    eot: EotOpt = None,
+    eot_samples: EotSamplesOpt = 1,
     limit: Annotated[int, typer.Option(help="Evaluate at most this many faces.")] = 16,
     batch: Annotated[int, typer.Option(help="Faces per batch.")] = 8,
     size: Annotated[int, typer.Option(help="Face size in pixels (faces are resized to it).")] = 128,
@@ -165,7 +171,8 @@ def eval_cmd(
 
             summaries.append(evaluate_faces(
                 m, forger, faces, attrs, names, condition, batch, out / m if grids else None, device,
-                dict(eps=eps, steps=steps, objective=objective, seed=seed), advance,
+                dict(eps=eps, steps=steps, objective=objective, seed=seed, eot=eot, eot_samples=eot_samples),
+                advance,
             ))
     out.mkdir(parents=True, exist_ok=True)
     table = markdown_table(summaries)
@@ -255,7 +262,7 @@ def demo(
 
     src = demo_image(out)
     protect([src], out=out, method=method, forger=forger, eps=None, steps=steps, objective=None, seed=0,
-            fmt="png", device="cpu")
+            eot=None, eot_samples=1, fmt="png", device="cpu")
 
 
 @train_app.command("forger")

@@ -17,6 +17,7 @@ from core.forgers import Forger, create_forger
 from core.image import LoadedImage, load_image, quantize, save_image
 from core.methods import Protection, create_method
 from core.targets import targets_for
+from core.transforms import EoT
 
 _FORGER_CACHE: dict[tuple[str, str, str], Forger] = {}
 
@@ -34,12 +35,20 @@ def build_protection(
     forgers: Sequence[str] = ("stargan",),
     checkpoints: dict[str, str] | None = None,
     device: str = "cpu",
+    eot: str | Sequence[str] | None = None,
     **options: Any,
 ) -> Protection:
-    """A protection method over resident forgers; ``options`` are the method's (eps, steps, ...)."""
+    """A protection method over resident forgers.
+
+    ``options`` are the method's (eps, steps, objective, ...; None means its default); ``eot`` names the
+    random transforms to optimise through (e.g. "identity,jpeg,blur,resize"), for robustness.
+    """
     checkpoints = checkpoints or {}
     loaded = [load_forger(f, checkpoints.get(f), device) for f in forgers]
     clean = {k: v for k, v in options.items() if v is not None}
+    if eot:
+        names = [n.strip() for n in eot.split(",")] if isinstance(eot, str) else list(eot)
+        clean["eot"] = EoT.from_names(names)
     return create_method(method, loaded, **clean)
 
 

@@ -51,7 +51,7 @@ def run(*args: str):
 
 def test_protect_writes_pngs_and_report(tiny_checkpoints: Path, photos: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
-    result = run("protect", str(photos), "-o", str(out), "--steps", "3", "--eps", "0.05")
+    result = run("protect", str(photos), "-o", str(out), "--steps", "3", "--eps", "0.05", "--eot", "identity,blur")
     assert result.exit_code == 0, result.output
     report = json.loads((out / "report.json").read_text())
     assert len(report["photos"]) == 2
@@ -83,6 +83,7 @@ def test_bad_photo_is_reported_and_others_continue(tiny_checkpoints: Path, photo
         (["--forger", "nope"], "unknown forger"),
         (["--forger", "attgan"], "no shipped"),
         (["--format", "gif"], "unsupported format"),
+        (["--eot", "jpeg,warp"], "unknown EoT transform"),
     ],
 )
 def test_bad_options_exit_cleanly(tiny_checkpoints: Path, photos: Path, args: list[str], message: str) -> None:

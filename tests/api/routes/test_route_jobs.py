@@ -87,7 +87,7 @@ def test_submit_zip_archive_goes_to_io_queue(
     assert r.status_code == 202, r.text
     job = r.json()
     assert job["input"]["kind"] == "archive" and job["progress"]["total"] == 2
-    assert job["eps"] == 0.08 and job["strength"] == "high"
+    assert job["eps"] == 0.04 and job["strength"] == "high"
     msg = message_for(rclient, settings, "io", job["id"])
     assert msg is not None and msg["task"] == "veil.protect_archive"
     assert msg["kwargs"]["payload"]["kind"] == "archive"

@@ -45,11 +45,11 @@ def test_presigned_post_upload_then_job(
     assert job.status_code == 202, job.text
     body = job.json()
     assert body["input"]["upload_id"] == up["id"] and body["input"]["kind"] == "image"
-    assert body["eps"] == 0.0235
+    assert body["eps"] == 0.0157
     msg = message_for(rclient, settings, "gpu", body["id"])
     assert msg is not None
     assert msg["kwargs"]["payload"]["input"]["key"] == up["post"]["fields"]["key"]
-    assert msg["kwargs"]["payload"]["core_eps"] == 0.0235 * 255  # Lab units
+    assert msg["kwargs"]["payload"]["core_eps"] == 0.0157 * 255  # Lab units
     assert client.get(f"/v1/uploads/{up['id']}", headers=tenant.headers).json()["status"] == "ready"
 
     # As a form field too.
