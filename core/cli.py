@@ -17,6 +17,8 @@ from rich.table import Table
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 train_app = typer.Typer(no_args_is_help=True, help="Train forgers (and export them into checkpoints/).")
 app.add_typer(train_app, name="train")
+keys_app = typer.Typer(no_args_is_help=True, help="Manage API keys of the service (needs the api extra and Redis).")
+app.add_typer(keys_app, name="keys")
 console = Console()
 err_console = Console(stderr=True)
 
@@ -321,6 +323,36 @@ def train_export(
 
     for entry in export_run(run_dir, name, default, half, hardware):
         console.print(f"exported {entry.name} -> checkpoints/{entry.file} (sha256 {entry.sha256})")
+
+
+def _keys(*argv: str) -> None:
+    # The service code is imported only here: the core library itself never imports web or queue code.
+    try:
+        from api.keys import main as keys_main
+    except ImportError as exc:
+        err_console.print(f"[red]error:[/red] the service extra is not installed ({exc}); pip install 'veil[api]'")
+        raise typer.Exit(2) from None
+    code = keys_main(list(argv))
+    if code:
+        raise typer.Exit(code)
+
+
+@keys_app.command("create")
+def keys_create(tenant: Annotated[str, typer.Option(help="Tenant the key belongs to.")]) -> None:
+    """Create an API key (printed once; stored hashed) and, for a new tenant, its webhook secret."""
+    _keys("create", "--tenant", tenant)
+
+
+@keys_app.command("secret")
+def keys_secret(tenant: Annotated[str, typer.Option(help="Tenant.")]) -> None:
+    """Print the tenant's webhook signing secret (whsec_...)."""
+    _keys("secret", "--tenant", tenant)
+
+
+@keys_app.command("revoke")
+def keys_revoke(key: Annotated[str, typer.Argument(help="The key to revoke.")]) -> None:
+    """Revoke an API key."""
+    _keys("revoke", key)
 
 
 def main() -> None:  # pragma: no cover
