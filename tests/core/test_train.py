@@ -71,3 +71,27 @@ def test_resume_is_exact(tmp_path: Path, forger: str) -> None:
 def test_shared_celeba_split_sizes(celeba_root: Path) -> None:
     assert len(read_index(celeba_root, "train").files) == 24_000
     assert len(read_index(celeba_root, "val").files) == 2_000
+
+
+def test_cli_train_export_and_load(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from typer.testing import CliRunner
+
+    from core.cli import app
+    from core.forgers import create_forger
+
+    monkeypatch.setenv("VEIL_CHECKPOINTS", str(tmp_path / "ckpt"))
+    root = fake_celeba(tmp_path / "celeba")
+    run_dir = tmp_path / "run"
+    runner = CliRunner()
+    args = ["train", "forger", "--forger", "fpgan", "--config", "tiny", "--data", str(root), "--run-dir",
+            str(run_dir), "--iters", "3", "--batch-size", "4"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    exported = runner.invoke(app, ["train", "export", str(run_dir), "--name", "fpgan-tiny"])
+    assert exported.exit_code == 0, exported.output
+    forger = create_forger("fpgan")
+    assert forger.image_size == 32 and forger.source.endswith("fpgan-tiny.safetensors")
+    card = (tmp_path / "ckpt" / "fpgan-tiny.md").read_text()
+    assert "Iterations: 3" in card and "non-commercial" in card
+    missing = runner.invoke(app, ["train", "forger", "--data", str(tmp_path / "nope")])
+    assert missing.exit_code == 2 and "no CelebA layout" in missing.output
