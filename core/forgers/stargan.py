@@ -5,6 +5,8 @@ arXiv 1908.06965): the same generator and discriminator, state-dict compatible w
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import nn
 
@@ -93,23 +95,14 @@ def _discriminator(config: dict, c_dim: int) -> nn.Module:
     return StarGANDiscriminator(config["image_size"], config["d_conv_dim"], c_dim, config["d_repeat_num"])
 
 
-FORGERS.register("stargan")(
-    lambda: ArchSpec(
-        name="stargan",
-        paper="Choi et al., StarGAN, CVPR 2018 (arXiv 1711.09020)",
-        build_generator=_generator,
-        build_discriminator=_discriminator,
-        configs=STARGAN_CONFIGS,
-        default_config="celeba128",
-    )
-)
-FORGERS.register("fpgan")(
-    lambda: ArchSpec(
-        name="fpgan",
-        paper="Siddiquee et al., Fixed-Point GAN, ICCV 2019 (arXiv 1908.06965)",
-        build_generator=_generator,
-        build_discriminator=_discriminator,
-        configs=STARGAN_CONFIGS,
-        default_config="celeba128",
-    )
-)
+def _spec(name: str, paper: str) -> ArchSpec:
+    return ArchSpec(name=name, paper=paper, build_generator=_generator, build_discriminator=_discriminator,
+                    configs=STARGAN_CONFIGS, default_config="celeba128")
+
+
+# Fixed-Point GAN differs from StarGAN only in training (its identity loss): same networks, same loader.
+for _name, _paper in (
+    ("stargan", "Choi et al., StarGAN, CVPR 2018 (arXiv 1711.09020)"),
+    ("fpgan", "Siddiquee et al., Fixed-Point GAN, ICCV 2019 (arXiv 1908.06965)"),
+):
+    FORGERS.register(_name)(functools.partial(_spec, _name, _paper))
