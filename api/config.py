@@ -49,6 +49,12 @@ class Settings(BaseSettings):
     queue_io: str = "io"
     task_protect: str = "veil.protect"
     task_protect_archive: str = "veil.protect_archive"
+    celery_visibility_timeout_s: int = Field(
+        default=7200,
+        ge=60,
+        description="Redis broker: an unacknowledged task is redelivered after this long; keep it above the "
+        "longest task (the workers' time limit) and the longest webhook retry wait",
+    )
 
     # --- S3-compatible storage ---
     s3_endpoint_url: str | None = Field(default=None, description="None = AWS; e.g. http://127.0.0.1:9000")

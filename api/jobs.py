@@ -68,6 +68,9 @@ class JobRecord(BaseModel):
     input: InputRef
     output_prefix: str
     outputs: list[OutputRef] | None = None
+    report: dict[str, Any] | None = Field(
+        default=None, description="what the worker measured: per-photo metrics (photo) or a summary (archive)"
+    )
     progress_done: int = 0
     progress_total: int = 0
     created_at: float
@@ -299,14 +302,18 @@ class JobStore:
             args += [name, value]
         return bool(self._update_if(keys=[self.keys.job(job_id)], args=args))
 
-    def succeed(self, job_id: str, outputs: list[OutputRef] | None = None) -> bool:
+    def succeed(
+        self, job_id: str, outputs: list[OutputRef] | None = None, report: dict[str, Any] | None = None
+    ) -> bool:
         try:
-            self.transition(job_id, JobStatus.SUCCEEDED, finished_at=time.time(), outputs=outputs)
+            self.transition(
+                job_id, JobStatus.SUCCEEDED, finished_at=time.time(), outputs=outputs, report=report
+            )
         except InvalidTransition:
             return False
         return True
 
-    def fail(self, job_id: str, code: str, message: str) -> bool:
+    def fail(self, job_id: str, code: str, message: str, report: dict[str, Any] | None = None) -> bool:
         try:
             self.transition(
                 job_id,
@@ -314,6 +321,7 @@ class JobStore:
                 finished_at=time.time(),
                 error_code=code,
                 error_message=message[:1000],
+                report=report,
             )
         except InvalidTransition:
             return False

@@ -30,7 +30,7 @@ def make_celery(settings: Settings) -> Celery:
     transport: dict[str, Any] = {
         "socket_timeout": settings.redis_socket_timeout_s,
         "socket_connect_timeout": settings.redis_socket_timeout_s,
-        "visibility_timeout": 3600,
+        "visibility_timeout": settings.celery_visibility_timeout_s,
     }
     if settings.celery_key_prefix:
         transport["global_keyprefix"] = settings.celery_key_prefix

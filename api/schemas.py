@@ -114,6 +114,11 @@ class Job(BaseModel):
     finished_at: datetime | None
     expires_at: datetime
     error: JobErrorOut | None
+    report: dict[str, Any] | None = Field(
+        default=None,
+        description="set by the worker when the job ends: a photo's metrics (psnr, ssim, lpips, linf, "
+        "within_budget, forgers' success rates), an archive's summary (details in report.json/report.csv)",
+    )
     metadata: dict[str, Any]
     webhook: WebhookOut | None
     links: dict[str, str]
@@ -155,6 +160,7 @@ def job_out(job: JobRecord, attempts: list[dict[str, Any]] | None = None) -> Job
         finished_at=ts(job.finished_at),
         expires_at=ts(job.expires_at),  # type: ignore[arg-type]
         error=JobErrorOut(code=job.error_code, message=job.error_message or "") if job.error_code else None,
+        report=job.report,
         metadata=job.metadata,
         webhook=webhook,
         links={"self": base, "outputs": f"{base}/outputs", "cancel": f"{base}/cancel"},

@@ -16,7 +16,7 @@ from core.evaluate import measure, summarize
 from core.forgers import Forger, create_forger
 from core.image import LoadedImage, load_image, quantize, save_image
 from core.methods import Protection, create_method
-from core.targets import targets_for
+from core.targets import select_edits, targets_for
 from core.transforms import EoT
 
 _FORGER_CACHE: dict[tuple[str, str, str], Forger] = {}
@@ -100,11 +100,16 @@ def protect_many(
     return out
 
 
-def protect_images(protection: Protection, images: Sequence[LoadedImage]) -> list[Protected]:
-    """Protect decoded photos in one batch; measure each as delivered, at full size (the receipt)."""
+def protect_images(
+    protection: Protection, images: Sequence[LoadedImage], only: Sequence[str] | None = None
+) -> list[Protected]:
+    """Protect decoded photos in one batch; measure each as delivered, at full size (the receipt).
+
+    ``only`` names the attributes whose edits to cover (default: every single-attribute edit).
+    """
     device = next(protection.forgers[0].parameters()).device
     xs = [image.tensor.to(device) for image in images]
-    targets = [targets_for(x, protection.attributes) for x in xs]
+    targets = [select_edits(targets_for(x, protection.attributes), protection.attributes, only) for x in xs]
     start = time.perf_counter()
     advs = protect_many(protection, xs, targets)
     seconds = (time.perf_counter() - start) / max(len(images), 1)

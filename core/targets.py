@@ -58,3 +58,16 @@ def targets_for(
     if c_org.shape != (n, len(attributes)):
         raise ValueError(f"expected c_org of shape ({n}, {len(attributes)}), got {tuple(c_org.shape)}")
     return torch.stack([single_attribute_edits(c, attributes) for c in c_org.float()]).to(x.device)
+
+
+def select_edits(targets: torch.Tensor, attributes: Sequence[str], only: Sequence[str] | None) -> torch.Tensor:
+    """Keep the single-attribute edits of the attributes named in ``only`` (all when None).
+
+    ``targets`` (N, T, A) are single-attribute edits, row i editing attribute i.
+    """
+    if only is None:
+        return targets
+    unknown = [a for a in only if a not in attributes]
+    if unknown or not only:
+        raise ValueError(f"unknown target attributes {unknown or list(only)}; the forgers know {list(attributes)}")
+    return targets[:, [list(attributes).index(a) for a in only]]

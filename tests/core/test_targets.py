@@ -41,3 +41,17 @@ def test_targets_reject_wrong_shapes() -> None:
         single_attribute_edits(torch.zeros(4), CELEBA5)
     with pytest.raises(ValueError):
         targets_for(torch.zeros(2, 3, 8, 8), CELEBA5, torch.zeros(3, 5))
+
+
+def test_select_edits_keeps_named_attributes_in_order() -> None:
+    from core.targets import select_edits
+
+    t = targets_for(torch.zeros(2, 3, 8, 8), CELEBA5)
+    kept = select_edits(t, CELEBA5, ["Young", "Blond_Hair"])
+    assert kept.shape == (2, 2, 5)
+    assert torch.equal(kept[:, 0], t[:, 4]) and torch.equal(kept[:, 1], t[:, 1])
+    assert select_edits(t, CELEBA5, None) is t
+    with pytest.raises(ValueError, match="Bald"):
+        select_edits(t, CELEBA5, ["Bald"])
+    with pytest.raises(ValueError):
+        select_edits(t, CELEBA5, [])

@@ -1,0 +1,400 @@
+#!/usr/bin/env python3
+"""Run the whole Veil service on loopback: Redis, S3 (MiniStack), the API, a gpu and an io worker.
+
+    make run                                   # = .venv/bin/python scripts/run_stack.py
+    python scripts/run_stack.py --tiny-forger  # random tiny StarGAN: no shipped weights needed (demo only)
+
+* Redis: the one answering PING at ``--redis-url`` (default ``redis://127.0.0.1:6379/0``), else a
+  ``redis-server`` started on loopback if one is installed, else a clear error.
+* S3: MiniStack (``python -m ministack``, from the dev extra) with ``AUTH=true`` on ``127.0.0.1``; the
+  root key (``test``) creates an IAM user limited to the ``veil`` bucket, and the services use that user's
+  key (MiniStack verifies its signatures and enforces its policy; root keys are never verified).
+* The API (uvicorn), a gpu worker (``--pool=solo``) and an io worker (``--pool=threads``), all with the same
+  ``VEIL_*`` environment. Forgers: the shipped checkpoints (``checkpoints/manifest.json``) unless
+  ``--checkpoints DIR`` or ``--tiny-forger``.
+* A ``demo`` tenant's API key, the URLs and a ready-to-paste curl session are printed; Ctrl-C (or SIGTERM)
+  stops every process group it started, with bounded waits.
+
+Logs go to ``<data dir>/logs/``; the data dir (MiniStack's objects, the demo photos) is a fresh temporary
+folder unless ``--data-dir`` is given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import zipfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.error import URLError
+from urllib.request import urlopen
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+BUCKET = "veil"
+IAM_USER = "veil-service"
+TENANT = "demo"
+
+
+class StackError(RuntimeError):
+    """The stack cannot start; the message says why and what to do."""
+
+
+# ---- small helpers ---------------------------------------------------------------------------------
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float, interval: float = 0.2) -> Any:
+    deadline = time.monotonic() + timeout
+    value = None
+    for _ in range(int(timeout / interval) + 2):
+        value = predicate()
+        if value or time.monotonic() > deadline:
+            break
+        time.sleep(interval)
+    return value
+
+
+def port_free(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+        return True
+
+
+def free_port(preferred: int | None = None, host: str = "127.0.0.1") -> int:
+    if preferred and port_free(preferred, host):
+        return preferred
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def http_ok(url: str, timeout: float = 1.0) -> bool:
+    try:
+        with urlopen(url, timeout=timeout) as r:
+            return bool(200 <= r.status < 300)
+    except (URLError, OSError, ValueError):
+        return False
+
+
+def redis_answers(url: str) -> bool:
+    import redis
+
+    try:
+        return bool(redis.Redis.from_url(url, socket_timeout=1, socket_connect_timeout=1).ping())
+    except (redis.RedisError, OSError, ValueError):
+        return False
+
+
+def shipped_stargan(checkpoints: Path) -> bool:
+    """Whether the manifest lists default stargan generator weights whose file exists."""
+    try:
+        manifest = json.loads((checkpoints / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return False
+    for entry in manifest.get("models", []):
+        if entry.get("forger") == "stargan" and entry.get("default") and entry.get("role", "generator") == "generator":
+            return (checkpoints / str(entry.get("file", ""))).is_file()
+    return False
+
+
+# ---- processes ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class Child:
+    name: str
+    proc: subprocess.Popen[bytes]
+    log: Path
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def tail(self, n: int = 2000) -> str:
+        with contextlib.suppress(OSError):
+            return self.log.read_text(errors="replace")[-n:]
+        return ""
+
+
+class Stack:
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
+        self.logs = data_dir / "logs"
+        self.logs.mkdir(parents=True, exist_ok=True)
+        self.children: list[Child] = []
+
+    def spawn(self, name: str, cmd: list[str], env: dict[str, str]) -> Child:
+        log = self.logs / f"{name}.log"
+        with log.open("ab") as out:
+            proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                    stdin=subprocess.DEVNULL, start_new_session=True)
+        child = Child(name, proc, log)
+        self.children.append(child)
+        return child
+
+    def expect(self, child: Child, predicate: Callable[[], Any], timeout: float, what: str) -> None:
+        ok = wait_for(lambda: (not child.alive()) or predicate(), timeout=timeout)
+        if not child.alive() or not ok or not predicate():
+            raise StackError(f"{what} did not come up (see {child.log}):\n{child.tail()}")
+
+    def stop(self, timeout: float = 20.0) -> None:
+        """SIGTERM every process group (newest first), then SIGKILL what is left; bounded."""
+        for child in reversed(self.children):
+            if child.alive():
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(child.proc.pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        for child in reversed(self.children):
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                child.proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+        for child in self.children:
+            if child.alive():
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(child.proc.pid, signal.SIGKILL)
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    child.proc.wait(timeout=5)
+
+
+def base_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("VEIL_", "AWS_"))}
+    env.update(PYTHONUNBUFFERED="1", OMP_NUM_THREADS=env.get("OMP_NUM_THREADS", "1"))
+    return env
+
+
+def start_redis(stack: Stack, url: str) -> str:
+    if redis_answers(url):
+        return url
+    server = shutil.which("redis-server")
+    if server is None:
+        raise StackError(
+            f"Redis does not answer at {url} and redis-server is not installed: start one "
+            "(apt-get install redis-server) or pass --redis-url"
+        )
+    port = free_port(6379)
+    child = stack.spawn("redis", [server, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                                  "--appendonly", "no", "--dir", str(stack.data_dir)], base_env())
+    url = f"redis://127.0.0.1:{port}/0"
+    stack.expect(child, lambda: redis_answers(url), 20, "redis-server")
+    return url
+
+
+def start_s3(stack: Stack, port: int) -> tuple[str, str, str]:
+    """MiniStack with AUTH=true; returns (endpoint, access key, secret) of an IAM user limited to the bucket."""
+    try:
+        import boto3
+    except ImportError as exc:
+        raise StackError("boto3 is missing: pip install -e '.[api,dev]'") from exc
+    if subprocess.run([sys.executable, "-c", "import ministack"], capture_output=True).returncode != 0:
+        raise StackError("MiniStack is missing: pip install -e '.[dev]' (it is the local S3 server)")
+    env = base_env()
+    env.update(AUTH="true", SERVICES="s3,iam", GATEWAY_PORT=str(port), BIND_HOST="127.0.0.1",
+               MINISTACK_HOST="127.0.0.1", S3_DATA_DIR=str(stack.data_dir / "s3"), LOG_LEVEL="WARNING",
+               IOT_MTLS_ENABLED="0", SFTP_ENABLED="0", TMPDIR=str(stack.data_dir))
+    child = stack.spawn("ministack", [sys.executable, "-m", "ministack"], env)
+    endpoint = f"http://127.0.0.1:{port}"
+    stack.expect(child, lambda: http_ok(f"{endpoint}/_ministack/health"), 40, "MiniStack (S3)")
+    iam = boto3.client("iam", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="test",
+                       aws_secret_access_key="test")
+    with contextlib.suppress(iam.exceptions.EntityAlreadyExistsException):
+        iam.create_user(UserName=IAM_USER)
+    policy = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": [
+        f"arn:aws:s3:::{BUCKET}", f"arn:aws:s3:::{BUCKET}/*"]}]}
+    iam.put_user_policy(UserName=IAM_USER, PolicyName="veil-bucket", PolicyDocument=json.dumps(policy))
+    key = iam.create_access_key(UserName=IAM_USER)["AccessKey"]
+    return endpoint, key["AccessKeyId"], key["SecretAccessKey"]
+
+
+def make_tiny_checkpoints(folder: Path) -> Path:
+    """A random tiny StarGAN as the default forger (in a subprocess: this script never imports torch)."""
+    code = (
+        "import sys; from pathlib import Path;"
+        "from core.checkpoints import Manifest, ManifestEntry, save_weights;"
+        "from core.forgers import create_forger;"
+        "d = Path(sys.argv[1]); f = create_forger('stargan', config='tiny', pretrained=False);"
+        "sha = save_weights(f.generator.state_dict(), d / 'tiny.safetensors', {'config': 'tiny'});"
+        "m = Manifest(d); m.upsert(ManifestEntry(name='stargan-tiny', forger='stargan', file='tiny.safetensors',"
+        " config='tiny', sha256=sha, default=True, info={'iterations': 0, 'hardware': 'none'})); m.save()"
+    )
+    folder.mkdir(parents=True, exist_ok=True)
+    run = subprocess.run([sys.executable, "-c", code, str(folder)], cwd=REPO, capture_output=True, text=True)
+    if run.returncode != 0:
+        raise StackError(f"cannot create the tiny forger: {run.stderr[-1500:]}")
+    return folder
+
+
+def demo_files(folder: Path) -> tuple[Path, Path]:
+    """face.png (scikit-image's public-domain astronaut, 256 px) and faces.zip (three crops + a text file)."""
+    from PIL import Image
+
+    try:
+        from skimage import data as skdata
+
+        img = Image.fromarray(skdata.astronaut()).crop((100, 0, 356, 256))
+    except Exception:  # scikit-image is in the core extra; any RGB picture will do
+        img = Image.new("RGB", (256, 256), (180, 140, 120))
+    face = folder / "face.png"
+    img.save(face)
+    archive = folder / "faces.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for i, size in enumerate((96, 128, 160)):
+            path = folder / f"crop{i}.jpg"
+            img.resize((size, size)).save(path, quality=92)
+            zf.write(path, f"faces/crop{i}.jpg")
+        zf.writestr("faces/readme.txt", "not a photo: reported as an error in report.json")
+    return face, archive
+
+
+def curl_session(api: str, key: str, face: Path, archive: Path) -> str:
+    auth = '-H "Authorization: Bearer $KEY"'
+    get = "python3 -c 'import json,sys; j=json.load(sys.stdin); print(%s)'"
+    return f"""\
+export VEIL={api} KEY={key}
+
+# 1. a photo: submit, poll until "status": "succeeded" (the report has psnr, ssim, lpips, linf, ...), download
+JOB=$(curl -sS {auth} -F file=@{face} $VEIL/v1/jobs | {get % 'j["id"]'})
+curl -sS {auth} $VEIL/v1/jobs/$JOB | {get % 'j["status"], j["report"]'}
+curl -sS -o protected.png "$(curl -sS {auth} $VEIL/v1/jobs/$JOB/outputs | {get % 'j["data"][0]["url"]'})"
+file protected.png
+
+# 2. an archive (3 photos + a text file): a zip of protected photos with report.json and report.csv
+JOB=$(curl -sS {auth} -H "Prefer: wait=30" -F file=@{archive} $VEIL/v1/jobs | {get % 'j["id"]'})
+curl -sS {auth} $VEIL/v1/jobs/$JOB | {get % 'j["status"], j["report"]'}
+curl -sS -o faces-protected.zip "$(curl -sS {auth} $VEIL/v1/jobs/$JOB/outputs | {get % 'j["data"][0]["url"]'})"
+unzip -l faces-protected.zip
+"""
+
+
+# ---- main --------------------------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    p.add_argument("--redis-url", default="redis://127.0.0.1:6379/0", help="used if it answers PING")
+    p.add_argument("--redis-prefix", default="veil:")
+    p.add_argument("--api-port", type=int, default=8000)
+    p.add_argument("--s3-port", type=int, default=4566)
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--checkpoints", type=Path, help="forger weights folder (default: the shipped ones)")
+    group.add_argument("--tiny-forger", action="store_true", help="random tiny StarGAN (demo without weights)")
+    p.add_argument("--data-dir", type=Path, help="default: a new temporary folder")
+    p.add_argument("--gpu-pool", default="solo", choices=["solo", "prefork"])
+    p.add_argument("--exit-after-start", action="store_true", help="stop once everything is up (smoke test)")
+    return p.parse_args(argv)
+
+
+def run(args: argparse.Namespace) -> int:
+    data_dir = (args.data_dir or Path(tempfile.mkdtemp(prefix="veil-stack-"))).resolve()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    stack = Stack(data_dir)
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    # Explicitly: a shell starting this in the background leaves SIGINT ignored, and Ctrl-C must stop it.
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        checkpoints_env: dict[str, str] = {}
+        if args.tiny_forger:
+            checkpoints_env["VEIL_CHECKPOINTS"] = str(make_tiny_checkpoints(data_dir / "checkpoints"))
+        elif args.checkpoints:
+            checkpoints_env["VEIL_CHECKPOINTS"] = str(args.checkpoints.resolve())
+        folder = Path(checkpoints_env.get("VEIL_CHECKPOINTS") or os.environ.get("VEIL_CHECKPOINTS")
+                      or REPO / "checkpoints")
+        if not shipped_stargan(folder):
+            raise StackError(
+                f"no StarGAN weights in {folder}/manifest.json (the shipped ones come from the training run). "
+                "Use --tiny-forger for a demo with random weights, or --checkpoints DIR."
+            )
+        print("starting Redis ...", flush=True)
+        redis_url = start_redis(stack, args.redis_url)
+        print("starting S3 (MiniStack, AUTH=true) ...", flush=True)
+        endpoint, access_key, secret_key = start_s3(stack, free_port(args.s3_port))
+        api_port = free_port(args.api_port)
+        env = {
+            **base_env(),
+            **checkpoints_env,
+            "VEIL_REDIS_URL": redis_url,
+            "VEIL_REDIS_PREFIX": args.redis_prefix,
+            "VEIL_S3_ENDPOINT_URL": endpoint,
+            "VEIL_S3_ACCESS_KEY_ID": access_key,
+            "VEIL_S3_SECRET_ACCESS_KEY": secret_key,
+            "VEIL_S3_BUCKET": BUCKET,
+            "VEIL_WEBHOOK_ALLOW_HOSTS": "127.0.0.1,localhost",  # a local receiver may get webhooks
+            "VEIL_WORKER_HEARTBEAT_TTL_S": "15",
+        }
+        print("starting the API and the workers ...", flush=True)
+        api = stack.spawn("api", [sys.executable, "-m", "uvicorn", "api.main:app", "--host", "127.0.0.1",
+                                  "--port", str(api_port), "--log-level", "info"], env)
+        api_url = f"http://127.0.0.1:{api_port}"
+        celery = [sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker", "--without-gossip",
+                  "--without-mingle", "-l", "INFO"]
+        gpu = stack.spawn("worker-gpu", [*celery, "-Q", "gpu", f"--pool={args.gpu_pool}", "-n", "gpu@%h"]
+                          + (["--concurrency=1"] if args.gpu_pool == "prefork" else []), env)
+        io = stack.spawn("worker-io", [*celery, "-Q", "io", "--pool=threads", "--concurrency=4", "-n", "io@%h"], env)
+        stack.expect(api, lambda: http_ok(f"{api_url}/healthz"), 60, "the API")
+        if not wait_for(lambda: http_ok(f"{api_url}/readyz") or not (gpu.alive() and io.alive()), timeout=120):
+            raise StackError(f"/readyz never answered 200 (see {stack.logs})")
+        for child in (gpu, io):
+            if not child.alive():
+                raise StackError(f"{child.name} exited (see {child.log}):\n{child.tail()}")
+
+        from api.config import Settings
+        from api.keys import create_key
+
+        settings = Settings(redis_url=redis_url, redis_prefix=args.redis_prefix)
+        key = create_key(TENANT, settings=settings)
+        face, archive = demo_files(data_dir)
+        print(f"""
+Veil is running (Ctrl-C stops everything).
+  API        {api_url}   docs: {api_url}/docs   ready: {api_url}/readyz
+  S3         {endpoint}   bucket {BUCKET}, IAM user {IAM_USER} (MiniStack, AUTH=true)
+  Redis      {redis_url}   prefix {args.redis_prefix}
+  forgers    {folder}{' (tiny random StarGAN: demo only)' if args.tiny_forger else ''}
+  logs       {stack.logs}
+  API key    {key}   (tenant {TENANT})
+
+{curl_session(api_url, key, face, archive)}""", flush=True)
+        if args.exit_after_start:
+            return 0
+        while all(c.alive() for c in stack.children):
+            time.sleep(1)
+        dead = [c for c in stack.children if not c.alive()]
+        for c in dead:
+            print(f"{c.name} exited with {c.proc.returncode}; see {c.log}:\n{c.tail()}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("\nstopping ...", flush=True)
+        return 0
+    except StackError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not skip the cleanup
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        stack.stop()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        print(f"stopped (data and logs kept in {data_dir})", flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run(parse_args(argv))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,114 @@
+"""Worker settings, the Celery app's delivery guarantees, import hygiene, the model wrapper, the heartbeat."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import redis
+import torch
+from workertest import face_png
+
+from api.heartbeat import live_workers
+from worker import models
+from worker.config import WorkerSettings, to_env
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_settings_refuse_a_visibility_timeout_below_the_longest_task() -> None:
+    with pytest.raises(ValueError, match="visibility_timeout"):
+        WorkerSettings(celery_visibility_timeout_s=600, task_time_limit_s=900, task_soft_time_limit_s=800)
+    with pytest.raises(ValueError, match="webhook retry"):
+        WorkerSettings(celery_visibility_timeout_s=1000, webhook_retry_schedule_s=[5, 1800])
+    with pytest.raises(ValueError, match="soft"):
+        WorkerSettings(task_time_limit_s=10, task_soft_time_limit_s=20)
+
+
+def test_settings_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("VEIL_WORKER_PRELOAD_FORGERS", "stargan, attgan")
+    monkeypatch.setenv("VEIL_WORKER_FORGER_CHECKPOINTS", '{"stargan": "/w/s.safetensors"}')
+    monkeypatch.setenv("VEIL_TASK_MAX_DELIVERIES", "5")
+    s = WorkerSettings()
+    assert s.worker_preload_forgers == ["stargan", "attgan"] and s.task_max_deliveries == 5
+    assert s.worker_forger_checkpoints == {"stargan": "/w/s.safetensors"}
+    for key in list(to_env(s)):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("VEIL_WORKER_PRELOAD_FORGERS", "")
+    for key, value in to_env(s).items():
+        monkeypatch.setenv(key, value)
+    assert WorkerSettings() == s  # to_env round-trips (run_stack and the tests start workers with it)
+
+
+def test_celery_app_delivery_guarantees() -> None:
+    from worker.celery_app import TASK_DELIVER_WEBHOOK, TASK_PACK_ARCHIVE, TASK_PROTECT_GROUP, app, settings
+
+    conf = app.conf
+    assert conf.task_acks_late is True and conf.task_reject_on_worker_lost is True
+    assert conf.worker_prefetch_multiplier == 1
+    assert conf.accept_content == ["json"] and conf.task_serializer == "json"
+    assert conf.broker_transport_options["visibility_timeout"] == settings.celery_visibility_timeout_s
+    assert conf.broker_transport_options["visibility_timeout"] > conf.task_time_limit
+    assert conf.worker_soft_shutdown_timeout == settings.worker_soft_shutdown_timeout_s > 0
+    assert {q.name for q in conf.task_queues} == {"gpu", "io"}
+    routes = conf.task_routes
+    assert routes["veil.protect"]["queue"] == routes[TASK_PROTECT_GROUP]["queue"] == "gpu"
+    for name in ("veil.protect_archive", TASK_PACK_ARCHIVE, TASK_DELIVER_WEBHOOK):
+        assert routes[name]["queue"] == "io"
+    import worker.tasks  # noqa: F401  (registers the tasks)
+
+    registered = {name for name in app.tasks if name.startswith("veil.")}
+    assert registered == {"veil.protect", "veil.protect_archive", TASK_PROTECT_GROUP, TASK_PACK_ARCHIVE,
+                          TASK_DELIVER_WEBHOOK}
+
+
+def test_importing_the_worker_touches_no_torch() -> None:
+    """A prefork parent (and the io worker) must not import torch or core: models load after the fork."""
+    code = (
+        "import sys, worker.celery_app, worker.tasks, worker.lifecycle, worker.archive;"
+        "print(sorted(m for m in sys.modules if m == 'torch' or m == 'core' or m.startswith(('torch.', 'core.'))))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
+
+
+def test_protect_with_targets_and_formats() -> None:
+    from core.forgers import create_forger
+    from core.methods import create_method
+
+    torch.set_num_threads(1)
+    forger = create_forger("stargan", config="tiny", pretrained=False)
+    protection = create_method("pgd", [forger], eps=0.05, steps=2, seed=models.job_seed("job_x"))
+    image = models.decode(face_png(36, 28), max_pixels=10_000)
+    [all_edits] = models.protect(protection, [image], "png")
+    [two] = models.protect(protection, [image], "webp", targets=["Male", "Young"])
+    assert all_edits.data.startswith(b"\x89PNG") and two.data[8:12] == b"WEBP"
+    assert (two.width, two.height) == (36, 28) and two.report["within_budget"] is True
+    json.dumps(two.report)  # plain JSON types only
+    with pytest.raises(models.BadOptions, match="Bald"):
+        models.protect(protection, [image], "png", targets=["Bald"])
+    with pytest.raises(models.BadPhoto, match="pixels"):
+        models.decode(face_png(200, 100), max_pixels=10_000)
+    assert models.job_seed("job_x") == models.job_seed("job_x") != models.job_seed("job_y")
+
+
+def test_heartbeat_is_written_and_retired(rclient: redis.Redis, redis_prefix: str) -> None:
+    from worker.lifecycle import Heartbeat
+
+    url = os.environ.get("VEIL_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+    settings = WorkerSettings(redis_url=url, redis_prefix=f"{redis_prefix}hb:", worker_heartbeat_ttl_s=3)
+    key = f"{redis_prefix}hb:workers:gpu@test"
+    hb = Heartbeat("gpu@test", ("gpu",), {"pool": "solo"}, settings=settings)
+    hb.start()
+    try:
+        assert live_workers(rclient, settings) == ["gpu@test"]
+        info = json.loads(rclient.get(key) or "{}")
+        assert info["queues"] == ["gpu"] and info["pool"] == "solo" and 0 < rclient.ttl(key) <= 3
+    finally:
+        hb.stop()
+    assert live_workers(rclient, settings) == []
