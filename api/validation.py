@@ -186,46 +186,67 @@ def check_archive(f: IO[bytes], size: int, settings: Settings, inspect_entries: 
                 title="Too many archive entries",
                 limit=settings.max_archive_entries,
             )
-        images = []
+        # A bad entry (unsafe name, encryption, unknown compression, not an image, over a limit) is a
+        # per-photo error in the job's report, not a refusal: the worker re-checks and reports every
+        # entry. Only an archive without a single usable image is refused here.
+        images: list[zipfile.ZipInfo] = []
+        skipped: list[str] = []
         total = 0
         for info in infos:
             name = info.filename
-            if name.startswith(("/", "\\")) or ".." in name.replace("\\", "/").split("/") or ":" in name:
-                raise invalid_archive(f"unsafe entry name {name!r}")
             if info.is_dir():
                 continue
-            if info.flag_bits & 0x1:
-                raise invalid_archive(f"encrypted entry {name!r}")
-            if info.compress_type not in ZIP_METHODS:
-                raise invalid_archive(f"entry {name!r} uses an unsupported compression method")
             total += info.file_size
-            if is_image_entry(name):
+            reason = entry_problem(info)
+            if reason:
+                skipped.append(f"{name}: {reason}")
+            elif is_image_entry(name):
                 images.append(info)
         if total > settings.max_archive_uncompressed_bytes:
             raise too_large(
                 f"archive expands to {total} bytes, limit {settings.max_archive_uncompressed_bytes}",
                 settings.max_archive_uncompressed_bytes,
             )
-        if not images:
-            raise invalid_archive(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in the archive")
         if inspect_entries:
-            for info in images:
-                if info.file_size > settings.max_image_bytes:
-                    raise too_large(
-                        f"{info.filename}: {info.file_size} bytes, limit {settings.max_image_bytes}",
-                        settings.max_image_bytes,
-                    )
-                try:
-                    with zf.open(info) as member:
-                        head = member.read(16)
-                        kind = sniff(head)
-                        if kind not in IMAGE_TYPES:
-                            raise unsupported(f"{info.filename}: not a PNG, JPEG or WebP image")
-                        member.seek(0)
-                        check_image_header(member, kind, settings, what=info.filename)
-                except (zipfile.BadZipFile, OSError, EOFError, NotImplementedError) as exc:
-                    raise invalid_archive(f"{info.filename}: {exc}") from exc
+            images = [info for info in images if _usable(zf, info, settings, skipped)]
+        if not images:
+            why = f" ({'; '.join(skipped[:3])})" if skipped else ""
+            raise invalid_archive(f"no usable images ({', '.join(IMAGE_EXTENSIONS)}) in the archive{why}")
     return len(images), total
+
+
+def entry_problem(info: zipfile.ZipInfo) -> str | None:
+    """Why an entry cannot be extracted safely, from the central directory alone (None if it can)."""
+    name = info.filename
+    if name.startswith(("/", "\\")) or ".." in name.replace("\\", "/").split("/") or ":" in name:
+        return "unsafe entry name"
+    if info.flag_bits & 0x1:
+        return "encrypted entry"
+    if info.compress_type not in ZIP_METHODS:
+        return "unsupported compression method"
+    return None
+
+
+def _usable(zf: zipfile.ZipFile, info: zipfile.ZipInfo, settings: Settings, skipped: list[str]) -> bool:
+    """Whether an image entry is within the byte and pixel limits and really an image (else noted)."""
+    if info.file_size > settings.max_image_bytes:
+        skipped.append(f"{info.filename}: {info.file_size} bytes, limit {settings.max_image_bytes}")
+        return False
+    try:
+        with zf.open(info) as member:
+            kind = sniff(member.read(16))
+            if kind not in IMAGE_TYPES:
+                skipped.append(f"{info.filename}: not a PNG, JPEG or WebP image")
+                return False
+            member.seek(0)
+            check_image_header(member, kind, settings, what=info.filename)
+    except Problem as exc:
+        skipped.append(exc.detail or f"{info.filename}: {exc}")
+        return False
+    except (zipfile.BadZipFile, OSError, EOFError, NotImplementedError) as exc:
+        skipped.append(f"{info.filename}: {exc}")
+        return False
+    return True
 
 
 def inspect(f: IO[bytes], size: int, settings: Settings, *, inspect_entries: bool = True) -> Inspected:

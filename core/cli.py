@@ -102,15 +102,18 @@ def protect(
     suffix = "." + ("jpg" if fmt.lower() in {"jpeg", "jpg"} else fmt.lower())
     results: list[dict[str, Any]] = []
     failed = 0
+    used: set[Path] = set()
     with _progress() as bar:
         task = bar.add_task(f"protect ({method})", total=len(files))
         for src in files:
+            dst = _output_path(out, src, suffix, used)
             try:
-                results.append(protect_file(protection, src, out / (src.stem + suffix)))
-            except ImageError as exc:  # one bad photo does not stop the others
+                results.append(protect_file(protection, src, dst))
+            except Exception as exc:  # one bad photo does not stop the others; the report says why
                 failed += 1
-                results.append({"input": str(src), "error": str(exc)})
-                err_console.print(f"[yellow]skipped[/yellow] {src}: {exc}", highlight=False)
+                reason = str(exc) if isinstance(exc, ImageError | ValueError | OSError) else repr(exc)
+                results.append({"input": str(src), "error": reason})
+                err_console.print(f"[yellow]skipped[/yellow] {src}: {reason}", highlight=False)
             bar.advance(task)
     out.mkdir(parents=True, exist_ok=True)
     report = {"method": protection.describe(), "photos": results}
@@ -121,6 +124,21 @@ def protect(
         raise typer.Exit(2)
 
 
+def _output_path(out: Path, src: Path, suffix: str, used: set[Path]) -> Path:
+    """OUT/<stem><suffix>, with -1, -2, ... when two inputs share a stem; never the input itself."""
+    dst = out / (src.stem + suffix)
+    n = 0
+    while dst in used or dst.resolve() == src.resolve():
+        n += 1
+        dst = out / f"{src.stem}-{n}{suffix}"
+    used.add(dst)
+    return dst
+
+
+def _fmt(value: Any, spec: str) -> str:
+    return format(value, spec) if isinstance(value, int | float) else "n/a"
+
+
 def _print_protect_table(results: list[dict[str, Any]]) -> None:
     table = Table("photo", "PSNR dB", "SSIM", "LPIPS", "success (clean)", "seconds")
     for r in results:
@@ -128,9 +146,9 @@ def _print_protect_table(results: list[dict[str, Any]]) -> None:
             table.add_row(Path(r["input"]).name, "[red]" + r["error"], "", "", "", "")
             continue
         lp = r["lpips"]
-        succ = ", ".join(f"{k} {100 * (v['success_rate'] or 0):.0f} %" for k, v in r["forgers"].items())
-        table.add_row(Path(r["input"]).name, f"{r['psnr']:.2f}", f"{r['ssim']:.4f}",
-                      f"{lp:.4f}" if isinstance(lp, float) else str(lp), succ, f"{r['seconds']:.1f}")
+        succ = ", ".join(f"{k} {_fmt(100 * (v['success_rate'] or 0), '.0f')} %" for k, v in r["forgers"].items())
+        table.add_row(Path(r["input"]).name, _fmt(r["psnr"], ".2f"), _fmt(r["ssim"], ".4f"),
+                      _fmt(lp, ".4f") if isinstance(lp, float) else str(lp), succ, _fmt(r["seconds"], ".1f"))
     console.print(table)
 
 

@@ -23,14 +23,11 @@ from core.methods import Protection, expand_targets
 from core.targets import targets_for
 from core.transforms import apply_condition
 
-SUCCESS_THRESHOLD = 0.05
-
-
-LPIPS_MIN_SIDE = 32  # AlexNet's receptive field: smaller images have no LPIPS
+PSNR_CAP = 100.0  # dB: identical images (PSNR = inf) are averaged as this
 
 
 def _lpips_or_none(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor | None:
-    if not metrics.lpips_available() or min(a.shape[-2:]) < LPIPS_MIN_SIDE:
+    if not metrics.lpips_available() or min(a.shape[-2:]) < metrics.lpips_min_side():
         return None
     return metrics.lpips(a, b)
 
@@ -47,7 +44,7 @@ def forger_effect(
     distortion = metrics.mse(out_adv, out_clean)
     return {
         "distortion": distortion,
-        "defended": distortion > SUCCESS_THRESHOLD,
+        "defended": metrics.defended(out_adv, out_clean),
         "nullification": metrics.nullification_error(out_adv, xs),
         "edit_strength": metrics.mse(out_clean, xs),
     }
@@ -67,9 +64,11 @@ class Tally:
     def add(self, key: str, values: torch.Tensor | float, count: int | None = None) -> None:
         if isinstance(values, torch.Tensor):
             values = values.detach().float()
-            finite = values[torch.isfinite(values)]
-            self.sums[key] = self.sums.get(key, 0.0) + float(finite.sum())
-            self.counts[key] = self.counts.get(key, 0) + int(finite.numel())
+            if torch.isnan(values).any():
+                # A NaN would silently count as "not defended"; a broken method or forger must be loud.
+                raise FloatingPointError(f"NaN in {key}")
+            self.sums[key] = self.sums.get(key, 0.0) + float(values.sum())
+            self.counts[key] = self.counts.get(key, 0) + int(values.numel())
         else:
             self.sums[key] = self.sums.get(key, 0.0) + float(values)
             self.counts[key] = self.counts.get(key, 0) + (count if count is not None else 1)
@@ -107,7 +106,8 @@ def measure(
 ) -> Tally:
     """Add imperceptibility and per forger x condition effect of a delivered x_adv to ``tally``."""
     tally = tally or Tally()
-    tally.add("psnr", metrics.psnr(x_adv, x))
+    tally.add("faces", float(x.shape[0]), count=x.shape[0])
+    tally.add("psnr", metrics.psnr(x_adv, x).clamp(max=PSNR_CAP))
     tally.add("ssim", metrics.ssim(x_adv, x))
     tally.track_max("linf", (x_adv - x).abs().flatten(1).amax(1))
     lp = _lpips_or_none(x_adv, x)
@@ -147,7 +147,7 @@ def summarize(
             })
     return {
         "method": protection.describe(),
-        "faces": tally.counts.get("psnr", 0),
+        "faces": tally.counts.get("faces", 0),
         "psnr": num("psnr"),
         "ssim": num("ssim"),
         "lpips": num("lpips") if "lpips" in tally.counts else "unavailable",

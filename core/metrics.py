@@ -246,6 +246,11 @@ def lpips(a: Tensor, b: Tensor, net: str = "alex") -> Tensor:
     return model(a, b)
 
 
+def lpips_min_side(net: str = "alex") -> int:
+    """The smallest image side LPIPS-``net`` accepts."""
+    return _min_side(backbone_spec(net))
+
+
 def lpips_available(net: str = "alex") -> bool:
     """Whether :func:`lpips` can run: the converted weights of ``net`` are in ``weights_dir()``."""
     spec = backbone_spec(net)

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from core.device import resolve_device
 from core.evaluate import measure, summarize
 from core.forgers import Forger, create_forger
 from core.image import LoadedImage, load_image, quantize, save_image
@@ -19,12 +20,14 @@ from core.methods import Protection, create_method
 from core.targets import select_edits, targets_for
 from core.transforms import EoT
 
-_FORGER_CACHE: dict[tuple[str, str, str], Forger] = {}
+_FORGER_CACHE: dict[tuple[str, str, str, str], Forger] = {}
 
 
 def load_forger(name: str, checkpoint: str | None = None, device: str = "cpu") -> Forger:
     """A frozen forger, loaded once per process and kept resident."""
-    key = (name, checkpoint or "", device)
+    from core.checkpoints import checkpoints_dir
+
+    key = (name, checkpoint or "", device, str(checkpoints_dir()))
     if key not in _FORGER_CACHE:
         _FORGER_CACHE[key] = create_forger(name, checkpoint).to(device)
     return _FORGER_CACHE[key]
@@ -44,6 +47,7 @@ def build_protection(
     random transforms to optimise through (e.g. "identity,jpeg,blur,resize"), for robustness.
     """
     checkpoints = checkpoints or {}
+    device = resolve_device(device)
     loaded = [load_forger(f, checkpoints.get(f), device) for f in forgers]
     clean = {k: v for k, v in options.items() if v is not None}
     if eot:
@@ -64,21 +68,24 @@ def work_size(protection: Protection) -> int:
     return max(f.image_size for f in protection.forgers)
 
 
-def protect_scaled(protection: Protection, x: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Protect one photo (1, 3, H, W) at the forgers' resolution; see :func:`protect_many`."""
-    return protect_many(protection, [x], [targets])[0]
+@dataclass
+class Scaled:
+    """A full-size protected photo and whether its budget holds where the perturbation was computed."""
+
+    x_adv: torch.Tensor
+    within_budget: bool
 
 
 def protect_many(
     protection: Protection, photos: Sequence[torch.Tensor], targets: Sequence[torch.Tensor]
-) -> list[torch.Tensor]:
+) -> list[Scaled]:
     """Protect photos of any sizes in one batch at the forgers' resolution, mapped back to full size.
 
     A forger sees a photo resized to its own resolution, so that is where the perturbation must act;
     computing it there (instead of at every full-resolution pixel) is also far cheaper and lets photos
     of different sizes share one batch. Each perturbation is upsampled (bilinear) and added to the
-    original pixels, then rounded to 8 bits and held to the budget like any output. Photos already at
-    the working size are protected directly.
+    original pixels, then rounded to 8 bits and held to the RGB cap like any output. A method's own
+    budget (Lab units, Haar subbands) is defined, and checked, at the working resolution.
 
     Args:
         photos: (1, 3, H_i, W_i) tensors in [-1, 1].
@@ -89,15 +96,33 @@ def protect_many(
               quantize(F.interpolate(p, size=(size, size), mode="bilinear", antialias=True, align_corners=False))
               for p in photos]
     batch = torch.cat(smalls)
-    deltas = protection(batch, targets=torch.cat(list(targets))) - batch
+    advs = protection(batch, targets=torch.cat(list(targets)))
     out = []
-    for photo, small, delta in zip(photos, smalls, deltas, strict=True):
+    for photo, small, adv in zip(photos, smalls, advs, strict=True):
+        ok = protection.within_budget(small, adv[None])
         if small is photo:
-            out.append(protection.finalize(photo, photo + delta[None]))
+            out.append(Scaled(adv[None], ok))
             continue
-        full = F.interpolate(delta[None], size=photo.shape[-2:], mode="bilinear", align_corners=False)
-        out.append(protection.finalize(photo, (photo + full).clamp(-1, 1)))
+        full = F.interpolate((adv - small[0])[None], size=photo.shape[-2:], mode="bilinear", align_corners=False)
+        out.append(Scaled(protection.finalize(photo, (photo + full).clamp(-1, 1)), ok))
     return out
+
+
+def default_classifier() -> Any:
+    """The shipped attribute classifier (to pick targets for faces of unknown attributes), or None."""
+    from core.checkpoints import CheckpointError, checkpoints_dir
+    from core.classifier import load_classifier
+
+    key = str(checkpoints_dir())
+    if key not in _CLASSIFIERS:
+        try:
+            _CLASSIFIERS[key] = load_classifier()
+        except CheckpointError:
+            _CLASSIFIERS[key] = None
+    return _CLASSIFIERS[key]
+
+
+_CLASSIFIERS: dict[str, Any] = {}
 
 
 def protect_images(
@@ -105,16 +130,21 @@ def protect_images(
 ) -> list[Protected]:
     """Protect decoded photos in one batch; measure each as delivered, at full size (the receipt).
 
-    ``only`` names the attributes whose edits to cover (default: every single-attribute edit).
+    Targets are every single-attribute edit of each face, starting from the attributes the shipped
+    classifier reads (the fixed neutral set without it); ``only`` names the attributes whose edits to cover.
     """
     device = next(protection.forgers[0].parameters()).device
     xs = [image.tensor.to(device) for image in images]
-    targets = [select_edits(targets_for(x, protection.attributes), protection.attributes, only) for x in xs]
+    classifier = default_classifier()
+    if classifier is not None:
+        classifier = classifier.to(device)
+    targets = [select_edits(targets_for(x, protection.attributes, classifier=classifier), protection.attributes,
+                            only) for x in xs]
     start = time.perf_counter()
-    advs = protect_many(protection, xs, targets)
+    results = protect_many(protection, xs, targets)
     seconds = (time.perf_counter() - start) / max(len(images), 1)
-    return [Protected(image, x_adv.cpu(), photo_report(protection, x, x_adv, t, seconds))
-            for image, x, x_adv, t in zip(images, xs, advs, targets, strict=True)]
+    return [Protected(image, r.x_adv.cpu(), photo_report(protection, x, r, t, seconds))
+            for image, x, r, t in zip(images, xs, results, targets, strict=True)]
 
 
 def protect_image(protection: Protection, image: LoadedImage) -> Protected:
@@ -123,10 +153,15 @@ def protect_image(protection: Protection, image: LoadedImage) -> Protected:
 
 
 def photo_report(
-    protection: Protection, x: torch.Tensor, x_adv: torch.Tensor, targets: torch.Tensor, seconds: float
+    protection: Protection, x: torch.Tensor, result: Scaled, targets: torch.Tensor, seconds: float
 ) -> dict[str, Any]:
-    """Quality of the delivered photo and the forgers' success rate on it."""
-    tally = measure(x, x_adv, targets, protection.forgers, ("clean",))
+    """Quality of the delivered photo and the forgers' success rate on it.
+
+    The forgers are run on the whole photo resized to their resolution, as this pipeline protects it; an
+    attacker who crops the face from a large photo sees a weaker perturbation (face detection and
+    alignment come with the full-resolution pipeline).
+    """
+    tally = measure(x, result.x_adv, targets, protection.forgers, ("clean",))
     summary = summarize(tally, protection, protection.forgers, ("clean",))
     return {
         "width": int(x.shape[-1]),
@@ -136,7 +171,7 @@ def photo_report(
         "ssim": summary["ssim"],
         "lpips": summary["lpips"],
         "linf": summary["linf_max"],
-        "within_budget": protection.within_budget(x, x_adv),
+        "within_budget": result.within_budget,
         "forgers": {r["forger"]: {k: r[k] for k in ("success_rate", "distortion", "nullification")}
                     for r in summary["rows"]},
     }

@@ -226,7 +226,7 @@ def measure_and_record(name: str, data: Path, limit: int, advance: Callable[[int
     if not celeba_available(data):
         raise FileNotFoundError(f"no CelebA layout in {data}")
     forger = create_forger(entry.forger, name)
-    faces, attrs, _ = load_faces(data, limit, 128)
+    faces, attrs, _ = load_faces(data, limit, forger.image_size)  # its own resolution: no resampling loss
     assert attrs is not None
     try:
         classifier = load_classifier()

@@ -75,13 +75,12 @@ _lock = threading.Lock()
 
 
 def resolve_device(requested: str) -> str:
-    import torch
+    from core.device import resolve_device as resolve
 
-    if requested == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if requested.startswith("cuda") and not torch.cuda.is_available():
-        raise ModelUnavailable(f"device {requested!r} requested but CUDA is not available")
-    return requested
+    try:
+        return resolve(requested)
+    except ValueError as exc:
+        raise ModelUnavailable(str(exc)) from exc
 
 
 def init_process(settings: WorkerSettings, preload: bool = True) -> ModelState:
@@ -175,6 +174,16 @@ def decode(data: bytes, max_pixels: int) -> LoadedImage:
         raise BadPhoto(str(exc)) from exc
 
 
+def check_targets(protection: Protection, targets: Sequence[str] | None) -> None:
+    """BadOptions unless every target names an attribute the protection's forgers edit."""
+    from core.targets import fixed_targets, select_edits
+
+    try:
+        select_edits(fixed_targets(protection.attributes)[None], protection.attributes, targets)
+    except ValueError as exc:
+        raise BadOptions(str(exc)) from exc
+
+
 def protect(
     protection: Protection,
     images: Sequence[LoadedImage],
@@ -187,10 +196,8 @@ def protect(
     from core.protect import protect_images
 
     fmt, _ext, _ctype = OUTPUT_FORMATS[output_format.lower()]
-    try:
-        done = protect_images(protection, images, only=targets)
-    except ValueError as exc:  # unknown target attributes
-        raise BadOptions(str(exc)) from exc
+    check_targets(protection, targets)
+    done = protect_images(protection, images, only=targets)
     out = []
     for result in done:
         width, height = result.image.size

@@ -292,7 +292,10 @@ def protect_photo(ctx: Context, p: Payload) -> str:
     except models.BadPhoto as exc:
         raise JobError("invalid_image", f"{p.input.filename}: {exc}") from None
     protection = build_protection(p)
-    [result] = models.protect(protection, [image], p.output_format, p.targets)
+    try:
+        [result] = models.protect(protection, [image], p.output_format, p.targets)
+    except models.BadOptions as exc:
+        raise JobError("invalid_options", str(exc)) from None
     if ctx.store.is_canceled(p.job_id):
         return "canceled"
     key = output_key(p, ext)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from core.methods.base import METHODS, Protection
 from core.transforms import dwt, idwt, rgb_to_ycbcr, ycbcr_to_rgb
@@ -55,19 +56,47 @@ class DWTPGD(Protection):
             g_low, g_high = torch.autograd.grad(loss, (d_low, d_high))
             d_low = (d_low + self.step_size * g_low.sign()).clamp(-self.eps, self.eps)
             d_high = (d_high + self.step_size * g_high.sign()).clamp(-self.eps, self.eps)
-        return self.compose(ycc, low + d_low.detach(), highs[0] + d_high.detach())
+        return self.project(ycc, low, highs[0], d_low.detach(), d_high.detach())
+
+    def project(
+        self, ycc: torch.Tensor, low: torch.Tensor, high: torch.Tensor, d_low: torch.Tensor, d_high: torch.Tensor,
+        rounds: int = 6,
+    ) -> torch.Tensor:
+        """The final image: alternate the gamut shrink of :meth:`compose` and the subband box, so that both
+        Y-untouched and the subband budget hold (the shrink alone can push a coefficient past eps)."""
+        x_adv = self.compose(ycc, low + d_low, high + d_high)
+        for _ in range(rounds):
+            chroma = rgb_to_ycbcr((x_adv + 1) / 2)[:, 1:]
+            got_low, got_highs = dwt(chroma)
+            if max((got_low - low).abs().max().item(), (got_highs[0] - high).abs().max().item()) <= self.eps:
+                break
+            d_low = (got_low - low).clamp(-self.eps, self.eps)
+            d_high = (got_highs[0] - high).clamp(-self.eps, self.eps)
+            x_adv = self.compose(ycc, low + d_low, high + d_high)
+        return x_adv
 
     @staticmethod
     def compose(ycc: torch.Tensor, low: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
-        chroma = idwt(low, [high])
-        rgb = ycbcr_to_rgb(torch.cat([ycc[:, :1], chroma], dim=1))
-        return (rgb.clamp(0, 1) * 2 - 1).clamp(-1, 1)
+        """RGB in [-1, 1] from the original Y and perturbed chroma subbands, kept in gamut without touching Y.
+
+        Clamping RGB would change luma where a colour leaves the gamut; instead the chroma change of such a
+        pixel is shrunk (towards the original colour, whose luma is the same) just enough to stay in [0, 1].
+        """
+        rgb0 = ycbcr_to_rgb(ycc)
+        d = ycbcr_to_rgb(torch.cat([ycc[:, :1], idwt(low, [high])], dim=1)) - rgb0
+        room = torch.where(d > 0, (1 - rgb0) / d.clamp(min=1e-12), torch.where(d < 0, -rgb0 / d.clamp(max=-1e-12),
+                                                                                torch.ones_like(d)))
+        t = room.clamp(0, 1).amin(dim=1, keepdim=True)
+        return ((rgb0 + t * d).clamp(0, 1) * 2 - 1).clamp(-1, 1)
 
     def linf_cap(self) -> float:
         # The budget lives in the chroma subbands; no extra RGB cap.
         return 2.0
 
     def within_budget(self, x: torch.Tensor, x_adv: torch.Tensor) -> bool:
+        """At the resolution the perturbation was computed at (the Haar budget depends on it)."""
+        pad = (0, x.shape[-1] % 2, 0, x.shape[-2] % 2)
+        x, x_adv = F.pad(x, pad, mode="replicate"), F.pad(x_adv, pad, mode="replicate")
         a, b = rgb_to_ycbcr((x.double() + 1) / 2), rgb_to_ycbcr((x_adv.double() + 1) / 2)
         y_ok = (a[:, :1] - b[:, :1]).abs().amax() <= Y_QUANT_TOL
         (la, ha), (lb, hb) = dwt(a[:, 1:]), dwt(b[:, 1:])

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import signal
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -27,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from core.data import FacePack
+from core.device import resolve_device
 from core.forgers import create_discriminator, create_forger
 from core.image import make_grid, save_image
 
@@ -68,6 +70,8 @@ class TrainConfig:
 
     @classmethod
     def for_forger(cls, forger: str, model_config: str, **overrides: Any) -> TrainConfig:
+        if forger not in RECIPES:
+            raise ValueError(f"unknown forger {forger!r}; known: {', '.join(sorted(RECIPES))}")
         recipe = dict(RECIPES[forger])
         recipe.update({k: v for k, v in overrides.items() if v is not None})
         run_dir = recipe.pop("run_dir", None) or Path("runs") / f"{forger}-{model_config}"
@@ -99,7 +103,7 @@ class ForgerTrainer:
         self.cfg = cfg
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
-        self.device = torch.device(cfg.device)
+        self.device = torch.device(resolve_device(cfg.device))
         torch.manual_seed(cfg.seed)
         self.forger = create_forger(cfg.forger, config=cfg.model_config, pretrained=False, frozen=False)
         self.G = self.forger.generator.to(self.device)
@@ -220,7 +224,8 @@ class ForgerTrainer:
     def resume(self) -> bool:
         if not self.state_path.is_file():
             return False
-        state = torch.load(self.state_path, map_location=self.device, weights_only=True)
+        # RNG states and the data order live on the CPU; module and optimiser states follow their parameters.
+        state = torch.load(self.state_path, map_location="cpu", weights_only=True)
         self.G.load_state_dict(state["G"])
         self.D.load_state_dict(state["D"])
         self.g_opt.load_state_dict(state["g_opt"])
@@ -245,7 +250,14 @@ class ForgerTrainer:
     def sample(self) -> Path | None:
         if self.val_batch is None:
             return None
-        x, c = (t.to(self.device) for t in self.val_batch)
+        self.G.eval()  # BatchNorm (AttGAN) must not learn from the sample batch
+        try:
+            return self._sample(self.val_batch)
+        finally:
+            self.G.train()
+
+    def _sample(self, val_batch: tuple[torch.Tensor, torch.Tensor]) -> Path:
+        x, c = (t.to(self.device) for t in val_batch)
         from core.targets import single_attribute_edits
 
         rows = []
@@ -270,13 +282,12 @@ class ForgerTrainer:
         self.D.train()
         end = self.cfg.iters if max_iters is None else min(self.cfg.iters, self.iteration + max_iters)
         start_time, start_iter = time.monotonic(), self.iteration
-        previous = signal.getsignal(signal.SIGINT)
-
         def request_stop(signum: int, frame: Any) -> None:
             self.stop_requested = True
 
-        signal.signal(signal.SIGINT, request_stop)
-        signal.signal(signal.SIGTERM, request_stop)
+        # Ctrl-C / SIGTERM finish the iteration, save and stop (only the main thread may set handlers).
+        handled = (signal.SIGINT, signal.SIGTERM) if threading.current_thread() is threading.main_thread() else ()
+        previous = {sig: signal.signal(sig, request_stop) for sig in handled}
         try:
             with _progress(progress, end, self.iteration, self.cfg.forger) as bar:
                 while self.iteration < end and not self.stop_requested:
@@ -293,7 +304,8 @@ class ForgerTrainer:
                     if self.iteration % self.cfg.ckpt_every == 0:
                         self.save()
         finally:
-            signal.signal(signal.SIGINT, previous)
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
             self.save()
         return self.iteration
 

@@ -126,3 +126,22 @@ def test_eval_folder_writes_tables_and_grids(tiny_checkpoints: Path, photos: Pat
     assert {r["condition"] for r in rows} == {"clean", "jpeg75"}
     assert "| pgd | stargan | clean |" in (out / "results.md").read_text()
     assert len(list((out / "pgd").glob("*.png"))) == 2
+
+
+def test_same_stems_do_not_overwrite(tiny_checkpoints: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "in"
+    (folder / "a").mkdir(parents=True)
+    (folder / "b").mkdir()
+    faces = synthetic_faces(2, 32, seed=7)
+    Image.fromarray(to_uint8(faces[0])).save(folder / "a" / "face.png")
+    Image.fromarray(to_uint8(faces[1])).save(folder / "b" / "face.png")
+    out = tmp_path / "out"
+    assert run("protect", str(folder), "-o", str(out), "--steps", "1").exit_code == 0
+    outputs = sorted(p.name for p in out.glob("*.png"))
+    assert outputs == ["face-1.png", "face.png"]
+
+
+def test_bad_device_is_a_clear_error(tiny_checkpoints: Path, photos: Path) -> None:
+    result = runner.invoke(app, ["protect", str(photos), "--device", "cuda:7"])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert "CUDA" in result.output or "cuda" in result.output

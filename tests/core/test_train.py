@@ -95,3 +95,15 @@ def test_cli_train_export_and_load(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     assert "Iterations: 3" in card and "non-commercial" in card
     missing = runner.invoke(app, ["train", "forger", "--data", str(tmp_path / "nope")])
     assert missing.exit_code == 2 and "no CelebA layout" in missing.output
+
+
+def test_signal_handlers_are_restored(tmp_path: Path) -> None:
+    import signal
+
+    root = fake_celeba(tmp_path / "celeba")
+    before = (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM))
+    cfg = TrainConfig.for_forger("stargan", "tiny", run_dir=tmp_path / "r", data_dir=root, iters=1, batch_size=2)
+    ForgerTrainer(cfg).train(progress=False)
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
+    with pytest.raises(ValueError, match="unknown forger"):
+        TrainConfig.for_forger("nope", "tiny")
