@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import time
@@ -70,7 +71,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=2, help="iterations timed per run")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--methods", default=",".join(method_names()))
+    parser.add_argument("--merge", action="store_true", help="replace only these methods' rows in the results")
     args = parser.parse_args()
+    load_start = os.getloadavg()[0]
     device = torch.device(args.device)
     forger = create_forger("stargan", config=args.config, pretrained=False).to(device)
     rows = []
@@ -84,13 +87,20 @@ def main() -> None:
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
+        "load_average_1min_start": round(load_start, 2),
         "forger": f"stargan/{args.config}",
         "image_size": 128,
         "command": "python benchmarks/protect.py " + " ".join(
-            f"--{k} {v}" for k, v in vars(args).items() if k != "methods"),
+            f"--{k} {v}" for k, v in vars(args).items() if k not in ("methods", "merge")),
     }
+    info["load_average_1min_end"] = round(os.getloadavg()[0], 2)  # >> threads means the run was contended
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / f"protect-{device.type}-{args.config}.json"
+    if args.merge and out.is_file():  # re-measure some methods, keep the other rows
+        old = json.loads(out.read_text())
+        redone = {r["method"] for r in rows}
+        rows = [r for r in old["rows"] if r["method"] not in redone] + rows
+        info = {**old["info"], "merged": [*old["info"].get("merged", []), info]}
     out.write_text(json.dumps({"info": info, "rows": rows}, indent=2) + "\n")
     print("\n| method | batch | s/step/face | s/face (default steps) |\n|---|---|---|---|")
     for r in rows:
