@@ -41,20 +41,13 @@ class AntiForgery(Protection):
     eps_range = (0.0, 40.0)
 
     def perturb(self, x: torch.Tensor, targets: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-        refs = self.clean_outputs(x, targets)
         lab = rgb_to_lab((x + 1) / 2)
-        mask = torch.zeros_like(lab)
-        mask[:, 1:] = 1.0  # a and b only
-        delta = torch.zeros_like(lab)
-        if self.random_start:
-            delta = self.uniform(lab.shape, self.eps, gen, lab) * mask
-        for _ in range(self.steps):
-            delta = delta.detach().requires_grad_(True)
-            x_adv = self.to_rgb(lab + delta)
-            loss = self.loss(x_adv, x, targets, refs, gen)
-            (grad,) = torch.autograd.grad(loss, delta)
-            delta = (delta + self.step_size * grad.sign() * mask).clamp(-self.eps, self.eps)
-        return self.to_rgb(lab + delta.detach())
+
+        def render(deltas: list[torch.Tensor]) -> torch.Tensor:  # deltas[0]: (N, 2, H, W) on a and b
+            return self.to_rgb(torch.cat([lab[:, :1], lab[:, 1:] + deltas[0]], dim=1))
+
+        (delta,) = self.ascend([self.start(lab[:, 1:].shape, gen, lab)], render, x, targets, gen)
+        return render([delta])
 
     @staticmethod
     def to_rgb(lab: torch.Tensor) -> torch.Tensor:

@@ -164,14 +164,33 @@ class Protection(ABC):
                 total = total + per.sum()
         return total / self.eot_samples
 
-    def gradient(
-        self, x_adv: torch.Tensor, x: torch.Tensor, targets: torch.Tensor, refs: list[torch.Tensor],
+    def ascend(
+        self,
+        deltas: list[torch.Tensor],
+        render: Callable[[list[torch.Tensor]], torch.Tensor],
+        x: torch.Tensor,
+        targets: torch.Tensor,
         gen: torch.Generator,
-    ) -> torch.Tensor:
-        x_adv = x_adv.detach().requires_grad_(True)
-        loss = self.loss(x_adv, x, targets, refs, gen)
-        (grad,) = torch.autograd.grad(loss, x_adv)
-        return grad
+    ) -> list[torch.Tensor]:
+        """Sign-gradient ascent of :meth:`loss` over perturbations ``deltas`` in the box [-eps, eps].
+
+        ``render(deltas)`` turns the perturbations (in the method's own domain: RGB, Lab a/b, subbands)
+        into the image the forgers see. Starts from ``deltas`` (zeros, or a random start).
+        """
+        refs = self.clean_outputs(x, targets)
+        for _ in range(self.steps):
+            deltas = [d.detach().requires_grad_(True) for d in deltas]
+            loss = self.loss(render(deltas), x, targets, refs, gen)
+            grads = torch.autograd.grad(loss, deltas)
+            deltas = [(d + self.step_size * g.sign()).clamp(-self.eps, self.eps) for d, g in zip(deltas, grads,
+                                                                                                    strict=True)]
+        return [d.detach() for d in deltas]
+
+    def start(self, shape: torch.Size, gen: torch.Generator, like: torch.Tensor) -> torch.Tensor:
+        """The initial perturbation: uniform in the budget with a random start, else zeros."""
+        if self.random_start:
+            return self.uniform(shape, self.eps, gen, like)
+        return torch.zeros(shape, device=like.device, dtype=like.dtype)
 
     def uniform(self, shape: torch.Size, bound: float, gen: torch.Generator, like: torch.Tensor) -> torch.Tensor:
         """Seeded uniform noise in [-bound, bound] (drawn on the CPU so results match across devices)."""

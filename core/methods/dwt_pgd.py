@@ -41,22 +41,15 @@ class DWTPGD(Protection):
     eps_range = (0.0, 0.5)
 
     def perturb(self, x: torch.Tensor, targets: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-        refs = self.clean_outputs(x, targets)
         ycc = rgb_to_ycbcr((x + 1) / 2)
         low, highs = dwt(ycc[:, 1:])
-        d_low = torch.zeros_like(low)
-        d_high = torch.zeros_like(highs[0])
-        if self.random_start:
-            d_low = self.uniform(low.shape, self.eps, gen, low)
-            d_high = self.uniform(highs[0].shape, self.eps, gen, low)
-        for _ in range(self.steps):
-            d_low, d_high = d_low.detach().requires_grad_(True), d_high.detach().requires_grad_(True)
-            x_adv = self.compose(ycc, low + d_low, highs[0] + d_high)
-            loss = self.loss(x_adv, x, targets, refs, gen)
-            g_low, g_high = torch.autograd.grad(loss, (d_low, d_high))
-            d_low = (d_low + self.step_size * g_low.sign()).clamp(-self.eps, self.eps)
-            d_high = (d_high + self.step_size * g_high.sign()).clamp(-self.eps, self.eps)
-        return self.project(ycc, low, highs[0], d_low.detach(), d_high.detach())
+
+        def render(deltas: list[torch.Tensor]) -> torch.Tensor:
+            return self.compose(ycc, low + deltas[0], highs[0] + deltas[1])
+
+        start = [self.start(low.shape, gen, low), self.start(highs[0].shape, gen, low)]
+        d_low, d_high = self.ascend(start, render, x, targets, gen)
+        return self.project(ycc, low, highs[0], d_low, d_high)
 
     def project(
         self, ycc: torch.Tensor, low: torch.Tensor, high: torch.Tensor, d_low: torch.Tensor, d_high: torch.Tensor,

@@ -33,12 +33,8 @@ class PGD(Protection):
     defaults = {"eps": 0.05, "steps": 10, "step_fraction": 0.2, "objective": "distort", "random_start": True}
 
     def perturb(self, x: torch.Tensor, targets: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-        refs = self.clean_outputs(x, targets)
-        x_adv = x.clone()
-        if self.random_start:
-            x_adv = (x + self.uniform(x.shape, self.eps, gen, x)).clamp(-1, 1)
-        for _ in range(self.steps):
-            grad = self.gradient(x_adv, x, targets, refs, gen)
-            x_adv = x_adv + self.step_size * grad.sign()
-            x_adv = (x + (x_adv - x).clamp(-self.eps, self.eps)).clamp(-1, 1)
-        return x_adv
+        def render(deltas: list[torch.Tensor]) -> torch.Tensor:
+            return (x + deltas[0]).clamp(-1, 1)
+
+        (delta,) = self.ascend([self.start(x.shape, gen, x)], render, x, targets, gen)
+        return render([delta])
