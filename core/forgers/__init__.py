@@ -53,42 +53,35 @@ def _locate(
     path = Path(checkpoint)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {checkpoint} (neither a file nor a manifest entry)")
-    listed = next((e for e in manifest.entries if manifest.directory / e.file == path.resolve()), None)
+    listed = next((e for e in manifest.entries if (manifest.directory / e.file).resolve() == path.resolve()), None)
     return path, listed
 
 
-def _config_for(spec: ArchSpec, config: str | dict[str, Any] | None, *sources: Any) -> dict[str, Any]:
-    """Explicit config wins, then the checkpoint's own metadata, then its manifest entry."""
-    if config is None:
-        config = next((s for s in sources if s), None)
-    return spec.config(config)
+def _build(
+    name: str, checkpoint: str | Path | None, role: str, config: str | dict[str, Any] | None, pretrained: bool
+) -> tuple[nn.Module, dict[str, Any], str]:
+    """Locate and read the weights once, pick the config, build the module and load them strictly.
 
-
-def _load(
-    module: nn.Module, name: str, checkpoint: str | Path | None, role: str, config: Any
-) -> tuple[str, dict[str, Any]]:
-    manifest = Manifest()
-    path, _ = _locate(name, checkpoint, role, manifest)
+    The config: an explicit one wins, then the checkpoint's own metadata, then its manifest entry, then
+    the architecture's default (the reference layout for plain pickles).
+    """
+    spec = arch(name)
+    build = spec.build_generator if role == "generator" else spec.build_discriminator
+    if not pretrained and checkpoint is None:
+        cfg = spec.config(config)
+        return build(cfg, len(spec.attributes)), cfg, "random init"
+    path, entry = _locate(name, checkpoint, role, Manifest())
     state, meta = load_weights(path)
+    if config is None:
+        config = meta.get("config") or (entry.config if entry else None)
+    cfg = spec.config(config)
+    module = build(cfg, len(spec.attributes))
     try:
         module.load_state_dict(state, strict=True)
     except RuntimeError as exc:
         first = str(exc).splitlines()[0]
         raise CheckpointError(f"{path} does not fit {name} ({role}, config {config}): {first}") from exc
-    return str(path), meta
-
-
-def _resolve_config(
-    spec: ArchSpec, name: str, checkpoint: str | Path | None, role: str, config: Any, pretrained: bool
-) -> dict[str, Any]:
-    if not pretrained and checkpoint is None:
-        return spec.config(config)
-    manifest = Manifest()
-    path, entry = _locate(name, checkpoint, role, manifest)
-    meta: dict[str, Any] = {}
-    if path.suffix == ".safetensors":
-        _, meta = load_weights(path)
-    return _config_for(spec, config, meta.get("config"), entry.config if entry else None)
+    return module, cfg, str(path)
 
 
 def create_forger(
@@ -109,11 +102,9 @@ def create_forger(
         pretrained: False builds random weights (tests, training from scratch).
         frozen: eval mode without parameter gradients, as protections use it.
     """
-    spec = arch(name)
-    cfg = _resolve_config(spec, name, checkpoint, "generator", config, pretrained)
-    forger = Forger(name, spec.build_generator(cfg, len(spec.attributes)), cfg, spec.attributes)
-    if pretrained or checkpoint is not None:
-        forger.source, _ = _load(forger.generator, name, checkpoint, "generator", cfg)
+    generator, cfg, source = _build(name, checkpoint, "generator", config, pretrained)
+    forger = Forger(name, generator, cfg, arch(name).attributes)
+    forger.source = source
     return forger.freeze() if frozen else forger
 
 
@@ -125,9 +116,5 @@ def create_discriminator(
     pretrained: bool = True,
 ) -> nn.Module:
     """The forger's critic/attribute classifier (training, and targets from its classifier head)."""
-    spec = arch(name)
-    cfg = _resolve_config(spec, name, checkpoint, "discriminator", config, pretrained)
-    module = spec.build_discriminator(cfg, len(spec.attributes))
-    if pretrained or checkpoint is not None:
-        _load(module, name, checkpoint, "discriminator", cfg)
+    module, _, _ = _build(name, checkpoint, "discriminator", config, pretrained)
     return module
