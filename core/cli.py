@@ -22,7 +22,6 @@ app.add_typer(keys_app, name="keys")
 console = Console()
 err_console = Console(stderr=True)
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -50,10 +49,12 @@ def _progress() -> Progress:
 
 
 def _collect_images(inputs: list[Path]) -> list[Path]:
+    from core.image import INPUT_SUFFIXES
+
     files: list[Path] = []
     for path in inputs:
         if path.is_dir():
-            files += sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+            files += sorted(p for p in path.rglob("*") if p.suffix.lower() in INPUT_SUFFIXES and p.is_file())
         elif path.exists():
             files.append(path)
         else:

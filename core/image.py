@@ -1,7 +1,8 @@
 """Images in and out: any common still image -> float tensor (1, 3, H, W) in [-1, 1], and back to PNG.
 
 - EXIF orientation is applied; CMYK, palette, grey, 16-bit and alpha inputs all become RGB
-  (16-bit keeps its precision until the 8-bit output); alpha is kept aside and re-attached on save.
+  (16-bit greyscale keeps its precision until the 8-bit output; Pillow itself reduces 16-bit RGB to 8 bits);
+  alpha and the ICC colour profile are kept aside and re-attached on save.
 - Output is PNG by default: lossless, so a protection is never silently destroyed by re-encoding.
 - :func:`quantize` rounds to the 8-bit grid a user receives; every bound and metric is checked after it.
 """
@@ -21,6 +22,8 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 DEFAULT_MAX_PIXELS = 50_000_000
 LOSSY_FORMATS = {"JPEG", "WEBP"}
 SUFFIX_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}
+# What a folder of photos may hold (anything Pillow decodes as a still image is accepted when named).
+INPUT_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif"})
 
 
 class ImageError(ValueError):
@@ -34,6 +37,7 @@ class LoadedImage:
     tensor: torch.Tensor
     alpha: np.ndarray | None
     format: str | None
+    icc_profile: bytes | None = None
 
     @property
     def size(self) -> tuple[int, int]:
@@ -47,12 +51,16 @@ def _open(source: str | Path | bytes | IO[bytes], max_pixels: int) -> Image.Imag
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             img = Image.open(data)
-            w, h = img.size
-            if w * h > max_pixels:
-                raise ImageError(f"image has {w}x{h} = {w * h} pixels, above the limit of {max_pixels}")
-            if getattr(img, "n_frames", 1) > 1:
-                raise ImageError("animated images are not supported; send a still image")
-            img.load()
+            try:
+                w, h = img.size
+                if w * h > max_pixels:
+                    raise ImageError(f"image has {w}x{h} = {w * h} pixels, above the limit of {max_pixels}")
+                if getattr(img, "n_frames", 1) > 1:
+                    raise ImageError("animated images are not supported; send a still image")
+                img.load()
+            except BaseException:
+                img.close()
+                raise
     except ImageError:
         raise
     except FileNotFoundError:
@@ -87,13 +95,14 @@ def load_image(source: str | Path | bytes | IO[bytes], max_pixels: int = DEFAULT
     """Decode a still image (path, bytes or file) into a [-1, 1] tensor with EXIF orientation applied."""
     img = _open(source, max_pixels)
     fmt = img.format
+    icc = img.info.get("icc_profile") or None
     try:
         img = ImageOps.exif_transpose(img)
     except Exception as exc:  # broken EXIF blocks raise a variety of errors
         raise ImageError(f"cannot apply EXIF orientation: {exc}") from None
     rgb, alpha = _to_float_rgb(img)
     tensor = torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1)))[None] * 2.0 - 1.0
-    return LoadedImage(tensor.contiguous(), alpha, fmt)
+    return LoadedImage(tensor.contiguous(), alpha, fmt, icc if img.mode != "CMYK" else None)
 
 
 def quantize(x: torch.Tensor) -> torch.Tensor:
@@ -123,8 +132,15 @@ def to_pil(x: torch.Tensor, alpha: np.ndarray | None = None) -> Image.Image:
     return img
 
 
-def encode_image(x: torch.Tensor, fmt: str = "PNG", alpha: np.ndarray | None = None, quality: int = 95) -> bytes:
-    """Encode a [-1, 1] image; PNG unless a lossy format is asked for explicitly. No metadata is written."""
+def encode_image(
+    x: torch.Tensor, fmt: str = "PNG", alpha: np.ndarray | None = None, quality: int = 95,
+    icc_profile: bytes | None = None,
+) -> bytes:
+    """Encode a [-1, 1] image; PNG unless a lossy format is asked for explicitly.
+
+    No metadata (EXIF, GPS, text) is written; only the ICC colour profile the pixels are in, when given,
+    so that they are displayed with the colours of the original.
+    """
     fmt = fmt.upper()
     if fmt == "JPG":
         fmt = "JPEG"
@@ -132,21 +148,25 @@ def encode_image(x: torch.Tensor, fmt: str = "PNG", alpha: np.ndarray | None = N
         raise ImageError(f"unsupported output format {fmt!r}; use PNG, JPEG or WEBP")
     img = to_pil(x, None if fmt == "JPEG" else alpha)
     buf = io.BytesIO()
+    extra = {"icc_profile": icc_profile} if icc_profile else {}
     if fmt == "PNG":
-        img.save(buf, "PNG", optimize=False, compress_level=6)
+        img.save(buf, "PNG", optimize=False, compress_level=6, **extra)
     else:
-        img.save(buf, fmt, quality=quality)
+        img.save(buf, fmt, quality=quality, **extra)
     return buf.getvalue()
 
 
-def save_image(x: torch.Tensor, path: str | Path, alpha: np.ndarray | None = None, quality: int = 95) -> Path:
+def save_image(
+    x: torch.Tensor, path: str | Path, alpha: np.ndarray | None = None, quality: int = 95,
+    icc_profile: bytes | None = None,
+) -> Path:
     """Write an image; the format follows the suffix (``.png`` unless told otherwise)."""
     path = Path(path)
     fmt = SUFFIX_FORMATS.get(path.suffix.lower())
     if fmt is None:
         raise ImageError(f"unsupported output suffix {path.suffix!r}; use .png, .jpg or .webp")
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(encode_image(x, fmt, alpha, quality))
+    path.write_bytes(encode_image(x, fmt, alpha, quality, icc_profile))
     return path
 
 

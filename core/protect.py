@@ -180,5 +180,5 @@ def photo_report(
 def protect_file(protection: Protection, src: Path, dst: Path) -> dict[str, Any]:
     """Load ``src``, protect it, write ``dst`` (PNG unless its suffix asks otherwise); return the report."""
     result = protect_image(protection, load_image(src))
-    save_image(result.x_adv, dst, alpha=result.image.alpha)
+    save_image(result.x_adv, dst, alpha=result.image.alpha, icc_profile=result.image.icc_profile)
     return {"input": str(src), "output": str(dst), **result.report}

@@ -14,7 +14,7 @@ from PIL import Image
 from core.checkpoints import CheckpointError, Manifest, ManifestEntry, checkpoints_dir, save_weights
 from core.data import celeba_available, preprocess_face, read_index
 from core.evaluate import Tally, measure_batch, summarize
-from core.image import load_image, make_grid, save_image
+from core.image import INPUT_SUFFIXES, load_image, make_grid, save_image
 from core.protect import build_protection
 from core.targets import targets_for
 
@@ -61,7 +61,7 @@ def load_faces(data: Path, limit: int, size: int) -> tuple[torch.Tensor, torch.T
         return x, torch.from_numpy(index.attrs[: len(files)]), files
     if not data.is_dir():
         raise FileNotFoundError(f"no such folder: {data}")
-    paths = sorted(p for p in data.iterdir() if p.suffix.lower() in {".png", ".jpg", ".jpeg", ".webp"})[:limit]
+    paths = sorted(p for p in data.iterdir() if p.suffix.lower() in INPUT_SUFFIXES)[:limit]
     if not paths:
         raise ValueError(f"no images in {data}")
     x = torch.cat([_square(load_image(p).tensor, size) for p in paths])

@@ -201,7 +201,7 @@ def protect(
     out = []
     for result in done:
         width, height = result.image.size
-        data = encode_image(result.x_adv, fmt, alpha=result.image.alpha)
+        data = encode_image(result.x_adv, fmt, alpha=result.image.alpha, icc_profile=result.image.icc_profile)
         out.append(PhotoResult(data, _plain(result.report), width, height))
     return out
 

@@ -115,3 +115,19 @@ def test_output_formats() -> None:
     assert encode_image(x, "jpeg")[:2] == b"\xff\xd8"
     with pytest.raises(ImageError, match="unsupported"):
         encode_image(x, "gif")
+
+
+def test_icc_profile_is_kept_and_exif_dropped() -> None:
+    from PIL import ImageCms
+
+    icc = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    img = Image.fromarray(gradient_rgb())
+    exif = img.getexif()
+    exif[0x8825] = {1: "N"}  # a GPS block
+    exif[0x010F] = "PhoneMaker"
+    loaded = load_image(encode(img, "JPEG", quality=95, icc_profile=icc, exif=exif))
+    assert loaded.icc_profile == icc
+    for fmt in ("PNG", "JPEG", "WEBP"):
+        out = Image.open(io.BytesIO(encode_image(loaded.tensor, fmt, icc_profile=loaded.icc_profile)))
+        assert out.info.get("icc_profile") == icc, fmt
+        assert len(out.getexif()) == 0, fmt
