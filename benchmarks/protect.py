@@ -70,7 +70,8 @@ def main() -> None:
     parser.add_argument("--batches", default="1,16")
     parser.add_argument("--steps", type=int, default=2, help="iterations timed per run")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--methods", default=",".join(method_names()))
+    iterative = [n for n in method_names() if not getattr(method_class(n), "one_pass", False)]
+    parser.add_argument("--methods", default=",".join(iterative), help="default: the iterative methods")
     parser.add_argument("--merge", action="store_true", help="replace only these methods' rows in the results")
     args = parser.parse_args()
     load_start = os.getloadavg()[0]

@@ -90,8 +90,22 @@ def protect(
     eot_samples: EotSamplesOpt = 1,
     fmt: Annotated[str, typer.Option("--format", help="png (lossless, default), jpeg or webp.")] = "png",
     device: DeviceOpt = "cpu",
+    whole_image: Annotated[bool, typer.Option(
+        "--whole-image", help="When no face is found in a photo, protect the whole photo instead (squashed to "
+        "the forgers' resolution: much weaker on a large photo). Photos with faces are protected face by face "
+        "either way.")] = False,
+    max_faces: Annotated[int, typer.Option(help="Protect at most this many faces per photo (the surest).",
+                                           min=1)] = 8,
 ) -> None:
-    """Protect photos: writes OUT/<name>.png and OUT/report.json (quality and forger success per photo)."""
+    """Protect the faces in photos: writes OUT/<name>.png and OUT/report.json (quality and forger success
+    per photo and per face).
+
+    Each face found (frontal, upright after EXIF orientation) is cropped as the forgers see faces,
+    protected, and its perturbation mapped back onto the full-resolution photo; the rest of the photo is
+    left exactly as it was. The success rate is measured as an attacker would meet it: faces detected
+    again on the protected photo and cropped. A photo with no face is not written (its report says
+    "protection": "no_face") unless --whole-image asks to protect it whole.
+    """
     from core.image import ImageError
     from core.protect import build_protection, protect_file
 
@@ -102,14 +116,18 @@ def protect(
                                   seed=seed, eot=eot, eot_samples=eot_samples)
     suffix = "." + ("jpg" if fmt.lower() in {"jpeg", "jpg"} else fmt.lower())
     results: list[dict[str, Any]] = []
-    failed = 0
+    failed = no_face = 0
     used: set[Path] = set()
     with _progress() as bar:
         task = bar.add_task(f"protect ({method})", total=len(files))
         for src in files:
             dst = _output_path(out, src, suffix, used)
             try:
-                results.append(protect_file(protection, src, dst))
+                results.append(protect_file(protection, src, dst, whole_image=whole_image, max_faces=max_faces))
+                if results[-1]["protection"] == "no_face":
+                    no_face += 1
+                    err_console.print(f"[yellow]no face found[/yellow] in {src}: not protected, not written "
+                                      "(--whole-image protects such photos whole)", highlight=False)
             except Exception as exc:  # one bad photo does not stop the others; the report says why
                 failed += 1
                 reason = str(exc) if isinstance(exc, ImageError | ValueError | OSError) else repr(exc)
@@ -120,7 +138,8 @@ def protect(
     report = {"method": protection.describe(), "photos": results}
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     _print_protect_table(results)
-    console.print(f"wrote {len(results) - failed} protected image(s) and {out / 'report.json'}")
+    console.print(f"wrote {len(results) - failed - no_face} protected image(s) and {out / 'report.json'}"
+                  + (f"; {no_face} photo(s) without a face left out" if no_face else ""))
     if failed == len(files):
         raise typer.Exit(2)
 
@@ -146,9 +165,12 @@ def _print_protect_table(results: list[dict[str, Any]]) -> None:
         if "error" in r:
             table.add_row(Path(r["input"]).name, "[red]" + r["error"], "", "", "", "")
             continue
+        n = len(r["faces"])
+        what = {"faces": f"{n} face{'s' if n > 1 else ''}", "whole_image": "whole photo"}.get(r["protection"],
+                                                                                           "[yellow]no face")
         lp = r["lpips"]
         succ = ", ".join(f"{k} {_fmt(100 * (v['success_rate'] or 0), '.0f')} %" for k, v in r["forgers"].items())
-        table.add_row(Path(r["input"]).name, _fmt(r["psnr"], ".2f"), _fmt(r["ssim"], ".4f"),
+        table.add_row(f"{Path(r['input']).name} ({what})", _fmt(r["psnr"], ".2f"), _fmt(r["ssim"], ".4f"),
                       _fmt(lp, ".4f") if isinstance(lp, float) else str(lp), succ, _fmt(r["seconds"], ".1f"))
     console.print(table)
 
@@ -278,12 +300,13 @@ def demo(
     forger: ForgerOpt = ["stargan"],  # noqa: B006
     steps: StepsOpt = None,
 ) -> None:
-    """Protect a sample portrait (scikit-image's public-domain astronaut) end to end."""
+    """Protect a sample portrait (scikit-image's public-domain astronaut, 512x512) end to end: her face is
+    found, protected and mapped back onto the full photo."""
     from core.workflows import demo_image
 
     src = demo_image(out)
     protect([src], out=out, method=method, forger=forger, eps=None, steps=steps, objective=None, seed=0,
-            eot=None, eot_samples=1, fmt="png", device="cpu")
+            eot=None, eot_samples=1, fmt="png", device="cpu", whole_image=False, max_faces=8)
 
 
 @train_app.command("forger")
@@ -304,6 +327,52 @@ def train_forger(
     from core.workflows import train_forger as run
 
     run(forger, config, data, run_dir, iters, max_minutes, batch_size, threads, device, init_from)
+
+
+@train_app.command("generator")
+@friendly_errors
+def train_generator_cmd(
+    method: Annotated[str, typer.Option("--method", "-m", help="retentive or dwt-chroma.")] = "retentive",
+    forger: ForgerOpt = ["stargan"],  # noqa: B006 (typer reads the default)
+    forger_checkpoint: Annotated[list[str] | None, typer.Option(
+        help="Weights of each --forger, in order (file or manifest entry; default: shipped).")] = None,
+    forger_random: Annotated[bool, typer.Option(
+        help="Train against randomly initialised forgers: smoke tests only (such runs are not exported).")] = False,
+    config: Annotated[str, typer.Option(help="Generator config: compact64 (64 px), celeba128 (128 px).")] = "compact64",
+    data: Annotated[Path | None, typer.Option(help="CelebA root (default: the shared dataset).")] = None,
+    run_dir: Annotated[Path | None, typer.Option(help="Run folder (default runs/<method>-<forgers>-<config>).")] = None,
+    iters: Annotated[int | None, typer.Option(help="Total iterations (default: the recipe's).")] = None,
+    max_minutes: Annotated[float | None, typer.Option(help="Stop (and save) after this long.")] = None,
+    batch_size: Annotated[int | None, typer.Option()] = None,
+    lr: Annotated[float | None, typer.Option(help="Adam learning rate.")] = None,
+    eps: EpsOpt = None,
+    eot: Annotated[str | None, typer.Option(help="Train through random transforms: identity,jpeg,blur,resize.")] = None,
+    targets_per_step: Annotated[int | None, typer.Option(help="Target edits per iteration (default all).")] = None,
+    option: Annotated[list[str] | None, typer.Option(help="Method option KEY=VALUE, e.g. lambda_feat=0.5.")] = None,
+    threads: Annotated[int | None, typer.Option(help="torch CPU threads.")] = None,
+    device: DeviceOpt = "cpu",
+    limit: Annotated[int | None, typer.Option(help="Use only the first N training faces.")] = None,
+    export: Annotated[str | None, typer.Option(help="Then export into checkpoints/ as this manifest entry.")] = None,
+    export_only: Annotated[bool, typer.Option(help="Export the run as it is, without training.")] = False,
+    hardware: Annotated[str, typer.Option(help="What it was trained on, for the model card.")] = "CPU",
+) -> None:
+    """Train a one-pass generator method against frozen forgers; resumes from RUN_DIR/state.pt; Ctrl-C saves."""
+    from core.train.generator import GeneratorTrainConfig, export_generator, parse_options, train_generator
+
+    cfg = GeneratorTrainConfig.for_method(
+        method, forger, config, run_dir=run_dir, data_dir=data, iters=iters, batch_size=batch_size, lr=lr, eps=eps,
+        forger_checkpoints=forger_checkpoint, forger_random=forger_random or None, threads=threads, device=device,
+        limit=limit, targets_per_step=targets_per_step, options=parse_options(option or []),
+        eot=[n.strip() for n in eot.split(",")] if eot else None,
+    )
+    if export_only and not export:
+        raise ValueError("--export-only needs --export NAME")
+    if not export_only:
+        reached = train_generator(cfg, max_minutes)
+        console.print(f"{cfg.run_dir}: iteration {reached}")
+    if export:
+        entry = export_generator(cfg.run_dir, export, default=True, hardware=hardware)
+        console.print(f"exported {entry.name} -> checkpoints/{entry.file} (sha256 {entry.sha256})")
 
 
 @train_app.command("classifier")

@@ -1,8 +1,17 @@
 """The protection pipeline the CLI and the workers share: build a method with its forgers once, then
-protect decoded photos and report how well each one is protected."""
+protect decoded photos and report how well each one is protected.
+
+Photos are protected face by face at full resolution (:func:`protect_images`, with :mod:`core.faces`):
+each face is cropped as the forgers were trained to see faces, protected at their resolution through a
+simulation of the paste back and of an attacker's new crop, and mapped back onto the photo; the report
+measures the forgers on the crops an attacker would take of the delivered photo. A photo without a face
+is left alone unless the whole-photo protection (:func:`protect_many`'s way) is asked for.
+"""
 
 from __future__ import annotations
 
+import copy
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -13,11 +22,12 @@ import torch
 import torch.nn.functional as F
 
 from core.device import resolve_device
-from core.evaluate import measure, summarize
+from core.evaluate import PSNR_CAP, Tally, measure, summarize
+from core.faces import DEFAULT_MAX_FACES, Face, Frame, RoundTrip, align_crop, box_iou, detect_faces, paste_back
 from core.forgers import Forger, create_forger
 from core.image import LoadedImage, load_image, quantize, save_image
 from core.methods import Protection, create_method
-from core.targets import select_edits, targets_for
+from core.targets import fixed_targets, select_edits, targets_for
 from core.transforms import EoT
 
 _FORGER_CACHE: dict[tuple[str, str, str, str], Forger] = {}
@@ -79,7 +89,8 @@ class Scaled:
 def protect_many(
     protection: Protection, photos: Sequence[torch.Tensor], targets: Sequence[torch.Tensor]
 ) -> list[Scaled]:
-    """Protect photos of any sizes in one batch at the forgers' resolution, mapped back to full size.
+    """Protect whole photos of any sizes in one batch at the forgers' resolution, mapped back to full size
+    (what :func:`protect_images` does with ``whole_image=True`` to a photo without a face).
 
     A forger sees a photo resized to its own resolution, so that is where the perturbation must act;
     computing it there (instead of at every full-resolution pixel) is also far cheaper and lets photos
@@ -125,60 +136,273 @@ def default_classifier() -> Any:
 _CLASSIFIERS: dict[str, Any] = {}
 
 
+@dataclass
+class _Job:
+    """One photo on its way through :func:`protect_images`."""
+
+    image: LoadedImage
+    x: torch.Tensor
+    faces: list[Face]
+    found: int  # faces detected (``faces`` holds at most max_faces of them)
+    crops: torch.Tensor | None = None  # (F, 3, S, S) at the working size, or the squashed photo (1, 3, S, S)
+    targets: torch.Tensor | None = None  # (F, T, A)
+    advs: torch.Tensor | None = None
+    x_adv: torch.Tensor | None = None
+    within_budget: bool = True
+    seconds: float = 0.0
+
+    @property
+    def mode(self) -> str:
+        if self.faces:
+            return "faces"
+        return "whole_image" if self.crops is not None else "no_face"
+
+
 def protect_images(
-    protection: Protection, images: Sequence[LoadedImage], only: Sequence[str] | None = None
+    protection: Protection,
+    images: Sequence[LoadedImage],
+    only: Sequence[str] | None = None,
+    *,
+    whole_image: bool = False,
+    max_faces: int = DEFAULT_MAX_FACES,
+    verify: bool = True,
 ) -> list[Protected]:
-    """Protect decoded photos in one batch; measure each as delivered, at full size (the receipt).
+    """Protect the faces of decoded photos in one batch; measure each photo as delivered, at full size.
+
+    Every face found (at most ``max_faces`` per photo, the surest first) is cropped and aligned as the
+    forgers were trained to see faces (:mod:`core.faces`), all crops of all photos are protected in one
+    batch at the forgers' resolution, and each perturbation is mapped back onto its full-resolution photo
+    (feathered; pixels outside the faces are left exactly as they were). A photo with no face is returned
+    unchanged with ``"protection": "no_face"`` in its report, unless ``whole_image`` asks for the
+    whole-photo protection (:func:`protect_many`) then.
 
     Targets are every single-attribute edit of each face, starting from the attributes the shipped
     classifier reads (the fixed neutral set without it); ``only`` names the attributes whose edits to cover.
+    ``verify`` measures the forgers as an attacker would meet the photo: faces detected again on the
+    protected photo, cropped from it and from the clean photo alike (see :func:`photo_report`).
     """
+    if max_faces < 1:
+        raise ValueError(f"max_faces must be at least 1, got {max_faces}")
     device = next(protection.forgers[0].parameters()).device
-    xs = [image.tensor.to(device) for image in images]
+    size = work_size(protection)
     classifier = default_classifier()
     if classifier is not None:
         classifier = classifier.to(device)
-    targets = [select_edits(targets_for(x, protection.attributes, classifier=classifier), protection.attributes,
-                            only) for x in xs]
+    if only is not None:  # unknown attribute names fail before any work, whether or not faces are found
+        select_edits(fixed_targets(protection.attributes)[None], protection.attributes, only)
+
     start = time.perf_counter()
-    results = protect_many(protection, xs, targets)
+    jobs = []
+    for image in images:
+        found = detect_faces(image.tensor)
+        jobs.append(_Job(image, image.tensor.to(device), found[:max_faces], len(found)))
+    for job in jobs:
+        if job.faces:
+            job.crops = torch.cat([quantize(align_crop(job.x, face, size)) for face in job.faces])
+        elif whole_image:
+            job.crops = _squash(job.x, size)
+        if job.crops is not None:
+            job.targets = select_edits(targets_for(job.crops, protection.attributes, classifier=classifier),
+                                       protection.attributes, only)
+    busy = [job for job in jobs if job.crops is not None]
+    if busy:
+        crops = torch.cat([job.crops for job in busy if job.crops is not None])
+        targets = torch.cat([job.targets for job in busy if job.targets is not None])
+        frames: list[tuple[Frame, tuple[int, int]] | None] = []
+        for job in busy:
+            frames += [(face.frame(), job.image.size) for face in job.faces] if job.faces else [None]
+        # optimise what an attacker's crop of the delivered photo will hold, not the crop itself
+        through = copy.copy(protection)
+        through.eot = RoundTrip(crops, frames, then=protection.eot)
+        advs = through(crops, targets=targets)
+        for job, adv in zip(busy, advs.split([len(job.crops) for job in busy if job.crops is not None]),
+                            strict=True):
+            job.advs = adv
+    for job in jobs:
+        job.x_adv, job.within_budget = _deliver(protection, job)
     seconds = (time.perf_counter() - start) / max(len(images), 1)
-    return [Protected(image, r.x_adv.cpu(), photo_report(protection, x, r, t, seconds))
-            for image, x, r, t in zip(images, xs, results, targets, strict=True)]
+    out = []
+    for job in jobs:
+        job.seconds = seconds
+        out.append(Protected(job.image, job.x_adv.cpu() if job.x_adv is not None else job.image.tensor.clone(),
+                             photo_report(protection, job, max_faces, verify)))
+    return out
 
 
-def protect_image(protection: Protection, image: LoadedImage) -> Protected:
-    """Protect one decoded photo (the whole image) and measure it as delivered, at full size."""
-    return protect_images(protection, [image])[0]
+def _squash(x: torch.Tensor, size: int) -> torch.Tensor:
+    """The whole photo resized to size x size (as :func:`protect_many` protects it), on the 8-bit grid."""
+    if x.shape[-2:] == (size, size):
+        return x
+    return quantize(F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False))
+
+
+def _deliver(protection: Protection, job: _Job) -> tuple[torch.Tensor, bool]:
+    """The full-size protected photo (8-bit, capped) and whether every budget holds."""
+    if job.crops is None or job.advs is None:
+        return job.x.clone(), True
+    ok = all(protection.within_budget(c[None], a[None]) for c, a in zip(job.crops, job.advs, strict=True))
+    if job.faces:
+        x_adv = paste_back(job.x, job.advs, job.faces, job.crops, finalize=protection.finalize)
+    elif job.crops.shape[-2:] == job.x.shape[-2:]:
+        x_adv = job.advs
+    else:
+        full = F.interpolate(job.advs - job.crops, size=job.x.shape[-2:], mode="bilinear", align_corners=False)
+        x_adv = protection.finalize(job.x, (job.x + full).clamp(-1, 1))
+    ok = ok and bool(((x_adv - job.x).abs().amax() <= protection.linf_cap() + 1e-6).item())
+    return x_adv, ok
+
+
+def protect_image(protection: Protection, image: LoadedImage, **options: Any) -> Protected:
+    """Protect one decoded photo (its faces; see :func:`protect_images` for the options) and measure it."""
+    return protect_images(protection, [image], **options)[0]
+
+
+def _forger_numbers(summary: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {r["forger"]: {k: r[k] for k in ("success_rate", "distortion", "nullification")}
+            for r in summary["rows"]}
 
 
 def photo_report(
-    protection: Protection, x: torch.Tensor, result: Scaled, targets: torch.Tensor, seconds: float
+    protection: Protection, job: _Job, max_faces: int = DEFAULT_MAX_FACES, verify: bool = True
 ) -> dict[str, Any]:
     """Quality of the delivered photo and the forgers' success rate on it.
 
-    The forgers are run on the whole photo resized to their resolution, as this pipeline protects it; an
-    attacker who crops the face from a large photo sees a weaker perturbation (face detection and
-    alignment come with the full-resolution pipeline).
+    - ``protection``: ``faces`` (each face found was protected), ``whole_image`` (no face: the whole photo
+      was protected, squashed to the forgers' resolution) or ``no_face`` (returned unchanged);
+      ``faces_found`` counts the faces detected (``faces_skipped`` those beyond ``max_faces``).
+    - ``psnr``, ``ssim``, ``lpips``: the delivered photo against the original, where it was changed: over
+      the face regions (each face's square; PSNR from their pooled squared error, SSIM and LPIPS weighted
+      by area), so that neither the untouched rest of a large photo flatters them nor measuring it costs
+      seconds; over the whole photo for ``whole_image``; None for ``no_face``. ``linf``: the whole photo.
+    - ``faces``: per protected face its ``box`` (x, y, w, h in pixels), detector ``score``, eye
+      ``landmarks`` when found, ``angle`` (degrees the crop was rotated to level the eyes), ``region``
+      (x0, y0, x1, y1: the pixels the protection may change) with its ``psnr``, ``ssim`` and ``lpips``,
+      ``within_budget`` and the forgers' numbers as an attacker meets them: the faces are detected again on
+      the delivered photo, and the same crop is taken of it and of the clean photo; a pair (face, edit) is
+      defended when the forger's edit of the protected crop is far from its edit of the clean crop.
+      ``redetected`` says whether the face was found again (if not, the original crop is measured).
+    - ``forgers``: those numbers over all faces (for ``whole_image``, the whole photo resized, as protected).
     """
-    tally = measure(x, result.x_adv, targets, protection.forgers, ("clean",))
-    summary = summarize(tally, protection, protection.forgers, ("clean",))
-    return {
+    x, x_adv = job.x, job.x_adv if job.x_adv is not None else job.x
+    report: dict[str, Any] = {
         "width": int(x.shape[-1]),
         "height": int(x.shape[-2]),
-        "seconds": seconds,
-        "psnr": summary["psnr"],
-        "ssim": summary["ssim"],
-        "lpips": summary["lpips"],
-        "linf": summary["linf_max"],
-        "within_budget": result.within_budget,
-        "forgers": {r["forger"]: {k: r[k] for k in ("success_rate", "distortion", "nullification")}
-                    for r in summary["rows"]},
+        "seconds": job.seconds,
+        "protection": job.mode,
+        "faces_found": job.found,
+    }
+    if job.found > len(job.faces):
+        report["faces_skipped"] = job.found - len(job.faces)
+    quality: dict[str, Any] = {"psnr": None, "ssim": None, "lpips": None}  # unchanged: nothing to compare
+    if job.mode == "whole_image":
+        quality = _quality(protection, x, x_adv)
+    elif job.mode == "faces":
+        quality = _face_quality(protection, job)
+    report.update({
+        "psnr": quality["psnr"],
+        "ssim": quality["ssim"],
+        "lpips": quality["lpips"],
+        "linf": float((x_adv - x).abs().max()),
+        "within_budget": job.within_budget,
+        "faces": [],
+        "forgers": {},
+    })
+    if job.mode == "whole_image" and job.targets is not None:
+        tally = measure(x, x_adv, job.targets, protection.forgers, ("clean",))
+        report["forgers"] = _forger_numbers(summarize(tally, protection, protection.forgers, ("clean",)))
+    elif job.mode == "faces" and job.crops is not None and job.advs is not None and job.targets is not None:
+        report["faces"], report["forgers"] = _face_reports(protection, job, max_faces, verify)
+        for entry, region in zip(report["faces"], quality.pop("regions"), strict=True):
+            entry.update(region)
+    return report
+
+
+def _quality(protection: Protection, x: torch.Tensor, x_adv: torch.Tensor) -> dict[str, Any]:
+    """PSNR, SSIM, LPIPS of x_adv against x (as :func:`core.evaluate.summarize` gives them)."""
+    no_targets = torch.zeros(1, 1, len(protection.attributes))
+    return summarize(measure(x, x_adv, no_targets, ()), protection, (), ("clean",))
+
+
+def _face_quality(protection: Protection, job: _Job) -> dict[str, Any]:
+    """Quality over each face's region, and pooled over them (see :func:`photo_report`)."""
+    x, x_adv = job.x, job.x_adv if job.x_adv is not None else job.x
+    h, w = x.shape[-2:]
+    regions: list[dict[str, Any]] = []
+    sq_err = pixels = 0.0
+    weighted: dict[str, float] = {"ssim": 0.0, "lpips": 0.0}
+    lpips_known = True
+    for face in job.faces:
+        bounds = face.frame().bounds(w, h) or (0, 0, w, h)
+        x0, y0, x1, y1 = bounds
+        a, b = x[..., y0:y1, x0:x1], x_adv[..., y0:y1, x0:x1]
+        q = _quality(protection, a, b)
+        area = float((x1 - x0) * (y1 - y0))
+        sq_err += float((b - a).double().pow(2).sum()) / 3
+        pixels += area
+        weighted["ssim"] += (q["ssim"] or 0.0) * area
+        if isinstance(q["lpips"], float):
+            weighted["lpips"] += q["lpips"] * area
+        else:
+            lpips_known = False
+        regions.append({"region": list(bounds), "psnr": q["psnr"], "ssim": q["ssim"], "lpips": q["lpips"]})
+    mse = sq_err / max(pixels, 1.0)
+    psnr = min(PSNR_CAP, 10 * math.log10(4.0 / mse)) if mse > 0 else PSNR_CAP
+    return {
+        "psnr": psnr,
+        "ssim": weighted["ssim"] / pixels if pixels else None,
+        "lpips": weighted["lpips"] / pixels if pixels and lpips_known else "unavailable",
+        "regions": regions,
     }
 
 
-def protect_file(protection: Protection, src: Path, dst: Path) -> dict[str, Any]:
-    """Load ``src``, protect it, write ``dst`` (PNG unless its suffix asks otherwise); return the report."""
-    result = protect_image(protection, load_image(src))
+def _face_reports(
+    protection: Protection, job: _Job, max_faces: int, verify: bool
+) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any]]]:
+    """Per face: where, within budget, and the forgers' numbers on the attacker's crops; and over all faces."""
+    assert job.crops is not None and job.advs is not None and job.targets is not None and job.x_adv is not None
+    size = job.crops.shape[-1]
+    again = detect_faces(job.x_adv.cpu(), max_faces=max(max_faces, len(job.faces)) * 2) if verify else []
+    frames: list[Face] = []
+    matched: list[bool] = []
+    for face in job.faces:
+        best = max(again, key=lambda f: box_iou(f.box, face.box), default=None)
+        hit = best is not None and box_iou(best.box, face.box) >= 0.3
+        frames.append(best if hit and best is not None else face)
+        matched.append(hit)
+    if verify:
+        clean = torch.cat([quantize(align_crop(job.x, f, size)) for f in frames])
+        seen = torch.cat([quantize(align_crop(job.x_adv, f, size)) for f in frames])
+    else:  # the crops the protection was computed on
+        clean, seen = job.crops, job.advs
+    overall = Tally()
+    reports = []
+    for i, face in enumerate(job.faces):
+        tally = measure(clean[i : i + 1], seen[i : i + 1], job.targets[i : i + 1], protection.forgers, ("clean",))
+        measure(clean[i : i + 1], seen[i : i + 1], job.targets[i : i + 1], protection.forgers, ("clean",), overall)
+        numbers = _forger_numbers(summarize(tally, protection, protection.forgers, ("clean",)))
+        rates = [v["success_rate"] for v in numbers.values() if v["success_rate"] is not None]
+        entry = {
+            **face.to_dict(),
+            "angle": round(math.degrees(face.angle), 2),
+            "within_budget": protection.within_budget(job.crops[i : i + 1], job.advs[i : i + 1]),
+            "success_rate": sum(rates) / len(rates) if rates else None,
+            "forgers": numbers,
+        }
+        if verify:
+            entry["redetected"] = matched[i]
+        reports.append(entry)
+    return reports, _forger_numbers(summarize(overall, protection, protection.forgers, ("clean",)))
+
+
+def protect_file(
+    protection: Protection, src: Path, dst: Path, whole_image: bool = False, max_faces: int = DEFAULT_MAX_FACES
+) -> dict[str, Any]:
+    """Load ``src``, protect its faces, write ``dst`` (PNG unless its suffix asks otherwise); return the report.
+
+    A photo with no face is not written (``"output": None``) unless ``whole_image`` protects it whole.
+    """
+    result = protect_image(protection, load_image(src), whole_image=whole_image, max_faces=max_faces)
+    if result.report["protection"] == "no_face":
+        return {"input": str(src), "output": None, **result.report}
     save_image(result.x_adv, dst, alpha=result.image.alpha, icc_profile=result.image.icc_profile)
     return {"input": str(src), "output": str(dst), **result.report}

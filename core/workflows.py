@@ -21,18 +21,14 @@ from core.targets import targets_for
 DEMO_NAME = "astronaut.png"
 
 
-# A CelebA-like framing of the portrait's face (hand-picked for this one picture; face detection and
-# alignment for arbitrary photos belong to the full-resolution pipeline).
-DEMO_FACE_BOX = (100, 0, 350, 250)
-
-
 def demo_image(out: Path) -> Path:
-    """scikit-image's astronaut (Eileen Collins, NASA, public domain), framed on her face, as a PNG."""
+    """scikit-image's astronaut (Eileen Collins, NASA, public domain), the whole 512x512 portrait, as a PNG
+    (the protection finds her face itself)."""
     from skimage import data
 
     src = out / "input" / DEMO_NAME
     src.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(data.astronaut()).crop(DEMO_FACE_BOX).save(src)
+    Image.fromarray(data.astronaut()).save(src)
     return src
 
 

@@ -197,7 +197,8 @@ def protect(
 
     fmt, _ext, _ctype = OUTPUT_FORMATS[output_format.lower()]
     check_targets(protection, targets)
-    done = protect_images(protection, images, only=targets)
+    # Faces when the detector finds them; a photo without one is protected whole rather than returned as is.
+    done = protect_images(protection, images, only=targets, whole_image=True)
     out = []
     for result in done:
         width, height = result.image.size

@@ -51,7 +51,9 @@ def run(*args: str):
 
 def test_protect_writes_pngs_and_report(tiny_checkpoints: Path, photos: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
-    result = run("protect", str(photos), "-o", str(out), "--steps", "3", "--eps", "0.05", "--eot", "identity,blur")
+    # synthetic blobs hold no face a detector finds: --whole-image protects them whole
+    result = run("protect", str(photos), "-o", str(out), "--steps", "3", "--eps", "0.05", "--eot", "identity,blur",
+                 "--whole-image")
     assert result.exit_code == 0, result.output
     report = json.loads((out / "report.json").read_text())
     assert len(report["photos"]) == 2
@@ -136,7 +138,7 @@ def test_same_stems_do_not_overwrite(tiny_checkpoints: Path, tmp_path: Path) -> 
     Image.fromarray(to_uint8(faces[0])).save(folder / "a" / "face.png")
     Image.fromarray(to_uint8(faces[1])).save(folder / "b" / "face.png")
     out = tmp_path / "out"
-    assert run("protect", str(folder), "-o", str(out), "--steps", "1").exit_code == 0
+    assert run("protect", str(folder), "-o", str(out), "--steps", "1", "--whole-image").exit_code == 0
     outputs = sorted(p.name for p in out.glob("*.png"))
     assert outputs == ["face-1.png", "face.png"]
 

@@ -1,0 +1,221 @@
+"""One-pass protection methods: a trained perturbation generator instead of an iterative attack.
+
+A :class:`GeneratorMethod` is a :class:`~core.methods.base.Protection` whose :meth:`perturb` runs its
+generator network once, with no gradient and no forger call at all: protecting a photo costs one
+forward pass of a small U-Net instead of ``steps`` forward and backward passes of every forger. The
+forgers are only needed to *train* the generator (:mod:`core.train.generator`), end to end through
+:meth:`GeneratorMethod.training_loss`.
+
+Weights: ``checkpoint=`` a ``.safetensors`` path or a manifest entry name; by default the shipped
+entry of ``checkpoints/manifest.json`` with ``role: "generator-method"`` and ``forger: <method name>``
+that was trained against the same forgers (else the method's default entry). ``pretrained=False``
+builds random weights (tests, training from scratch). A checkpoint's metadata sets the network config
+and, unless given, ``eps`` and ``objective``.
+
+Options of the iterative methods keep their meaning where they have one: ``eps`` (the budget),
+``objective``, ``seed``. ``random_start`` feeds the generator a seeded uniform noise map (its extra
+input channel; zeros when False, so the output no longer depends on ``seed``). ``steps=0`` skips the
+generator: with ``random_start`` the output is uniform noise over the budget (the baseline every method
+must beat), else the unchanged image. Any other ``steps`` value means the one pass.
+"""
+
+from __future__ import annotations
+
+import logging
+from abc import abstractmethod
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from core.checkpoints import CheckpointError, Manifest, ManifestEntry, load_weights
+from core.forgers import Forger
+from core.generators.features import FeatureDistance, feature_distance
+from core.generators.nets import generator_config
+from core.methods.base import Protection, expand_targets
+
+log = logging.getLogger(__name__)
+
+ROLE = "generator-method"
+
+
+def _forger_names(forgers: Forger | Sequence[Forger]) -> list[str]:
+    return [forgers.name] if isinstance(forgers, Forger) else [f.name for f in forgers]
+
+
+def locate_generator(
+    method: str, forgers: Sequence[str], checkpoint: str | Path | None, manifest: Manifest | None = None
+) -> tuple[Path, ManifestEntry | None]:
+    """The weights file of a generator method, and its manifest entry when it has one.
+
+    With no ``checkpoint``: the manifest's ``generator-method`` entries of ``method``, preferring one
+    trained against exactly ``forgers``, then the default entry, then the first listed.
+    """
+    manifest = manifest or Manifest()
+    if checkpoint is None:
+        entries = [e for e in manifest.entries if e.role == ROLE and e.forger == method]
+        if not entries:
+            raise CheckpointError(
+                f"no shipped weights for the generator method {method!r} in {manifest.path}: train them with "
+                f"`veil train generator --method {method}`, pass checkpoint=<file or manifest entry>, or use "
+                f"pretrained=False for random (untrained) weights"
+            )
+        wanted = sorted(forgers)
+
+        def rank(e: ManifestEntry) -> tuple[bool, bool]:
+            return sorted(e.info.get("forgers", [])) == wanted, e.default
+
+        entry = max(entries, key=rank)  # max keeps the first of equal ranks
+        if sorted(entry.info.get("forgers", [])) != wanted:
+            log.warning("%s: no %s weights trained against %s; using %s (trained against %s)", method, ROLE,
+                        ", ".join(wanted), entry.name, ", ".join(entry.info.get("forgers", [])) or "?")
+        return manifest.resolve(entry), entry
+    found = manifest.find(str(checkpoint))
+    if found is not None:
+        if found.role != ROLE or found.forger != method:
+            raise CheckpointError(f"manifest entry {found.name!r} is a {found.forger} {found.role}, "
+                                  f"not {method} generator-method weights")
+        return manifest.resolve(found), found
+    path = Path(checkpoint)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {checkpoint} (neither a file nor a manifest entry)")
+    return path, None
+
+
+class GeneratorMethod(Protection):
+    """Base of the one-pass methods: checkpoint loading, the single pass, the noise baseline.
+
+    Subclasses define :meth:`build_net` (the network for a config), :meth:`generate` (x and the noise map
+    -> x_adv, differentiable, within the budget), :meth:`noise_shape`, :meth:`noise_baseline` and
+    :meth:`training_loss`; ``option_defaults`` lists the method's own options (loss weights, masks),
+    which a checkpoint records and keyword arguments override.
+    """
+
+    one_pass: ClassVar[bool] = True
+    default_config: ClassVar[str] = "compact64"
+    option_defaults: ClassVar[dict[str, Any]] = {}
+
+    def __init__(
+        self,
+        forgers: Forger | Sequence[Forger],
+        eps: float | None = None,
+        steps: int | None = None,
+        step_size: float | None = None,
+        objective: str | None = None,
+        random_start: bool | None = None,
+        eot: Callable[..., torch.Tensor] | None = None,
+        eot_samples: int = 1,
+        seed: int = 0,
+        *,
+        checkpoint: str | Path | None = None,
+        pretrained: bool = True,
+        config: str | dict[str, Any] | None = None,
+        **options: Any,
+    ) -> None:
+        unknown = set(options) - set(self.option_defaults)
+        if unknown:
+            known = ", ".join(sorted(self.option_defaults)) or "none"
+            raise ValueError(f"unknown option(s) {sorted(unknown)} for {self.name}; known: {known}")
+        state: dict[str, torch.Tensor] | None = None
+        meta: dict[str, Any] = {}
+        entry: ManifestEntry | None = None
+        self.source = "random init"
+        if pretrained or checkpoint is not None:
+            path, entry = locate_generator(self.name, _forger_names(forgers), checkpoint)
+            state, meta = load_weights(path)
+            if meta.get("method", self.name) != self.name:
+                raise CheckpointError(f"{path} holds {meta['method']} weights, not {self.name}")
+            self.source = str(path)
+        if config is None:
+            config = meta.get("config") or (entry.config if entry else None)
+        self.config = generator_config(config, self.default_config)
+        eps = eps if eps is not None else meta.get("eps")
+        objective = objective or meta.get("objective")
+        super().__init__(forgers, eps, steps, step_size, objective, random_start, eot, eot_samples, seed)
+        self.options: dict[str, Any] = {**self.option_defaults, **meta.get("options", {}), **options}
+        self.trained_against: list[str] = list(meta.get("forgers", []))
+        with torch.random.fork_rng(devices=[]):  # random weights follow `seed`, not the global RNG
+            torch.manual_seed(self.seed)
+            self.net = self.build_net(self.config)
+        if state is not None:
+            try:
+                self.net.load_state_dict(state, strict=True)
+            except RuntimeError as exc:
+                first = str(exc).splitlines()[0]
+                raise CheckpointError(
+                    f"{self.source} does not fit {self.name} (config {self.config}): {first}"
+                ) from exc
+        self.net.requires_grad_(False).eval()
+        self._features: FeatureDistance | None = None
+        self._features_checked = False
+
+    # ----- for subclasses -----------------------------------------------------------------------------
+    @abstractmethod
+    def build_net(self, config: dict[str, Any]) -> nn.Module:
+        """The generator network of ``config`` (random weights)."""
+
+    @abstractmethod
+    def noise_shape(self, x: torch.Tensor) -> tuple[int, ...]:
+        """Shape of the noise map the network takes for images ``x``."""
+
+    @abstractmethod
+    def generate(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """x (N, 3, H, W) in [-1, 1] and noise z -> x_adv in [-1, 1] within the budget (differentiable)."""
+
+    @abstractmethod
+    def noise_baseline(self, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        """Seeded uniform noise over the method's own budget, added to x."""
+
+    @abstractmethod
+    def training_loss(
+        self, x: torch.Tensor, targets: torch.Tensor, gen: torch.Generator
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        """The loss to minimise for a batch (x, targets (N, T, A)), and its terms for the log."""
+
+    # ----- the one pass -------------------------------------------------------------------------------
+    def noise(self, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        """The generator's noise input: seeded uniform in [-1, 1] with ``random_start``, else zeros."""
+        shape = self.noise_shape(x)
+        if not self.random_start:
+            return x.new_zeros(shape)
+        return self.uniform(torch.Size(shape), 1.0, gen, x)
+
+    def perturb(self, x: torch.Tensor, targets: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        if self.steps == 0:
+            return self.noise_baseline(x, gen) if self.random_start else x.clone()
+        with torch.no_grad():
+            self.net.to(x.device)
+            return self.generate(x, self.noise(x, gen))
+
+    def describe(self) -> dict[str, Any]:
+        out = super().describe()
+        out.update(steps=1 if self.steps else 0, step_size=None, one_pass=True, weights=self.source,
+                   config=self.config.get("config_name", self.config), trained_against=self.trained_against)
+        return out
+
+    # ----- training helpers ---------------------------------------------------------------------------
+    def features(self, device: torch.device) -> FeatureDistance | None:
+        """The VGG16 feature distance, or None (warned once) when ``lambda_feat`` is 0 or weights are absent."""
+        if float(self.options.get("lambda_feat", 0.0)) <= 0:
+            return None
+        if not self._features_checked:
+            self._features = feature_distance(device)
+            self._features_checked = True
+        return self._features
+
+    def seen(self, x_adv: torch.Tensor, gen: torch.Generator, x: torch.Tensor | None = None
+             ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """What the forgers see: x_adv (and x, with the very same draw) through the EoT transform, if any."""
+        if self.eot is None:
+            return x_adv, x
+        if x is None:
+            return self.eot(x_adv, generator=gen), None
+        both = self.eot(torch.cat([x_adv, x]), generator=gen)
+        return both[: x_adv.shape[0]], both[x_adv.shape[0] :]
+
+    def forger_outputs(self, x: torch.Tensor, targets: torch.Tensor) -> list[torch.Tensor]:
+        """G(x, c) of every forger over every target: (N*T, 3, H, W) each, differentiable in x."""
+        xs, cs = expand_targets(x, targets)
+        return [f(xs, cs) for f in self.forgers]

@@ -1,0 +1,347 @@
+"""Faces in real photos: detection, CelebA framing, paste back at full resolution, and the face pipeline.
+
+The photos are scikit-image's public-domain astronaut portrait (a real face, which a real detector needs)
+pasted into larger canvases, some stored rotated with an EXIF orientation tag; the forger is the tiny
+random network, so the protection itself is fast.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from skimage import data
+from typer.testing import CliRunner
+
+from core import faces as fc
+from core.checkpoints import Manifest, ManifestEntry, save_weights
+from core.cli import app
+from core.data import preprocess_face, read_index
+from core.forgers import create_forger
+from core.image import LoadedImage, from_uint8, load_image, quantize
+from core.methods import Protection, create_method
+from core.protect import protect_images
+
+ASTRONAUT_FACE = (178.0, 69.0, 92.0, 92.0)  # where the detector finds her face in the 512x512 portrait
+# PIL's exif_transpose turns a stored image upright with these; storing with the inverse gives the canvas back.
+INVERSE_ORIENTATION = {1: None, 3: Image.Transpose.ROTATE_180, 6: Image.Transpose.ROTATE_90,
+                       8: Image.Transpose.ROTATE_270, 5: Image.Transpose.TRANSPOSE}
+
+
+def canvas(width: int, height: int, placements: list[tuple[np.ndarray, int, int]]) -> np.ndarray:
+    """A smooth grey-blue background with each (picture, left, top) pasted in."""
+    yy, xx = np.mgrid[0:height, 0:width]
+    base = np.stack([90 + 60 * xx / width, 110 + 40 * yy / height, 140 + 0 * xx], axis=-1)
+    out = base.astype(np.uint8)
+    for pic, left, top in placements:
+        out[top : top + pic.shape[0], left : left + pic.shape[1]] = pic
+    return out
+
+
+def astronaut(scale: float = 1.0) -> np.ndarray:
+    img = data.astronaut()
+    if scale == 1.0:
+        return img
+    size = round(512 * scale)
+    return np.asarray(Image.fromarray(img).resize((size, size), Image.Resampling.BICUBIC))
+
+
+def expected_face(left: int, top: int, scale: float) -> tuple[float, float, float]:
+    """Centre (x, y) and width of the astronaut's face pasted at (left, top) with ``scale``."""
+    x, y, w, h = ASTRONAUT_FACE
+    return left + scale * (x + w / 2), top + scale * (y + h / 2), scale * w
+
+
+def jpeg_with_orientation(upright: np.ndarray, orientation: int) -> bytes:
+    """A JPEG whose pixels are stored rotated and tagged so that a viewer (and load_image) shows ``upright``."""
+    img = Image.fromarray(upright)
+    method = INVERSE_ORIENTATION[orientation]
+    stored = img.transpose(method) if method is not None else img
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    buf = io.BytesIO()
+    stored.save(buf, "JPEG", quality=95, exif=exif)
+    return buf.getvalue()
+
+
+def near(face: fc.Face, cx: float, cy: float, width: float) -> bool:
+    fx, fy = face.center
+    return math.hypot(fx - cx, fy - cy) < 0.15 * width and abs(face.box[2] / width - 1) < 0.25
+
+
+@pytest.fixture(scope="module")
+def protection() -> Protection:
+    torch.manual_seed(0)
+    return create_method("pgd", create_forger("stargan", config="tiny", pretrained=False), eps=0.05, steps=2)
+
+
+def check_delivered(protection: Protection, x: torch.Tensor, x_adv: torch.Tensor, faces: list[fc.Face]) -> None:
+    """Same size, 8-bit, untouched outside the faces' squares, perturbed inside within the cap."""
+    assert x_adv.shape == x.shape
+    levels = (x_adv + 1) * 127.5
+    assert torch.allclose(levels, levels.round(), atol=1e-4)
+    changed = (x_adv != x).any(dim=1)[0]
+    support = fc.face_support(x, faces)
+    assert not changed[~support].any(), "a pixel outside the face regions changed"
+    delta = (x_adv - x).abs()
+    assert delta.max() <= protection.linf_cap() + 1e-6
+    for face in faces:
+        cx, cy = (round(v) for v in face.center)
+        assert changed[cy - 10 : cy + 10, cx - 10 : cx + 10].float().mean() > 0.3, "the face was not perturbed"
+
+
+# ----- detection ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("width", "height", "left", "top", "scale", "orientation"),
+    [
+        (512, 512, 0, 0, 1.0, 1),
+        (900, 700, 300, 120, 1.0, 6),
+        (1300, 1000, 100, 200, 1.5, 3),
+        (640, 1400, 70, 800, 1.0, 8),
+        (2400, 1800, 900, 500, 2.0, 5),
+    ],
+)
+def test_face_found_in_canvases_with_exif_orientation(
+    width: int, height: int, left: int, top: int, scale: float, orientation: int
+) -> None:
+    upright = canvas(width, height, [(astronaut(scale), left, top)])
+    image = load_image(jpeg_with_orientation(upright, orientation))
+    assert image.size == (width, height)  # EXIF orientation applied
+    found = fc.detect_faces(image)
+    assert len(found) == 1, [f.to_dict() for f in found]
+    assert near(found[0], *expected_face(left, top, scale))
+    assert found[0].landmarks is not None and abs(math.degrees(found[0].angle)) < 10
+
+
+def test_two_faces_side_by_side() -> None:
+    photo = canvas(1200, 620, [(astronaut(), 40, 60), (astronaut(), 640, 40)])
+    found = fc.detect_faces(from_uint8(photo))
+    assert len(found) == 2
+    for left, top in ((40, 60), (640, 40)):
+        assert any(near(f, *expected_face(left, top, 1.0)) for f in found)
+    assert len(fc.detect_faces(from_uint8(photo), max_faces=1)) == 1
+
+
+def test_no_face_in_a_smooth_gradient() -> None:
+    assert fc.detect_faces(from_uint8(canvas(800, 600, []))) == []
+    assert fc.detect_faces(torch.zeros(1, 3, 10, 10)) == []
+
+
+# ----- geometry ----------------------------------------------------------------------------------------
+
+
+def test_align_crop_frames_and_levels_the_face() -> None:
+    x = from_uint8(data.astronaut())
+    [face] = fc.detect_faces(x)
+    frame = face.frame()
+    assert frame.side == pytest.approx(fc.CROP_SCALE * face.box[2])
+    crop = fc.align_crop(x, face, 64)
+    assert crop.shape == (1, 3, 64, 64)
+    # tilted photo: the detected eye line gives the rotation, and the crop comes out (nearly) the same
+    tilted = np.asarray(Image.fromarray(data.astronaut()).rotate(-12, Image.Resampling.BICUBIC, center=(224, 115)))
+    [face_t] = fc.detect_faces(from_uint8(tilted))
+    assert math.degrees(face_t.angle) == pytest.approx(math.degrees(face.angle) + 12, abs=5)
+    crop_t = fc.align_crop(from_uint8(tilted), face_t, 64)
+    unrotated = fc.align_crop(from_uint8(tilted), fc.Face(face_t.box, face_t.score), 64)
+    assert (crop_t - crop).pow(2).mean() < (unrotated - crop).pow(2).mean()
+
+
+def test_paste_back_touches_only_the_faces_and_holds_the_cap() -> None:
+    g = torch.Generator().manual_seed(0)
+    # a photo off the 8-bit grid (as a 16-bit PNG decodes): outside pixels must come back bit for bit
+    x = torch.rand(1, 3, 300, 400, generator=g) * 1.8 - 0.9
+    frames = [fc.Frame(120.3, 140.7, 150.0, 0.2), fc.Frame(200.0, 150.0, 120.0, -0.1), fc.Frame(390, 20, 80)]
+    crops = torch.rand(3, 3, 32, 32, generator=g) * 2 - 1
+    eps = 4 / 127.5
+    advs = (crops + (torch.rand(3, 3, 32, 32, generator=g) * 2 - 1) * eps).clamp(-1, 1)
+    protection = create_method("pgd", create_forger("stargan", config="tiny", pretrained=False), eps=eps)
+    out = fc.paste_back(x, advs, frames, crops, finalize=protection.finalize)
+    support = fc.face_support(x, frames)
+    changed = (out != x).any(dim=1)[0]
+    assert torch.equal(out[..., ~support], x[..., ~support])
+    assert changed[support].float().mean() > 0.5
+    assert (out - x).abs().max() <= eps + 1e-6  # overlaps are averaged, never summed
+    levels = (out[..., changed] + 1) * 127.5
+    assert torch.allclose(levels, levels.round(), atol=1e-4)
+    same = fc.paste_back(x, crops, frames, crops)  # no perturbation: at most the 8-bit rounding, inside only
+    assert torch.equal(same[..., ~support], x[..., ~support])
+    assert ((same == x) | (same == quantize(x))).all()
+
+
+def test_round_trip_is_what_an_attacker_crops() -> None:
+    """The transform the protection optimises through equals paste back + crop again (same framing)."""
+    x = from_uint8(canvas(800, 700, [(astronaut(1.3), 100, 20)]))
+    [face] = fc.detect_faces(x)
+    crop = quantize(fc.align_crop(x, face, 64))
+    g = torch.Generator().manual_seed(1)
+    adv = quantize(crop + (torch.rand(crop.shape, generator=g) * 2 - 1) * 0.05)
+    trip = fc.RoundTrip(crop, [(face.frame(), (800, 700))], jitter=0.0)
+    seen = trip(adv) - crop
+    pasted = fc.paste_back(x, adv, [face], crop)
+    again = fc.align_crop(pasted, face, 64) - fc.align_crop(x, face, 64)
+    levels = (seen - again).abs().flatten() * 127.5  # the photo's 8-bit rounding, and clipping at white/black
+    assert levels.mean() < 0.1 and levels.quantile(0.99) < 0.5
+    assert seen.abs().mean() > 0.2 * (adv - crop).abs().mean()
+
+
+# ----- the pipeline ------------------------------------------------------------------------------------
+
+
+def test_protect_a_face_at_full_resolution(protection: Protection) -> None:
+    upright = canvas(900, 700, [(astronaut(), 300, 120)])
+    image = load_image(jpeg_with_orientation(upright, 6))
+    [result] = protect_images(protection, [image])
+    rep = result.report
+    assert rep["protection"] == "faces" and rep["faces_found"] == 1
+    assert (rep["width"], rep["height"]) == (900, 700)
+    [face] = rep["faces"]
+    found = fc.Face(tuple(face["box"]), face["score"], {k: tuple(v) for k, v in face["landmarks"].items()})
+    assert near(found, *expected_face(300, 120, 1.0))
+    check_delivered(protection, image.tensor, result.x_adv, [found])
+    assert set(face) >= {"box", "score", "landmarks", "angle", "region", "psnr", "ssim", "lpips", "within_budget",
+                         "success_rate", "forgers", "redetected"}
+    x0, y0, x1, y1 = face["region"]
+    outside = torch.ones(700, 900, dtype=torch.bool)
+    outside[y0:y1, x0:x1] = False
+    assert torch.equal(result.x_adv[..., outside], image.tensor[..., outside])
+    assert face["psnr"] == pytest.approx(rep["psnr"]) and face["psnr"] > 35
+    assert face["within_budget"] is True and rep["within_budget"] is True
+    assert face["redetected"] is True
+    assert 0 <= face["success_rate"] <= 1 and 0 <= face["forgers"]["stargan"]["success_rate"] <= 1
+    assert 0 <= rep["forgers"]["stargan"]["success_rate"] <= 1
+    assert rep["linf"] <= protection.linf_cap() + 1e-6
+    json.dumps(rep)
+
+
+def test_two_faces_in_one_photo_and_a_batch(protection: Protection) -> None:
+    two = LoadedImage(from_uint8(canvas(1200, 620, [(astronaut(), 40, 60), (astronaut(), 640, 40)])), None, "PNG")
+    one = LoadedImage(from_uint8(canvas(700, 560, [(astronaut(), 150, 30)])), None, "PNG")
+    [r2, r1] = protect_images(protection, [two, one])
+    assert len(r2.report["faces"]) == 2 and r2.report["faces_found"] == 2 and "faces_skipped" not in r2.report
+    check_delivered(protection, two.tensor, r2.x_adv, fc.detect_faces(two))
+    assert r1.report["faces_found"] == 1
+    check_delivered(protection, one.tensor, r1.x_adv, fc.detect_faces(one))
+    [first] = protect_images(protection, [two], max_faces=1)
+    assert len(first.report["faces"]) == 1
+    assert first.report["faces_found"] == 2 and first.report["faces_skipped"] == 1
+
+
+def test_no_face_is_reported_and_left_alone_unless_asked(protection: Protection) -> None:
+    plain = LoadedImage(from_uint8(canvas(300, 200, [])), None, "PNG")
+    face = LoadedImage(from_uint8(data.astronaut()), None, "PNG")
+    [none, ok] = protect_images(protection, [plain, face])
+    assert none.report["protection"] == "no_face" and none.report["faces_found"] == 0
+    assert none.report["faces"] == [] and none.report["forgers"] == {} and none.report["psnr"] is None
+    assert torch.equal(none.x_adv, plain.tensor)
+    assert ok.report["protection"] == "faces"
+    [whole] = protect_images(protection, [plain], whole_image=True)
+    assert whole.report["protection"] == "whole_image" and whole.report["within_budget"] is True
+    assert whole.x_adv.shape == plain.tensor.shape and not torch.equal(whole.x_adv, plain.tensor)
+    assert 0 <= whole.report["forgers"]["stargan"]["success_rate"] <= 1
+
+
+def test_unknown_target_fails_even_without_faces(protection: Protection) -> None:
+    plain = LoadedImage(from_uint8(canvas(64, 64, [])), None, "PNG")
+    with pytest.raises(ValueError, match="unknown target"):
+        protect_images(protection, [plain], only=["Bald"])
+
+
+# ----- CelebA (skipped without the dataset) -------------------------------------------------------------
+
+
+@pytest.mark.dataset
+def test_calibration_holds_on_celeba(celeba_root: Path) -> None:
+    names = read_index(celeba_root, "val").files[:24]
+    measured = []
+    for name in names:
+        with Image.open(celeba_root / "img_align_celeba" / name) as img:
+            framing = fc.celeba_framing(np.asarray(img.convert("RGB")))
+        if framing is not None:
+            measured.append(framing)
+    assert len(measured) >= 0.8 * len(names)
+    scale, dx, dy = np.median(np.array(measured), axis=0)
+    assert scale == pytest.approx(fc.CROP_SCALE, rel=0.08)
+    assert dx == pytest.approx(fc.CROP_SHIFT[0], abs=0.05) and dy == pytest.approx(fc.CROP_SHIFT[1], abs=0.05)
+
+
+@pytest.mark.dataset
+def test_celeba_faces_in_a_canvas(celeba_root: Path, protection: Protection) -> None:
+    names = read_index(celeba_root, "val").files[:6]
+    pics, refs = [], []
+    for name in names:
+        with Image.open(celeba_root / "img_align_celeba" / name) as img:
+            rgb = img.convert("RGB")
+            pics.append(np.asarray(rgb.resize((356, 436), Image.Resampling.BICUBIC)))  # 2x, like a larger photo
+            refs.append(torch.from_numpy(preprocess_face(rgb, 64)).float()[None] / 127.5 - 1)
+    places = [(pics[i], 60 + 420 * i, 80 + 40 * i) for i in range(3)]
+    photo = LoadedImage(from_uint8(canvas(1360, 700, places)), None, "PNG")
+    found = fc.detect_faces(photo)
+    matched = 0
+    for i in range(3):
+        for face in found:
+            fx, fy = face.center
+            if 60 + 420 * i < fx < 60 + 420 * i + 356 and 80 + 40 * i < fy < 80 + 40 * i + 436:
+                matched += 1
+                # our crop of the pasted face looks like CelebA's own training crop of it
+                crop = fc.align_crop(photo.tensor, face, 64)
+                assert (crop - refs[i]).pow(2).mean() < 0.15
+    assert matched >= 2
+    [result] = protect_images(protection, [photo])
+    assert len(result.report["faces"]) == len(found)
+    check_delivered(protection, photo.tensor, result.x_adv, found)
+
+
+# ----- command line --------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def tiny_checkpoints(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A checkpoints folder whose default stargan is a tiny random network."""
+    ckpt = tmp_path / "checkpoints"
+    monkeypatch.setenv("VEIL_CHECKPOINTS", str(ckpt))
+    forger = create_forger("stargan", config="tiny", pretrained=False)
+    sha = save_weights(forger.generator.state_dict(), ckpt / "tiny.safetensors", {"config": "tiny"})
+    manifest = Manifest(ckpt)
+    manifest.upsert(ManifestEntry(name="stargan-tiny", forger="stargan", file="tiny.safetensors", config="tiny",
+                                  sha256=sha, default=True, info={"iterations": 0, "hardware": "none"}))
+    manifest.save()
+    from core import protect
+
+    protect._FORGER_CACHE.clear()
+    return ckpt
+
+
+def test_cli_protects_faces_and_skips_faceless_photos(tiny_checkpoints: Path, tmp_path: Path) -> None:
+    photos = tmp_path / "in"
+    photos.mkdir()
+    (photos / "portrait.jpg").write_bytes(jpeg_with_orientation(canvas(700, 600, [(astronaut(), 100, 50)]), 6))
+    Image.fromarray(canvas(200, 150, [])).save(photos / "wall.png")
+    out = tmp_path / "out"
+    runner = CliRunner()
+    result = runner.invoke(app, ["protect", str(photos), "-o", str(out), "--steps", "1"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    report = {Path(p["input"]).name: p for p in json.loads((out / "report.json").read_text())["photos"]}
+    assert report["portrait.jpg"]["protection"] == "faces" and len(report["portrait.jpg"]["faces"]) == 1
+    assert Image.open(report["portrait.jpg"]["output"]).size == (700, 600)
+    assert report["wall.png"]["protection"] == "no_face" and report["wall.png"]["output"] is None
+    assert sorted(p.name for p in out.glob("*.png")) == ["portrait.png"]
+    result = runner.invoke(app, ["protect", str(photos / "wall.png"), "-o", str(out), "--steps", "1",
+                                 "--whole-image", "--max-faces", "2"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert (out / "wall.png").is_file()
+
+
+def test_demo_image_is_the_whole_portrait(tmp_path: Path) -> None:
+    from core.workflows import demo_image
+
+    src = demo_image(tmp_path)
+    assert Image.open(src).size == (512, 512)
+    assert len(fc.detect_faces(load_image(src))) == 1
