@@ -93,7 +93,7 @@ class Settings(BaseSettings):
 
     # --- jobs ---
     prefer_wait_max_s: float = Field(default=30.0, ge=0, le=300)
-    wait_poll_interval_s: float = Field(default=0.25, gt=0)
+    wait_poll_interval_s: float = Field(default=0.05, gt=0, description="Prefer: wait polls the job this often")
     idempotency_ttl_s: int = Field(default=24 * 3600, ge=1)
     list_max_limit: int = Field(default=100, ge=1)
     methods_file: Path = DEFAULT_METHODS_FILE
