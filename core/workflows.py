@@ -200,8 +200,9 @@ it exists so that Veil's protections are measured against a real editor.
 - Licence: trained on CelebA, which is available for non-commercial research purposes only; these
   weights carry that restriction.
 - Limits: trained on aligned, centred celebrity faces (CelebA's demographics and framing); edits of
-  other faces, poses or resolutions are weaker. A compact config trained for few iterations edits less
-  strongly than the reference StarGAN (edit strength about 0.0435): see the numbers above.
+  other faces, poses or resolutions are weaker. Read edit_strength against identity_mse (what the editor
+  changes when asked for no edit, i.e. its artefacts): the reference StarGAN edits a face by about 0.0435
+  with far smaller artefacts, and a compact config trained for few iterations mostly adds artefacts.
 """
     path = checkpoints_dir() / f"{entry.name}.md"
     path.write_text(card)

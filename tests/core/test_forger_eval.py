@@ -20,6 +20,7 @@ def test_exact_numbers_on_a_shifting_forger() -> None:
     assert out["faces"] == 3
     assert out["edit_strength"] == pytest.approx(0.01)
     assert out["reconstruction_mse"] == pytest.approx(0.04)
+    assert out["identity_mse"] == pytest.approx(0.01)
     # Hair targets always ask for 1 (all hits); Male targets are 0,1,0 and Young targets 0,1,1.
     assert out["target_accuracy_per_target"] == {"Black_Hair": 1.0, "Blond_Hair": 1.0, "Brown_Hair": 1.0,
                                                  "Male": pytest.approx(1 / 3, abs=1e-4),

@@ -31,3 +31,25 @@ def test_classifier_card_accuracy(celeba_root: Path, tmp_path: Path) -> None:
     for name, value in zip(load_classifier().attributes, acc.tolist(), strict=True):
         assert value == pytest.approx(card[name], abs=0.002), name
     assert torch.isfinite(acc).all()
+
+
+@pytest.mark.dataset
+@pytest.mark.slow
+def test_forger_cards_recomputed(celeba_root: Path) -> None:
+    """Every shipped forger's card numbers, recomputed from its weights on the validation faces."""
+    from core.forger_eval import measure_forger
+    from core.forgers import create_forger
+    from core.workflows import load_faces
+
+    entries = [e for e in Manifest().entries if e.role == "generator" and e.info.get("metrics")]
+    if not entries:
+        pytest.skip("no measured forger shipped")
+    for entry in entries:
+        card = entry.info["metrics"]
+        forger = create_forger(entry.forger, entry.name)
+        faces, attrs, _ = load_faces(celeba_root, card["faces"], forger.image_size)
+        assert attrs is not None
+        got = measure_forger(forger, faces, attrs, load_classifier())
+        for key in ("edit_strength", "reconstruction_mse", "identity_mse"):
+            assert got[key] == pytest.approx(card[key], rel=1e-3), (entry.name, key)
+        assert got["target_accuracy"] == pytest.approx(card["target_accuracy"], abs=2e-3), entry.name
