@@ -247,9 +247,9 @@ def single_jobs(client: Any, method: str, n: int, client_poll: float | None, war
         if i < warmup:
             continue
         e2e = t1 - t0
-        photo = job["report"]["photos"][0]
+        entry = job["report"]["photos"][0]
         # Model time = protection + its receipt (both torch compute in the worker), as the report measures them.
-        model = float(photo["seconds"]) + float(photo.get("report_seconds", 0.0))
+        model = float(entry["seconds"]) + float(entry.get("report_seconds", 0.0))
         created, started, finished = ts(job["created_at"]), ts(job["started_at"]), ts(job["finished_at"])
         row = {"job": job["id"], "e2e_s": e2e, "model_s": model, "overhead_s": e2e - model,
                "protection": job["report"]["photos"][0].get("protection")}
