@@ -42,3 +42,12 @@ def celeba_root() -> Path:
     if not celeba_available(root):
         pytest.skip("CelebA subset not available")
     return root
+
+
+@pytest.fixture
+def one_thread():
+    """Bit-exact comparisons need one CPU thread: multi-threaded reductions may sum in another order."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -17,9 +17,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import signal
-import threading
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,6 +32,7 @@ from core.generators import ROLE, GeneratorMethod
 from core.image import make_grid, save_image
 from core.methods import create_method, method_class
 from core.targets import targets_for
+from core.train.loop import ResumableTrainer
 from core.transforms import EoT
 
 # Per-method recipes (GPU defaults; CPU smoke runs override batch size and targets per step).
@@ -107,9 +105,10 @@ def build_forgers(cfg: GeneratorTrainConfig) -> list[Forger]:
     return forgers
 
 
-class GeneratorTrainer:
+class GeneratorTrainer(ResumableTrainer):
     def __init__(self, cfg: GeneratorTrainConfig) -> None:
         self.cfg = cfg
+        self.name = cfg.method
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         cls = method_class(cfg.method)
@@ -290,87 +289,15 @@ class GeneratorTrainer:
         path = self.cfg.run_dir / "samples" / f"{self.iteration:07d}.png"
         return save_image(make_grid(rows), path)
 
-    def log(self, record: dict[str, Any]) -> None:
-        self.cfg.run_dir.mkdir(parents=True, exist_ok=True)
-        with open(self.cfg.run_dir / "log.jsonl", "a") as fh:
-            fh.write(json.dumps(record) + "\n")
+    # ----- loop hooks -------------------------------------------------------------------------------
+    def data_loaded(self) -> bool:
+        return self.train_data is not None
 
-    # ----- loop -------------------------------------------------------------------------------------
-    def train(self, max_iters: int | None = None, max_seconds: float | None = None, progress: bool = True) -> int:
-        """Train until cfg.iters (or max_iters more, or max_seconds); Ctrl-C saves and stops cleanly."""
-        if self.train_data is None:
-            self.load_data()
+    def set_train_mode(self) -> None:
         self.net.train().requires_grad_(True)
-        end = self.cfg.iters if max_iters is None else min(self.cfg.iters, self.iteration + max_iters)
-        start_time, start_iter = time.monotonic(), self.iteration
 
-        def request_stop(signum: int, frame: Any) -> None:
-            self.stop_requested = True
-
-        # Ctrl-C / SIGTERM finish the iteration, save and stop (only the main thread may set handlers).
-        handled = (signal.SIGINT, signal.SIGTERM) if threading.current_thread() is threading.main_thread() else ()
-        previous = {sig: signal.signal(sig, request_stop) for sig in handled}
-        try:
-            with _Progress(progress, end, self.iteration, self.cfg.method) as bar:
-                while self.iteration < end and not self.stop_requested:
-                    if max_seconds is not None and time.monotonic() - start_time > max_seconds:
-                        break
-                    logs = self.step(*self.next_batch())
-                    self.iteration += 1
-                    bar(self.iteration, logs)
-                    if self.iteration % self.cfg.log_every == 0:
-                        rate = (self.iteration - start_iter) / (time.monotonic() - start_time)
-                        self.log({"iter": self.iteration, "it_per_s": rate, **logs})
-                    if self.iteration % self.cfg.sample_every == 0:
-                        self.log({"iter": self.iteration, "val": self.validate()})
-                    if self.iteration % self.cfg.ckpt_every == 0:
-                        self.save()
-        finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
-            self.save()
-        return self.iteration
-
-
-class _Progress:
-    """A rich progress bar with rate, ETA and the loss terms (or nothing when disabled)."""
-
-    def __init__(self, enabled: bool, total: int, done: int, name: str) -> None:
-        self.enabled, self.total, self.done, self.name = enabled, total, done, name
-        self._bar: Any = None
-
-    def __enter__(self) -> _Progress:
-        if self.enabled:
-            from rich.progress import (
-                BarColumn,
-                MofNCompleteColumn,
-                Progress,
-                TextColumn,
-                TimeElapsedColumn,
-                TimeRemainingColumn,
-            )
-
-            self._bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                 TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TimeRemainingColumn(),
-                                 TextColumn("{task.fields[loss]}"))
-            self._bar.__enter__()
-            self._task = self._bar.add_task(f"train {self.name}", total=self.total, completed=self.done,
-                                            rate="", loss="")
-        return self
-
-    def __call__(self, it: int, logs: dict[str, float]) -> None:
-        if self._bar is not None:
-            task = self._bar.tasks[0]
-            rate = f"{task.speed:.2f} it/s" if task.speed else ""
-            loss = " ".join(f"{k}={v:.4f}" for k, v in logs.items() if k != "lr")
-            self._bar.update(self._task, completed=it, rate=rate, loss=loss)
-
-    def __exit__(self, *exc: object) -> None:
-        if self._bar is not None:
-            self._bar.__exit__(None, None, None)
-
-
-# ----- the steps behind `veil train generator` ---------------------------------------------------------
+    def on_sample(self) -> None:
+        self.log({"iter": self.iteration, "val": self.validate()})
 
 
 def fit_generator(

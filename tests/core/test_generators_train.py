@@ -56,7 +56,7 @@ def test_training_reduces_the_loss(tmp_path: Path, root: Path, method: str) -> N
     assert (tmp_path / "r" / "samples" / "0000012.png").is_file()
 
 
-def test_resume_is_exact(tmp_path: Path, root: Path) -> None:
+def test_resume_is_exact(tmp_path: Path, root: Path, one_thread: None) -> None:
     straight = GeneratorTrainer(config(tmp_path, root, "a", eot=["identity", "blur"], targets_per_step=2))
     straight.train(progress=False)
     first = GeneratorTrainer(config(tmp_path, root, "b", eot=["identity", "blur"], targets_per_step=2))

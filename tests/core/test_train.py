@@ -46,7 +46,7 @@ def test_index_and_pack(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("forger", ["stargan", "attgan"])
-def test_resume_is_exact(tmp_path: Path, forger: str) -> None:
+def test_resume_is_exact(tmp_path: Path, forger: str, one_thread: None) -> None:
     root = fake_celeba(tmp_path / "celeba")
 
     def config(run: str) -> TrainConfig:

@@ -1,0 +1,129 @@
+"""The loop both trainers share: iterate, log, sample, checkpoint; a progress bar; Ctrl-C saves and stops."""
+
+from __future__ import annotations
+
+import json
+import signal
+import threading
+import time
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Any
+
+
+class ResumableTrainer(ABC):
+    """Subclasses provide the data, one optimisation step, the state and the periodic sample.
+
+    They set ``iteration``, ``stop_requested`` and ``cfg`` (with ``iters``, ``log_every``, ``sample_every``,
+    ``ckpt_every`` and ``run_dir``); ``name`` labels the progress bar, ``progress_keys`` picks the losses it
+    shows (None: all but the learning rate).
+    """
+
+    iteration: int
+    stop_requested: bool
+    cfg: Any
+    name: str = "train"
+    progress_keys: tuple[str, ...] | None = None
+
+    @abstractmethod
+    def load_data(self) -> None: ...
+
+    @abstractmethod
+    def data_loaded(self) -> bool: ...
+
+    @abstractmethod
+    def next_batch(self) -> tuple[Any, ...]: ...
+
+    @abstractmethod
+    def step(self, *batch: Any) -> dict[str, float]: ...
+
+    @abstractmethod
+    def save(self) -> Path: ...
+
+    @abstractmethod
+    def on_sample(self) -> None:
+        """Every ``sample_every`` iterations (sample grids, validation numbers)."""
+
+    @abstractmethod
+    def set_train_mode(self) -> None:
+        """Put the trained networks in training mode before the loop."""
+
+    def log(self, record: dict[str, Any]) -> None:
+        self.cfg.run_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.cfg.run_dir / "log.jsonl", "a") as fh:
+            fh.write(json.dumps(record) + "\n")
+
+    def train(self, max_iters: int | None = None, max_seconds: float | None = None, progress: bool = True) -> int:
+        """Train until cfg.iters (or max_iters more, or max_seconds); Ctrl-C or SIGTERM saves and stops."""
+        if not self.data_loaded():
+            self.load_data()
+        self.set_train_mode()
+        cfg = self.cfg
+        end = cfg.iters if max_iters is None else min(cfg.iters, self.iteration + max_iters)
+        start_time, start_iter = time.monotonic(), self.iteration
+
+        def request_stop(signum: int, frame: Any) -> None:
+            self.stop_requested = True
+
+        # The signal finishes the iteration, then the state is saved (only the main thread may set handlers).
+        handled = (signal.SIGINT, signal.SIGTERM) if threading.current_thread() is threading.main_thread() else ()
+        previous = {sig: signal.signal(sig, request_stop) for sig in handled}
+        try:
+            with ProgressBar(progress, end, self.iteration, self.name, self.progress_keys) as bar:
+                while self.iteration < end and not self.stop_requested:
+                    if max_seconds is not None and time.monotonic() - start_time > max_seconds:
+                        break
+                    logs = self.step(*self.next_batch())
+                    self.iteration += 1
+                    bar(self.iteration, logs)
+                    if self.iteration % cfg.log_every == 0:
+                        rate = (self.iteration - start_iter) / (time.monotonic() - start_time)
+                        self.log({"iter": self.iteration, "it_per_s": rate, **logs})
+                    if self.iteration % cfg.sample_every == 0:
+                        self.on_sample()
+                    if self.iteration % cfg.ckpt_every == 0:
+                        self.save()
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            self.save()
+        return self.iteration
+
+
+class ProgressBar:
+    """A rich progress bar with rate, ETA and loss terms (or nothing when disabled)."""
+
+    def __init__(self, enabled: bool, total: int, done: int, name: str, keys: tuple[str, ...] | None) -> None:
+        self.enabled, self.total, self.done, self.name, self.keys = enabled, total, done, name, keys
+        self._bar: Any = None
+
+    def __enter__(self) -> ProgressBar:
+        if self.enabled:
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+                TimeRemainingColumn,
+            )
+
+            self._bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                 TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+                                 TextColumn("{task.fields[loss]}"))
+            self._bar.__enter__()
+            self._task = self._bar.add_task(f"train {self.name}", total=self.total, completed=self.done,
+                                            rate="", loss="")
+        return self
+
+    def __call__(self, it: int, logs: dict[str, float]) -> None:
+        if self._bar is not None:
+            task = self._bar.tasks[0]
+            rate = f"{task.speed:.2f} it/s" if task.speed else ""
+            shown = {k: v for k, v in logs.items() if (k in self.keys if self.keys is not None else k != "lr")}
+            loss = " ".join(f"{k}={v:.4f}" for k, v in shown.items())
+            self._bar.update(self._task, completed=it, rate=rate, loss=loss)
+
+    def __exit__(self, *exc: object) -> None:
+        if self._bar is not None:
+            self._bar.__exit__(None, None, None)
