@@ -51,3 +51,20 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def tiny_checkpoints(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A checkpoints folder (``VEIL_CHECKPOINTS``) whose default stargan is a tiny random network."""
+    from core.checkpoints import Manifest, ManifestEntry, save_weights
+    from core.forgers import create_forger
+
+    ckpt = tmp_path / "checkpoints"
+    monkeypatch.setenv("VEIL_CHECKPOINTS", str(ckpt))
+    forger = create_forger("stargan", config="tiny", pretrained=False)
+    sha = save_weights(forger.generator.state_dict(), ckpt / "tiny.safetensors", {"config": "tiny"})
+    manifest = Manifest(ckpt)
+    manifest.upsert(ManifestEntry(name="stargan-tiny", forger="stargan", file="tiny.safetensors", config="tiny",
+                                  sha256=sha, default=True, info={"iterations": 0, "hardware": "none"}))
+    manifest.save()
+    return ckpt

@@ -129,17 +129,6 @@ class ForgerTrainer(ResumableTrainer):
         val = FacePack.load(root, "val", size, cache, 64)
         self.val_batch = val[torch.arange(min(8, len(val)))]
 
-    def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
-        assert self.train_data is not None
-        bs = self.cfg.batch_size
-        if self.pos + bs > len(self.perm):
-            self.perm = torch.randperm(len(self.train_data), generator=self.data_gen)
-            self.pos = 0
-        idx = self.perm[self.pos : self.pos + bs]
-        self.pos += bs
-        x, c = self.train_data[idx]
-        return x.to(self.device), c.to(self.device)
-
     # ----- schedule ---------------------------------------------------------------------------------
     def lr_at(self, it: int) -> float:
         start = int(self.cfg.iters * self.cfg.decay_from)
@@ -196,10 +185,6 @@ class ForgerTrainer(ResumableTrainer):
         return logs
 
     # ----- state ------------------------------------------------------------------------------------
-    @property
-    def state_path(self) -> Path:
-        return self.cfg.run_dir / "state.pt"
-
     def state_dict(self) -> dict[str, Any]:
         return {
             "config": self.cfg.to_json(),
@@ -213,13 +198,6 @@ class ForgerTrainer(ResumableTrainer):
             "perm": self.perm,
             "pos": self.pos,
         }
-
-    def save(self) -> Path:
-        self.cfg.run_dir.mkdir(parents=True, exist_ok=True)
-        tmp = self.state_path.with_suffix(".tmp")
-        torch.save(self.state_dict(), tmp)
-        tmp.replace(self.state_path)  # atomic: a crash mid-write never leaves a broken state.pt
-        return self.state_path
 
     def resume(self) -> bool:
         if not self.state_path.is_file():
@@ -269,9 +247,6 @@ class ForgerTrainer(ResumableTrainer):
         return save_image(make_grid(rows), path)
 
     # ----- loop hooks -------------------------------------------------------------------------------
-    def data_loaded(self) -> bool:
-        return self.train_data is not None
-
     def set_train_mode(self) -> None:
         self.G.train()
         self.D.train()

@@ -150,17 +150,6 @@ class GeneratorTrainer(ResumableTrainer):
         val = FacePack.load(root, "val", self.image_size, cache, 64)
         self.val_batch = val[torch.arange(min(self.cfg.val_faces, len(val)))]
 
-    def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
-        assert self.train_data is not None
-        bs = min(self.cfg.batch_size, len(self.train_data))
-        if self.pos + bs > len(self.perm):
-            self.perm = torch.randperm(len(self.train_data), generator=self.data_gen)
-            self.pos = 0
-        idx = self.perm[self.pos : self.pos + bs]
-        self.pos += bs
-        x, c = self.train_data[idx]
-        return x.to(self.device), c.to(self.device)
-
     def targets(self, x: torch.Tensor, c_org: torch.Tensor) -> torch.Tensor:
         """(N, T, A) target edits of the batch; a random subset of ``targets_per_step`` edits if set."""
         targets = targets_for(x, self.method.attributes, c_org)
@@ -189,10 +178,6 @@ class GeneratorTrainer(ResumableTrainer):
         return logs
 
     # ----- state ------------------------------------------------------------------------------------
-    @property
-    def state_path(self) -> Path:
-        return self.cfg.run_dir / "state.pt"
-
     def state_dict(self) -> dict[str, Any]:
         state: dict[str, Any] = {
             "config": self.cfg.to_json(),
@@ -214,13 +199,6 @@ class GeneratorTrainer(ResumableTrainer):
         if self.cfg.forger_random:
             state["random_forgers"] = [f.generator.state_dict() for f in self.forgers]
         return state
-
-    def save(self) -> Path:
-        self.cfg.run_dir.mkdir(parents=True, exist_ok=True)
-        tmp = self.state_path.with_suffix(".tmp")
-        torch.save(self.state_dict(), tmp)
-        tmp.replace(self.state_path)  # atomic: a crash mid-write never leaves a broken state.pt
-        return self.state_path
 
     def resume(self) -> bool:
         if not self.state_path.is_file():
@@ -290,9 +268,6 @@ class GeneratorTrainer(ResumableTrainer):
         return save_image(make_grid(rows), path)
 
     # ----- loop hooks -------------------------------------------------------------------------------
-    def data_loaded(self) -> bool:
-        return self.train_data is not None
-
     def set_train_mode(self) -> None:
         self.net.train().requires_grad_(True)
 

@@ -10,6 +10,10 @@ from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any
 
+import torch
+
+from core.data import FacePack
+
 
 class ResumableTrainer(ABC):
     """Subclasses provide the data, one optimisation step, the state and the periodic sample.
@@ -22,23 +26,49 @@ class ResumableTrainer(ABC):
     iteration: int
     stop_requested: bool
     cfg: Any
+    device: torch.device
+    train_data: FacePack | None
+    data_gen: torch.Generator
+    perm: torch.Tensor
+    pos: int
     name: str = "train"
     progress_keys: tuple[str, ...] | None = None
 
     @abstractmethod
-    def load_data(self) -> None: ...
-
-    @abstractmethod
-    def data_loaded(self) -> bool: ...
-
-    @abstractmethod
-    def next_batch(self) -> tuple[Any, ...]: ...
+    def load_data(self) -> None:
+        """Set ``train_data``."""
 
     @abstractmethod
     def step(self, *batch: Any) -> dict[str, float]: ...
 
     @abstractmethod
-    def save(self) -> Path: ...
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def data_loaded(self) -> bool:
+        return self.train_data is not None
+
+    def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The next batch of a seeded permutation per epoch (its state is saved: resume is exact)."""
+        assert self.train_data is not None
+        bs = min(self.cfg.batch_size, len(self.train_data))
+        if self.pos + bs > len(self.perm):
+            self.perm = torch.randperm(len(self.train_data), generator=self.data_gen)
+            self.pos = 0
+        idx = self.perm[self.pos : self.pos + bs]
+        self.pos += bs
+        x, c = self.train_data[idx]
+        return x.to(self.device), c.to(self.device)
+
+    @property
+    def state_path(self) -> Path:
+        return self.cfg.run_dir / "state.pt"
+
+    def save(self) -> Path:
+        self.cfg.run_dir.mkdir(parents=True, exist_ok=True)
+        tmp = self.state_path.with_suffix(".tmp")
+        torch.save(self.state_dict(), tmp)
+        tmp.replace(self.state_path)  # atomic: a crash mid-write never leaves a broken state.pt
+        return self.state_path
 
     @abstractmethod
     def on_sample(self) -> None:

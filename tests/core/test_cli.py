@@ -10,30 +10,11 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from core.checkpoints import Manifest, ManifestEntry, save_weights
 from core.cli import app
-from core.forgers import create_forger
 from core.image import to_uint8
 from tests.conftest import synthetic_faces
 
 runner = CliRunner()
-
-
-@pytest.fixture
-def tiny_checkpoints(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A checkpoints folder whose default stargan is a tiny random network."""
-    ckpt = tmp_path / "checkpoints"
-    monkeypatch.setenv("VEIL_CHECKPOINTS", str(ckpt))
-    forger = create_forger("stargan", config="tiny", pretrained=False)
-    sha = save_weights(forger.generator.state_dict(), ckpt / "tiny.safetensors", {"config": "tiny"})
-    manifest = Manifest(ckpt)
-    manifest.upsert(ManifestEntry(name="stargan-tiny", forger="stargan", file="tiny.safetensors", config="tiny",
-                                  sha256=sha, default=True, info={"iterations": 0, "hardware": "none"}))
-    manifest.save()
-    from core import protect
-
-    protect._FORGER_CACHE.clear()
-    return ckpt
 
 
 @pytest.fixture

@@ -20,7 +20,6 @@ from skimage import data
 from typer.testing import CliRunner
 
 from core import faces as fc
-from core.checkpoints import Manifest, ManifestEntry, save_weights
 from core.cli import app
 from core.data import preprocess_face, read_index
 from core.forgers import create_forger
@@ -300,23 +299,6 @@ def test_celeba_faces_in_a_canvas(celeba_root: Path, protection: Protection) -> 
 
 
 # ----- command line --------------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def tiny_checkpoints(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A checkpoints folder whose default stargan is a tiny random network."""
-    ckpt = tmp_path / "checkpoints"
-    monkeypatch.setenv("VEIL_CHECKPOINTS", str(ckpt))
-    forger = create_forger("stargan", config="tiny", pretrained=False)
-    sha = save_weights(forger.generator.state_dict(), ckpt / "tiny.safetensors", {"config": "tiny"})
-    manifest = Manifest(ckpt)
-    manifest.upsert(ManifestEntry(name="stargan-tiny", forger="stargan", file="tiny.safetensors", config="tiny",
-                                  sha256=sha, default=True, info={"iterations": 0, "hardware": "none"}))
-    manifest.save()
-    from core import protect
-
-    protect._FORGER_CACHE.clear()
-    return ckpt
 
 
 def test_cli_protects_faces_and_skips_faceless_photos(tiny_checkpoints: Path, tmp_path: Path) -> None:
