@@ -88,7 +88,8 @@ def build_pack(root: Path, split: str, size: int, out: Path, limit: int | None =
         with Image.open(root / "img_align_celeba" / name) as img:
             images[i] = preprocess_face(img, size)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp.npz")
+    # A per-process temporary name: two trainers started together may build the same pack at once.
+    tmp = out.with_suffix(f".{os.getpid()}.tmp.npz")
     np.savez(tmp, images=images, attrs=index.attrs[: len(files)], files=np.asarray(files))
     tmp.replace(out)
     return out

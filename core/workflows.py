@@ -157,6 +157,7 @@ def export_run(run_dir: Path, name: str, default: bool, half: bool, hardware: st
                 "exported": dt.date.today().isoformat(),
                 "licence": "CelebA: non-commercial research use only",
                 "recipe": {k: cfg[k] for k in RECIPE_KEYS},
+                **({"warm_start": cfg["extra"]["warm_start"]} if cfg.get("extra", {}).get("warm_start") else {}),
             },
         )
         manifest.upsert(entry)
@@ -164,6 +165,13 @@ def export_run(run_dir: Path, name: str, default: bool, half: bool, hardware: st
     manifest.save()
     write_model_card(entries[0])
     return entries
+
+
+def _warm_note(info: dict[str, Any]) -> str:
+    warm = info.get("warm_start")
+    if not warm:
+        return ""
+    return f" (the first {warm['iterations']} warm-started from `{warm['from']}`, a {warm['forger']} run)"
 
 
 RECIPE_KEYS = ("forger", "batch_size", "lr", "n_critic", "lambda_cls", "lambda_rec", "lambda_gp", "lambda_id")
@@ -186,7 +194,7 @@ it exists so that Veil's protections are measured against a real editor.
 ## Training
 - Data: {info.get("data")}; preprocessing CenterCrop 178, resize to the config's size, [-1, 1].
 - Recipe: {recipe}.
-- Iterations: {info.get("iterations")} on {info.get("hardware")}; stored as {info.get("dtype")};
+- Iterations: {info.get("iterations")} on {info.get("hardware")}{_warm_note(info)}; stored as {info.get("dtype")};
   sha256 `{entry.sha256}`.
 
 ## Measured

@@ -222,6 +222,9 @@ class ForgerTrainer(ResumableTrainer):
         if discriminator is not None:
             self.D.load_state_dict(load_weights(discriminator)[0])
         self.iteration = int(meta.get("iterations", 0))
+        # The card must say where the first iterations came from (another forger's recipe, say).
+        self.cfg.extra["warm_start"] = {"from": generator.stem, "forger": meta.get("forger"),
+                                        "iterations": self.iteration}
 
     # ----- outputs ----------------------------------------------------------------------------------
     @torch.no_grad()
