@@ -259,15 +259,26 @@ def demo_files(folder: Path) -> tuple[Path, Path]:
     return face, archive
 
 
-def curl_session(api: str, key: str, face: Path, archive: Path) -> str:
+def start_receiver(stack: Stack, secret: str | None, port: int) -> str:
+    """scripts/webhook_receiver.py on loopback for the demo tenant; returns its URL."""
+    if not secret:
+        raise StackError(f"tenant {TENANT!r} has no webhook secret")
+    child = stack.spawn("webhooks", [sys.executable, str(REPO / "scripts" / "webhook_receiver.py"),
+                                     "--secret", secret, "--port", str(port)], base_env())
+    url = f"http://127.0.0.1:{port}"
+    stack.expect(child, lambda: http_ok(f"{url}/events"), 20, "the webhook receiver")
+    return url
+
+
+def curl_session(api: str, key: str, face: Path, archive: Path, hooks: str) -> str:
     auth = '-H "Authorization: Bearer $KEY"'
     get = "python3 -c 'import json,sys; j=json.load(sys.stdin); print(%s)'"
     return f"""\
-export VEIL={api} KEY={key}
+export VEIL={api} HOOKS={hooks} KEY={key}
 
-# 1. a photo: submit, poll until "status": "succeeded" (the report has psnr, ssim, lpips, linf, ...), download
+# 1. a photo: submit (202, queued), long-poll until it finishes (the report: psnr, ssim, lpips, ...), download
 JOB=$(curl -sS {auth} -F file=@{face} $VEIL/v1/jobs | {get % 'j["id"]'})
-curl -sS {auth} $VEIL/v1/jobs/$JOB | {get % 'j["status"], j["report"]'}
+curl -sS {auth} -H "Prefer: wait=30" $VEIL/v1/jobs/$JOB | {get % 'j["status"], j["report"]'}
 curl -sS -o protected.png "$(curl -sS {auth} $VEIL/v1/jobs/$JOB/outputs | {get % 'j["data"][0]["url"]'})"
 file protected.png
 
@@ -276,6 +287,10 @@ JOB=$(curl -sS {auth} -H "Prefer: wait=30" -F file=@{archive} $VEIL/v1/jobs | {g
 curl -sS {auth} $VEIL/v1/jobs/$JOB | {get % 'j["status"], j["report"]'}
 curl -sS -o faces-protected.zip "$(curl -sS {auth} $VEIL/v1/jobs/$JOB/outputs | {get % 'j["data"][0]["url"]'})"
 unzip -l faces-protected.zip
+
+# 3. a webhook: the local receiver checks each delivery's Standard Webhooks signature with the tenant's secret
+curl -sS {auth} -H "Prefer: wait=30" -F file=@{face} -F webhook_url=$HOOKS/veil $VEIL/v1/jobs >/dev/null
+sleep 2; curl -sS $HOOKS/events | {get % '[(e["type"], e["verified"]) for e in j]'}
 """
 
 
@@ -288,6 +303,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--redis-prefix", default="veil:")
     p.add_argument("--api-port", type=int, default=8000)
     p.add_argument("--s3-port", type=int, default=4566)
+    p.add_argument("--hooks-port", type=int, default=9000, help="the local webhook receiver")
     group = p.add_mutually_exclusive_group()
     group.add_argument("--checkpoints", type=Path, help="forger weights folder (default: the shipped ones)")
     group.add_argument("--tiny-forger", action="store_true", help="random tiny StarGAN (demo without weights)")
@@ -354,10 +370,11 @@ def run(args: argparse.Namespace) -> int:
                 raise StackError(f"{child.name} exited (see {child.log}):\n{child.tail()}")
 
         from api.config import Settings
-        from api.keys import create_key
+        from api.keys import create_key, get_webhook_secret
 
         settings = Settings(redis_url=redis_url, redis_prefix=args.redis_prefix)
         key = create_key(TENANT, settings=settings)
+        hooks_url = start_receiver(stack, get_webhook_secret(TENANT, settings=settings), free_port(args.hooks_port))
         face, archive = demo_files(data_dir)
         print(f"""
 Veil is running (Ctrl-C stops everything).
@@ -367,8 +384,9 @@ Veil is running (Ctrl-C stops everything).
   forgers    {folder}{' (tiny random StarGAN: demo only)' if args.tiny_forger else ''}
   logs       {stack.logs}
   API key    {key}   (tenant {TENANT})
+  webhooks   {hooks_url}   (a receiver verifying signatures with {TENANT}'s secret; GET /events)
 
-{curl_session(api_url, key, face, archive)}""", flush=True)
+{curl_session(api_url, key, face, archive, hooks_url)}""", flush=True)
         if args.exit_after_start:
             return 0
         while all(c.alive() for c in stack.children):

@@ -9,7 +9,7 @@ import time
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Query, Request
+from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
@@ -267,9 +267,23 @@ def list_jobs(
 
 
 @router.get("/{job_id}", response_model=Job, responses=ERRORS, summary="Get a job")
-def get_job(job_id: str, principal: PrincipalDep, services: ServicesDep) -> Job:
-    job = _get_job(services, principal, job_id)
-    attempts = services.jobs.webhook_attempts(job.id) if job.webhook_url else None
+async def get_job(
+    job_id: str,
+    principal: PrincipalDep,
+    services: ServicesDep,
+    response: Response,
+    prefer: Annotated[
+        str | None, Header(description="wait=N: long-poll up to N s (capped) until the job finishes")
+    ] = None,
+) -> Job:
+    """The job; with ``Prefer: wait=N`` the answer waits until the job is terminal or N s passed."""
+    job = await run_in_threadpool(_get_job, services, principal, job_id)
+    wait = parse_prefer_wait(prefer, services.settings.prefer_wait_max_s)
+    if wait is not None:
+        response.headers["Preference-Applied"] = f"wait={wait:g}"
+        if not job.terminal:
+            job = await _wait_for(services, job, wait)
+    attempts = await run_in_threadpool(services.jobs.webhook_attempts, job.id) if job.webhook_url else None
     return job_out(job, attempts)
 
 

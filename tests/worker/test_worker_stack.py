@@ -1,10 +1,19 @@
-"""scripts/run_stack.py without starting anything (the full stack was run by hand; see worker/README.md)."""
+"""scripts/run_stack.py: its helpers, and the whole stack with the curl session it prints."""
 
 from __future__ import annotations
 
 import importlib.util
 import json
+import os
+import queue
+import shutil
+import signal
+import subprocess
 import sys
+import threading
+import time
+import uuid
+from datetime import UTC, datetime
 from pathlib import Path
 from types import ModuleType
 
@@ -48,8 +57,111 @@ def test_redis_probe_and_ports(run_stack: ModuleType) -> None:
 
 
 def test_curl_session_is_complete(run_stack: ModuleType) -> None:
-    text = run_stack.curl_session("http://127.0.0.1:8000", "veil_sk_abc", Path("/d/face.png"), Path("/d/faces.zip"))
-    assert "export VEIL=http://127.0.0.1:8000 KEY=veil_sk_abc" in text
+    text = run_stack.curl_session("http://127.0.0.1:8000", "veil_sk_abc", Path("/d/face.png"), Path("/d/faces.zip"),
+                                  "http://127.0.0.1:9000")
+    assert "export VEIL=http://127.0.0.1:8000 HOOKS=http://127.0.0.1:9000 KEY=veil_sk_abc" in text
     for needle in ("-F file=@/d/face.png", "-F file=@/d/faces.zip", "/outputs", "Prefer: wait=30",
                    'Authorization: Bearer $KEY', "unzip -l"):
         assert needle in text
+
+
+def test_curl_session_shows_the_webhook(run_stack: ModuleType) -> None:
+    text = run_stack.curl_session("http://a", "k", Path("/d/face.png"), Path("/d/faces.zip"), "http://127.0.0.1:9")
+    assert "HOOKS=http://127.0.0.1:9 " in text
+    assert "-F webhook_url=$HOOKS/veil" in text and "$HOOKS/events" in text
+
+
+def _read_until(proc: subprocess.Popen[str], marker: str, timeout: float) -> str:
+    """stdout of ``proc`` up to the first line containing ``marker`` (bounded in time)."""
+    lines: queue.Queue[str | None] = queue.Queue()
+
+    def pump() -> None:  # a thread: select() cannot see what a text stream has already buffered
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.put(line)
+        lines.put(None)
+
+    threading.Thread(target=pump, daemon=True).start()
+    seen: list[str] = []
+    deadline = time.monotonic() + timeout
+    while (left := deadline - time.monotonic()) > 0:
+        try:
+            line = lines.get(timeout=left)
+        except queue.Empty:
+            break
+        if line is None:
+            break
+        seen.append(line)
+        if marker in line:
+            return "".join(seen)
+    raise AssertionError(f"no {marker!r} within {timeout} s; output so far:\n{''.join(seen)}")
+
+
+@pytest.mark.slow
+def test_make_run_and_its_curl_session(run_stack: ModuleType, tmp_path: Path) -> None:
+    """The README's run command brings the stack up; the curl session it prints protects a photo and an
+    archive, and the local receiver gets a verified webhook (real Redis, MiniStack, API, Celery workers)."""
+    import redis
+
+    if shutil.which("curl") is None or shutil.which("unzip") is None:
+        pytest.skip("curl and unzip are needed to run the printed session")
+    prefix = f"veiltest-stack-{uuid.uuid4().hex[:8]}:"
+    ports = [str(run_stack.free_port()) for _ in range(3)]
+    cmd = [sys.executable, str(REPO / "scripts" / "run_stack.py"), "--tiny-forger", "--data-dir", str(tmp_path),
+           "--redis-prefix", prefix, "--api-port", ports[0], "--s3-port", ports[1], "--hooks-port", ports[2]]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    try:
+        printed = _read_until(proc, "sleep 2; curl", timeout=240)
+        session = printed[printed.index("export VEIL="):]
+        done = subprocess.run(["bash", "-euo", "pipefail", "-c", session], cwd=tmp_path, capture_output=True,
+                              text=True, timeout=240)
+        assert done.returncode == 0, done.stdout + done.stderr
+        out = done.stdout
+        assert out.count("succeeded") >= 2, out
+        assert "PNG image data" in out and "report.json" in out and "report.csv" in out
+        assert "('job.completed', True)" in out and "False)" not in out, out
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+        r = redis.Redis.from_url("redis://127.0.0.1:6379/0")
+        keys = list(r.scan_iter(f"{prefix}*", count=1000))
+        if keys:
+            r.delete(*keys)
+    assert proc.returncode == 0
+
+
+def test_webhook_receiver_verifies_signatures() -> None:
+    import httpx
+    from standardwebhooks import Webhook
+
+    from api.keys import new_webhook_secret
+    from api.webhooks import message, sign
+
+    spec = importlib.util.spec_from_file_location("veil_hooks", REPO / "scripts" / "webhook_receiver.py")
+    assert spec is not None and spec.loader is not None
+    hooks = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(hooks)
+    secret = new_webhook_secret()
+    server = hooks.Receiver(0, secret)
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        now = datetime.now(UTC)
+        body = message("job.completed", {"id": "job_1"}, now)
+        good = sign(secret, "msg_1", now, body)
+        Webhook(secret).verify(body, good)  # the same check, done by the library itself
+        assert httpx.post(f"{url}/veil", content=body, headers=good, timeout=5).status_code == 204
+        forged = sign(new_webhook_secret(), "msg_2", now, body)
+        assert httpx.post(f"{url}/veil", content=body, headers=forged, timeout=5).status_code == 401
+        events = httpx.get(f"{url}/events", timeout=5).json()
+        assert [(e.get("type"), e["verified"]) for e in events] == [("job.completed", True), (None, False)]
+        assert events[0]["data"] == {"id": "job_1"}
+        assert httpx.get(f"{url}/other", timeout=5).status_code == 404
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -345,6 +345,34 @@ def test_prefer_wait_times_out_with_202_and_is_capped(client: TestClient, tenant
     assert parse_prefer_wait("wait=600", 30) == 30 and parse_prefer_wait("wait=abc", 30) is None
 
 
+def test_get_job_long_polls_with_prefer_wait(
+    client: TestClient, tenant: Tenant, new_tenant: Callable[[], Tenant], store: JobStore
+) -> None:
+    job_id = submit(client, tenant, image_bytes()).json()["id"]
+    start = time.monotonic()
+    r = client.get(f"/v1/jobs/{job_id}", headers={**tenant.headers, "Prefer": "wait=0.4"})
+    assert r.status_code == 200 and r.json()["status"] == "queued"
+    assert r.headers["preference-applied"] == "wait=0.4" and 0.35 < time.monotonic() - start < 3
+
+    def finish() -> None:
+        time.sleep(0.3)
+        store.start(job_id, worker="fake")
+        store.succeed(job_id)
+
+    thread = threading.Thread(target=finish, daemon=True)
+    thread.start()
+    start = time.monotonic()
+    r = client.get(f"/v1/jobs/{job_id}", headers={**tenant.headers, "Prefer": "wait=5"})
+    thread.join(timeout=5)
+    assert r.json()["status"] == "succeeded" and time.monotonic() - start < 4
+    # Finished jobs answer at once; another tenant still gets 404, not a wait.
+    start = time.monotonic()
+    assert client.get(f"/v1/jobs/{job_id}", headers={**tenant.headers, "Prefer": "wait=5"}).status_code == 200
+    other = new_tenant()
+    assert client.get(f"/v1/jobs/{job_id}", headers={**other.headers, "Prefer": "wait=5"}).status_code == 404
+    assert time.monotonic() - start < 1
+
+
 def test_rate_limit_429_with_retry_after(make_client: Callable[..., TestClient], tenant: Tenant) -> None:
     limited = make_client(rate_limit_requests=3, rate_limit_window_s=30)
     codes = [limited.get("/v1/jobs", headers=tenant.headers).status_code for _ in range(4)]
