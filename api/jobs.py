@@ -65,6 +65,11 @@ class JobRecord(BaseModel):
     strength: str | None = None
     params: dict[str, Any] = Field(default_factory=dict, description="method defaults (steps, ...)")
     output_format: str = "png"
+    min_success: float | None = None
+    escalation: list[float] = Field(
+        default_factory=list, description="stronger core eps to retry with, in order, while min_success is unmet"
+    )
+    previews: bool = False
     input: InputRef
     output_prefix: str
     outputs: list[OutputRef] | None = None

@@ -23,6 +23,10 @@ class EpsPresets(BaseModel):
     def for_strength(self, strength: str) -> float:
         return float(getattr(self, strength))
 
+    def presets(self) -> list[float]:
+        """The named strengths' budgets (low, medium, high)."""
+        return [self.low, self.medium, self.high]
+
 
 class MethodInfo(BaseModel):
     name: str

@@ -41,6 +41,18 @@ class JobOptions(BaseModel):
     )
     strength: Strength | None = Field(default=None, description="preset budget; exclusive with eps")
     output_format: OutputFormat = "png"
+    min_success: float | None = Field(
+        default=None,
+        ge=0,
+        le=1,
+        description="success rate the receipt must show under every condition (clean, JPEG q90/q75, 0.5x "
+        "resize); below it the worker retries with the method's stronger presets, then fails the photo",
+    )
+    previews: bool = Field(
+        default=False,
+        description="also write previews/<stem>-perturbation.png (amplified) and previews/<stem>-edits.png "
+        "(the forger's edits of the original and of the protected face) for photo jobs",
+    )
     webhook_url: str | None = Field(default=None, max_length=2048)
     webhook_events: list[EventName] | None = Field(
         default=None, description=f"default {list(DEFAULT_WEBHOOK_EVENTS)}"
@@ -107,6 +119,8 @@ class Job(BaseModel):
     eps: float
     strength: str | None
     output_format: str
+    min_success: float | None = None
+    previews: bool = False
     input: JobInputOut
     progress: Progress
     created_at: datetime
@@ -147,6 +161,8 @@ def job_out(job: JobRecord, attempts: list[dict[str, Any]] | None = None) -> Job
         eps=job.eps,
         strength=job.strength,
         output_format=job.output_format,
+        min_success=job.min_success,
+        previews=job.previews,
         input=JobInputOut(
             kind=job.kind,
             filename=job.input.filename,

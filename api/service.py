@@ -59,6 +59,9 @@ class Resolved:
     strength: str | None
     params: dict[str, Any]
     output_format: str
+    min_success: float | None
+    escalation: list[float]
+    previews: bool
     webhook_url: str | None
     webhook_events: list[str]
     metadata: dict[str, Any]
@@ -114,6 +117,8 @@ def resolve_options(opts: JobOptions, catalog: Catalog, settings: Settings) -> R
         if opts.webhook_events is not None
         else list(DEFAULT_WEBHOOK_EVENTS)
     )
+    # min_success: the presets stronger than the chosen budget, weakest first, are the retries' budgets.
+    stronger = sorted({v for v in method.eps.presets() if v > eps}) if opts.min_success is not None else []
     return Resolved(
         method=method.name,
         forgers=list(opts.forgers),
@@ -123,6 +128,9 @@ def resolve_options(opts: JobOptions, catalog: Catalog, settings: Settings) -> R
         strength=opts.strength,
         params=dict(method.defaults),
         output_format=opts.output_format,
+        min_success=opts.min_success,
+        escalation=[round(v * method.core_eps_scale, 10) for v in stronger],
+        previews=opts.previews,
         webhook_url=opts.webhook_url,
         webhook_events=events if opts.webhook_url else [],
         metadata=dict(opts.metadata or {}),
@@ -158,6 +166,9 @@ def _new_job(
         strength=r.strength,
         params=r.params,
         output_format=r.output_format,
+        min_success=r.min_success,
+        escalation=r.escalation,
+        previews=r.previews,
         input=inp,
         output_prefix=output_prefix(principal.tenant, job_id),
         progress_total=1 if kind == "image" else 0,

@@ -25,8 +25,9 @@ from core.device import resolve_device
 from core.evaluate import PSNR_CAP, Tally, measure, summarize
 from core.faces import DEFAULT_MAX_FACES, Face, Frame, RoundTrip, align_crop, box_iou, detect_faces, paste_back
 from core.forgers import Forger, create_forger
-from core.image import LoadedImage, load_image, quantize, save_image
+from core.image import LoadedImage, encode_image, load_image, quantize, save_image
 from core.methods import Protection, create_method
+from core.receipt import RECEIPT_CONDITIONS, attacker_crops, forger_numbers, photo_receipt
 from core.targets import fixed_targets, select_edits, targets_for
 from core.transforms import EoT
 
@@ -69,8 +70,14 @@ def build_protection(
 @dataclass
 class Protected:
     image: LoadedImage
-    x_adv: torch.Tensor
+    x_adv: torch.Tensor  # the delivered pixels (after the output encoding, for JPEG or WebP)
     report: dict[str, Any]
+    encoded: bytes | None = None  # the delivered file, when an output format other than PNG was asked for
+    # What the forgers were measured on: the faces as re-detected (None: the whole photo), the edits
+    # tried per face (F, T, A) and the edited attributes' names (for previews, see core.previews).
+    frames: list[Face] | None = None
+    targets: torch.Tensor | None = None
+    edits: list[str] | None = None
 
 
 def work_size(protection: Protection) -> int:
@@ -150,6 +157,8 @@ class _Job:
     x_adv: torch.Tensor | None = None
     within_budget: bool = True
     seconds: float = 0.0
+    encoded: bytes | None = None
+    frames: list[Face] | None = None  # the faces as an attacker finds them on the delivered photo
 
     @property
     def mode(self) -> str:
@@ -166,6 +175,8 @@ def protect_images(
     whole_image: bool = False,
     max_faces: int = DEFAULT_MAX_FACES,
     verify: bool = True,
+    output_format: str = "PNG",
+    receipt_conditions: Sequence[str] = RECEIPT_CONDITIONS,
 ) -> list[Protected]:
     """Protect the faces of decoded photos in one batch; measure each photo as delivered, at full size.
 
@@ -179,7 +190,10 @@ def protect_images(
     Targets are every single-attribute edit of each face, starting from the attributes the shipped
     classifier reads (the fixed neutral set without it); ``only`` names the attributes whose edits to cover.
     ``verify`` measures the forgers as an attacker would meet the photo: faces detected again on the
-    protected photo, cropped from it and from the clean photo alike (see :func:`photo_report`).
+    protected photo, cropped from it and from the clean photo alike (see :func:`photo_report`), clean and
+    under each of ``receipt_conditions`` (the receipt, :mod:`core.receipt`). ``output_format`` other than
+    PNG (JPEG, WEBP) encodes the delivered photo first, so that everything is measured on what is delivered
+    (``Protected.encoded`` holds the file).
     """
     if max_faces < 1:
         raise ValueError(f"max_faces must be at least 1, got {max_faces}")
@@ -200,7 +214,7 @@ def protect_images(
         if job.faces:
             job.crops = torch.cat([quantize(align_crop(job.x, face, size)) for face in job.faces])
         elif whole_image:
-            job.crops = _squash(job.x, size)
+            job.crops = attacker_crops(job.x, None, size)
         if job.crops is not None:
             job.targets = select_edits(targets_for(job.crops, protection.attributes, classifier=classifier),
                                        protection.attributes, only)
@@ -220,24 +234,25 @@ def protect_images(
             job.advs = adv
     for job in jobs:
         job.x_adv, job.within_budget = _deliver(protection, job)
+        if output_format.upper() != "PNG" and job.crops is not None:
+            # Lossy output: measure (and deliver) the pixels a reader of the file will decode.
+            job.encoded = encode_image(job.x_adv.cpu(), output_format.upper(), alpha=job.image.alpha,
+                                       icc_profile=job.image.icc_profile)
+            job.x_adv = load_image(job.encoded).tensor.to(job.x.device)
+            job.within_budget = job.within_budget and bool(
+                ((job.x_adv - job.x).abs().amax() <= protection.linf_cap() + 1e-6).item())
     seconds = (time.perf_counter() - start) / max(len(images), 1)
     out = []
     for job in jobs:
         job.seconds = seconds
         report_start = time.perf_counter()
-        report = photo_report(protection, job, max_faces, verify)
+        report = photo_report(protection, job, max_faces, verify, receipt_conditions)
         # The receipt (re-detection, forgers on the protected photo, quality metrics) is compute too.
         report["report_seconds"] = time.perf_counter() - report_start
         out.append(Protected(job.image, job.x_adv.cpu() if job.x_adv is not None else job.image.tensor.clone(),
-                             report))
+                             report, job.encoded, job.frames or (job.faces or None), job.targets,
+                             list(only) if only is not None else list(protection.attributes)))
     return out
-
-
-def _squash(x: torch.Tensor, size: int) -> torch.Tensor:
-    """The whole photo resized to size x size (as :func:`protect_many` protects it), on the 8-bit grid."""
-    if x.shape[-2:] == (size, size):
-        return x
-    return quantize(F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False))
 
 
 def _deliver(protection: Protection, job: _Job) -> tuple[torch.Tensor, bool]:
@@ -261,13 +276,9 @@ def protect_image(protection: Protection, image: LoadedImage, **options: Any) ->
     return protect_images(protection, [image], **options)[0]
 
 
-def _forger_numbers(summary: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    return {r["forger"]: {k: r[k] for k in ("success_rate", "distortion", "nullification")}
-            for r in summary["rows"]}
-
-
 def photo_report(
-    protection: Protection, job: _Job, max_faces: int = DEFAULT_MAX_FACES, verify: bool = True
+    protection: Protection, job: _Job, max_faces: int = DEFAULT_MAX_FACES, verify: bool = True,
+    receipt_conditions: Sequence[str] = RECEIPT_CONDITIONS,
 ) -> dict[str, Any]:
     """Quality of the delivered photo and the forgers' success rate on it.
 
@@ -286,6 +297,8 @@ def photo_report(
       defended when the forger's edit of the protected crop is far from its edit of the clean crop.
       ``redetected`` says whether the face was found again (if not, the original crop is measured).
     - ``forgers``: those numbers over all faces (for ``whole_image``, the whole photo resized, as protected).
+    - ``receipt`` (with ``verify``, when something was protected): :func:`core.receipt.photo_receipt` over
+      ``receipt_conditions``, on the attacker's crops of the whole delivered photo.
     """
     x, x_adv = job.x, job.x_adv if job.x_adv is not None else job.x
     report: dict[str, Any] = {
@@ -312,12 +325,17 @@ def photo_report(
         "forgers": {},
     })
     if job.mode == "whole_image" and job.targets is not None:
-        tally = measure(x, x_adv, job.targets, protection.forgers, ("clean",))
-        report["forgers"] = _forger_numbers(summarize(tally, protection, protection.forgers, ("clean",)))
+        size = work_size(protection)  # the forgers see the photo resized, as it was protected
+        tally = measure(attacker_crops(x, None, size), attacker_crops(x_adv, None, size), job.targets,
+                        protection.forgers, ("clean",))
+        report["forgers"] = forger_numbers(tally, protection.forgers)
     elif job.mode == "faces" and job.crops is not None and job.advs is not None and job.targets is not None:
         report["faces"], report["forgers"] = _face_reports(protection, job, max_faces, verify)
         for entry, region in zip(report["faces"], quality.pop("regions"), strict=True):
             entry.update(region)
+    if verify and job.targets is not None and job.mode != "no_face":
+        report["receipt"] = photo_receipt(protection.forgers, x, x_adv, job.frames, job.targets,
+                                          work_size(protection), receipt_conditions)
     return report
 
 
@@ -373,6 +391,7 @@ def _face_reports(
         hit = best is not None and box_iou(best.box, face.box) >= 0.3
         frames.append(best if hit and best is not None else face)
         matched.append(hit)
+    job.frames = frames
     if verify:
         clean = torch.cat([quantize(align_crop(job.x, f, size)) for f in frames])
         seen = torch.cat([quantize(align_crop(job.x_adv, f, size)) for f in frames])
@@ -383,7 +402,7 @@ def _face_reports(
     for i, face in enumerate(job.faces):
         tally = measure(clean[i : i + 1], seen[i : i + 1], job.targets[i : i + 1], protection.forgers, ("clean",))
         measure(clean[i : i + 1], seen[i : i + 1], job.targets[i : i + 1], protection.forgers, ("clean",), overall)
-        numbers = _forger_numbers(summarize(tally, protection, protection.forgers, ("clean",)))
+        numbers = forger_numbers(tally, protection.forgers)
         rates = [v["success_rate"] for v in numbers.values() if v["success_rate"] is not None]
         entry = {
             **face.to_dict(),
@@ -395,7 +414,7 @@ def _face_reports(
         if verify:
             entry["redetected"] = matched[i]
         reports.append(entry)
-    return reports, _forger_numbers(summarize(overall, protection, protection.forgers, ("clean",)))
+    return reports, forger_numbers(overall, protection.forgers)
 
 
 def protect_file(

@@ -433,3 +433,22 @@ def test_job_webhook_attempts_are_shown(
     assert [a["status_code"] for a in shown["attempts"]] == [200] and shown["attempts"][0][
         "event"
     ] == "job.completed"
+
+
+def test_min_success_sets_the_retry_budgets_and_previews_are_echoed(
+    client: TestClient, tenant: Tenant, store: JobStore
+) -> None:
+    r = submit(client, tenant, image_bytes(), fields={"strength": "low", "min_success": "0.9", "previews": "true"})
+    assert r.status_code == 202, r.text
+    body = r.json()
+    assert body["min_success"] == 0.9 and body["previews"] is True
+    record = store.get(body["id"])
+    assert record is not None
+    # pgd presets low/medium/high 0.01/0.025/0.05 of the range; core units are twice that ([-1, 1]).
+    assert record.escalation == [0.05, 0.1] and record.core_eps == 0.02
+    plain = submit(client, tenant, image_bytes(), fields={"strength": "high"}).json()
+    assert plain["min_success"] is None and plain["previews"] is False
+    assert store.get(plain["id"]).escalation == []  # type: ignore[union-attr]
+    for bad in ("1.5", "-0.1", "often"):
+        r = submit(client, tenant, image_bytes(), fields={"min_success": bad})
+        assert r.status_code == 422 and r.headers["content-type"].startswith("application/problem+json")

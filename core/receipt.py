@@ -1,0 +1,103 @@
+"""The protection receipt: how well a delivered photo is protected, after what photos go through.
+
+A protected photo rarely reaches a forger as delivered: platforms re-encode it as JPEG and resize it. The
+receipt runs the forgers on the delivered photo clean and after each condition of
+:mod:`core.transforms.conditions` (JPEG q90 and q75 through Pillow, a 0.5x down-and-up resize), applied to
+the *whole* photo as a platform would, then crops the faces as an attacker would, and reports per condition
+the defense success rate: the share of (face, edit) pairs whose edit of the protected photo differs from
+the edit of the clean photo under the same condition by MSE > 0.05 (Ruiz et al. 2020), so the condition by
+itself never counts as protection.
+
+Example::
+
+    r = photo_receipt(forgers, x, x_adv, frames, targets, size=128)
+    r["conditions"]["jpeg75"]["success_rate"], r["min_success_rate"]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from core.evaluate import Tally, measure
+from core.faces import Face, Frame, align_crop
+from core.forgers import Forger
+from core.image import quantize
+from core.metrics import SUCCESS_THRESHOLD
+from core.transforms.conditions import apply_condition
+
+RECEIPT_CONDITIONS: tuple[str, ...] = ("clean", "jpeg90", "jpeg75", "resize0.5")
+
+
+def attacker_crops(
+    x: torch.Tensor, frames: Sequence[Face | Frame] | None, size: int
+) -> torch.Tensor:
+    """The crops a forger gets of a full photo: each face aligned (``frames``), or the photo resized whole."""
+    if frames:
+        return torch.cat([quantize(align_crop(x, f, size)) for f in frames])
+    if x.shape[-2:] == (size, size):
+        return x
+    return quantize(F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False))
+
+
+def forger_numbers(tally: Tally, forgers: Sequence[Forger], condition: str = "clean") -> dict[str, dict[str, Any]]:
+    """Per forger: mean success rate, distortion and nullification error held in ``tally``."""
+    out: dict[str, dict[str, Any]] = {}
+    for forger in forgers:
+        key = f"{forger.name}/{condition}"
+        out[forger.name] = {k: tally.mean(f"{key}/{k}") for k in ("success_rate", "distortion", "nullification")}
+    return out
+
+
+def _mean_rate(numbers: dict[str, dict[str, Any]]) -> float | None:
+    rates = [v["success_rate"] for v in numbers.values() if v["success_rate"] is not None]
+    return sum(rates) / len(rates) if rates else None
+
+
+@torch.no_grad()
+def photo_receipt(
+    forgers: Sequence[Forger],
+    x: torch.Tensor,
+    x_adv: torch.Tensor,
+    frames: Sequence[Face | Frame] | None,
+    targets: torch.Tensor,
+    size: int,
+    conditions: Sequence[str] = RECEIPT_CONDITIONS,
+) -> dict[str, Any]:
+    """Per-condition success rates of ``forgers`` on a delivered photo.
+
+    Args:
+        forgers: the forgers to run (their names key the result).
+        x, x_adv: ``(1, 3, H, W)`` clean and delivered photos in [-1, 1] on the 8-bit grid.
+        frames: where the faces are (as re-detected on the delivered photo); None or empty: the whole photo
+            resized to ``size`` is what the forgers see.
+        targets: ``(F, T, A)`` the edits to try, per face (F = 1 for a whole photo).
+        size: the forgers' input size.
+        conditions: names from :func:`core.transforms.conditions.condition_names`.
+
+    Returns:
+        ``{"conditions": {name: {"success_rate", "forgers": {forger: {success_rate, distortion,
+        nullification}}}}, "min_success_rate", "weakest", "threshold"}``; ``min_success_rate`` is the lowest
+        over the conditions and ``weakest`` the condition where it occurs.
+    """
+    if x.shape != x_adv.shape or x.shape[0] != 1:
+        raise ValueError(f"expected two (1, 3, H, W) photos, got {tuple(x.shape)} and {tuple(x_adv.shape)}")
+    per: dict[str, dict[str, Any]] = {}
+    for cond in conditions:
+        clean = attacker_crops(apply_condition(cond, x), frames, size)
+        seen = attacker_crops(apply_condition(cond, x_adv), frames, size)
+        if clean.shape[0] != targets.shape[0]:
+            raise ValueError(f"{clean.shape[0]} crops but targets for {targets.shape[0]}")
+        numbers = forger_numbers(measure(clean, seen, targets, forgers, ("clean",)), forgers)
+        per[cond] = {"success_rate": _mean_rate(numbers), "forgers": numbers}
+    known = {c: v["success_rate"] for c, v in per.items() if v["success_rate"] is not None}
+    weakest = min(known, key=lambda c: known[c]) if known else None
+    return {
+        "conditions": per,
+        "min_success_rate": known[weakest] if weakest else None,
+        "weakest": weakest,
+        "threshold": SUCCESS_THRESHOLD,
+    }

@@ -1,0 +1,107 @@
+"""The protection receipt: per-condition success rates on the delivered photo."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from core.faces import Frame
+from core.forgers import create_forger
+from core.image import LoadedImage, load_image, quantize
+from core.methods import create_method
+from core.protect import protect_images
+from core.receipt import RECEIPT_CONDITIONS, attacker_crops, photo_receipt
+from core.targets import fixed_targets
+
+
+def smooth(h: int, w: int, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    base = torch.rand(1, 3, 4, 4, generator=g) * 2 - 1
+    return quantize(torch.nn.functional.interpolate(base, size=(h, w), mode="bilinear", align_corners=False))
+
+
+@pytest.fixture(scope="module")
+def forger() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return create_forger("stargan", config="tiny", pretrained=False)
+
+
+def test_identical_photo_is_never_protected(forger: torch.nn.Module) -> None:
+    x = smooth(48, 40, 0)
+    targets = fixed_targets(forger.attributes)[None]
+    r = photo_receipt([forger], x, x.clone(), None, targets, size=32)
+    assert list(r["conditions"]) == list(RECEIPT_CONDITIONS)
+    for cond in RECEIPT_CONDITIONS:
+        entry = r["conditions"][cond]
+        assert entry["success_rate"] == 0.0
+        assert entry["forgers"]["stargan"]["distortion"] == 0.0
+    assert r["min_success_rate"] == 0.0 and r["threshold"] == 0.05
+
+
+def test_weakest_condition_is_the_minimum(forger: torch.nn.Module) -> None:
+    x = smooth(64, 64, 1)
+    # Per-pixel noise: JPEG and resizing remove much of it, so the conditions differ.
+    noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(2)).sign() * 0.3
+    x_adv = quantize((x + noise).clamp(-1, 1))
+    targets = fixed_targets(forger.attributes)[None]
+    r = photo_receipt([forger], x, x_adv, None, targets, size=32)
+    rates = {c: v["success_rate"] for c, v in r["conditions"].items()}
+    assert all(0.0 <= v <= 1.0 for v in rates.values())
+    assert r["min_success_rate"] == min(rates.values()) and rates[r["weakest"]] == r["min_success_rate"]
+    distortions = {c: v["forgers"]["stargan"]["distortion"] for c, v in r["conditions"].items()}
+    assert distortions["clean"] > distortions["resize0.5"]  # the resize averages the noise away
+
+
+def test_face_frames_are_cropped_from_the_whole_photo(forger: torch.nn.Module) -> None:
+    x = smooth(80, 100, 3)
+    frames = [Frame(30.0, 40.0, 40.0), Frame(70.0, 40.0, 30.0, angle=0.2)]
+    crops = attacker_crops(x, frames, 32)
+    assert crops.shape == (2, 3, 32, 32)
+    targets = fixed_targets(forger.attributes)[None].expand(2, -1, -1)
+    r = photo_receipt([forger], x, x.clone(), frames, targets, size=32, conditions=("clean", "jpeg75"))
+    assert list(r["conditions"]) == ["clean", "jpeg75"]
+    with pytest.raises(ValueError, match="targets"):
+        photo_receipt([forger], x, x, frames, targets[:1], size=32)
+    with pytest.raises(ValueError, match="photos"):
+        photo_receipt([forger], x, x[..., :50], None, targets[:1], size=32)
+
+
+def test_protect_images_attaches_the_receipt_and_measures_the_jpeg_it_delivers(forger: torch.nn.Module) -> None:
+    protection = create_method("pgd", forger, steps=2)
+    image = LoadedImage(smooth(40, 56, 4), None, "PNG")
+    [png] = protect_images(protection, [image], whole_image=True)
+    receipt = png.report["receipt"]
+    assert list(receipt["conditions"]) == list(RECEIPT_CONDITIONS) and png.encoded is None
+    assert receipt["conditions"]["clean"]["forgers"]["stargan"] == png.report["forgers"]["stargan"]
+    [jpg] = protect_images(protection, [image], whole_image=True, output_format="JPEG")
+    assert jpg.encoded is not None and jpg.encoded[:3] == b"\xff\xd8\xff"
+    assert torch.equal(load_image(jpg.encoded).tensor, jpg.x_adv)  # measured what the file decodes to
+    assert jpg.report["linf"] == pytest.approx(float((jpg.x_adv - image.tensor).abs().max()))
+    [plain] = protect_images(protection, [image], whole_image=True, verify=False)
+    assert "receipt" not in plain.report
+    [untouched] = protect_images(protection, [image])  # no face, not protected whole: nothing to receipt
+    assert untouched.report["protection"] == "no_face" and "receipt" not in untouched.report
+
+
+def test_previews_show_the_perturbation_and_both_rows_of_edits(forger: torch.nn.Module) -> None:
+    from core.previews import edits_preview, perturbation_preview
+
+    protection = create_method("pgd", forger, steps=2)
+    image = LoadedImage(smooth(40, 56, 5), None, "PNG")
+    [result] = protect_images(protection, [image], only=["Male", "Young"], whole_image=True)
+    amp = perturbation_preview(image.tensor, result.x_adv, amplification=10)
+    assert amp.shape == image.tensor.shape
+    delta = result.x_adv - image.tensor
+    assert torch.allclose(amp, quantize((delta * 10).clamp(-1, 1)))
+    flat = perturbation_preview(image.tensor, image.tensor)  # unchanged: one mid-grey level everywhere
+    assert flat.unique().numel() == 1 and flat.abs().max() <= 1 / 255 + 1e-6
+    grid, columns = edits_preview(forger, result, size=32)
+    assert columns == ["input", "Male", "Young"]
+    pad = 2
+    assert grid.shape == (1, 3, 2 * (32 + pad) + pad, 3 * (32 + pad) + pad)
+    # The first cell of the bottom row is the protected photo as the forger sees it, not the original.
+    top, bottom = grid[..., pad : pad + 32, pad : pad + 32], grid[..., 2 * pad + 32 : 2 * pad + 64, pad : pad + 32]
+    assert not torch.equal(top, bottom)
+    [untouched] = protect_images(protection, [image])
+    with pytest.raises(ValueError, match="nothing was protected"):
+        edits_preview(forger, untouched, size=32)
