@@ -23,6 +23,7 @@ from api.problems import PROBLEM_TYPES, Problem, install_problem_handlers, probl
 from api.queue import make_celery
 from api.ratelimit import RateLimiter
 from api.redisdb import make_redis
+from api.routes import app as app_page
 from api.routes import health, jobs, methods, uploads
 from api.service import Services
 from api.storage import Storage, StorageError
@@ -102,7 +103,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app.add_exception_handler(redis.RedisError, on_unavailable)
     app.add_exception_handler(StorageError, on_unavailable)
-    for router in (jobs.router, uploads.router, methods.router, health.router):
+    for router in (jobs.router, uploads.router, methods.router, health.router, app_page.router):
         app.include_router(router)
     # Added last = outermost: metrics see every request, including 413s answered by the body limit.
     app.add_middleware(BodyLimitMiddleware, settings=settings)

@@ -238,9 +238,8 @@ def protect_images(
             # Lossy output: measure (and deliver) the pixels a reader of the file will decode.
             job.encoded = encode_image(job.x_adv.cpu(), output_format.upper(), alpha=job.image.alpha,
                                        icc_profile=job.image.icc_profile)
+            # within_budget stays about the protection itself; linf, PSNR, ... and the receipt see the file.
             job.x_adv = load_image(job.encoded).tensor.to(job.x.device)
-            job.within_budget = job.within_budget and bool(
-                ((job.x_adv - job.x).abs().amax() <= protection.linf_cap() + 1e-6).item())
     seconds = (time.perf_counter() - start) / max(len(images), 1)
     out = []
     for job in jobs:
@@ -297,6 +296,8 @@ def photo_report(
       defended when the forger's edit of the protected crop is far from its edit of the clean crop.
       ``redetected`` says whether the face was found again (if not, the original crop is measured).
     - ``forgers``: those numbers over all faces (for ``whole_image``, the whole photo resized, as protected).
+    - ``within_budget``: the protection's budget held (before a lossy output encoding); ``lossy_output``:
+      the numbers are of the JPEG/WebP file as decoded, whose compression error adds to ``linf``.
     - ``receipt`` (with ``verify``, when something was protected): :func:`core.receipt.photo_receipt` over
       ``receipt_conditions``, on the attacker's crops of the whole delivered photo.
     """
@@ -320,7 +321,8 @@ def photo_report(
         "ssim": quality["ssim"],
         "lpips": quality["lpips"],
         "linf": float((x_adv - x).abs().max()),
-        "within_budget": job.within_budget,
+        "within_budget": job.within_budget,  # of the protection, before any lossy output encoding
+        "lossy_output": job.encoded is not None,  # then every number here is of the decoded delivered file
         "faces": [],
         "forgers": {},
     })

@@ -19,8 +19,8 @@ import hashlib
 import logging
 import threading
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from worker.config import WorkerSettings
@@ -58,6 +58,14 @@ class PhotoResult:
     report: dict[str, Any]
     width: int
     height: int
+    previews: dict[str, bytes] = field(default_factory=dict)  # "perturbation" / "edits" -> PNG
+    error: str | None = None  # min_success not met even with the strongest budget: the photo fails so
+
+
+def meets(report: dict[str, Any], min_success: float) -> bool:
+    """Whether the photo's receipt shows at least ``min_success`` under every condition it measured."""
+    lowest = (report.get("receipt") or {}).get("min_success_rate")
+    return lowest is not None and lowest >= min_success - 1e-9
 
 
 @dataclass
@@ -189,22 +197,74 @@ def protect(
     images: Sequence[LoadedImage],
     output_format: str,
     targets: Sequence[str] | None = None,
+    *,
+    min_success: float | None = None,
+    stronger: Sequence[Callable[[], Protection]] = (),
+    previews: bool = False,
 ) -> list[PhotoResult]:
     """Protect decoded photos in one batch (covering only the ``targets`` attribute edits when given) and
-    encode each (PNG unless JPEG/WebP was asked for)."""
+    encode each (PNG unless JPEG/WebP was asked for; the receipt measures the encoded photo).
+
+    ``min_success``: photos whose receipt falls below it are protected again with each of ``stronger``
+    (builders of stronger protections, weakest first) until it is met; a photo that never meets it gets
+    ``error`` set. ``previews``: also render the amplified perturbation and the first forger's edits.
+    """
     from core.image import encode_image
     from core.protect import protect_images
 
     fmt, _ext, _ctype = OUTPUT_FORMATS[output_format.lower()]
     check_targets(protection, targets)
-    # Faces when the detector finds them; a photo without one is protected whole rather than returned as is.
-    done = protect_images(protection, images, only=targets, whole_image=True)
+
+    def run(prot: Protection, photos: Sequence[LoadedImage]) -> list[Any]:
+        # Faces when the detector finds them; a photo without one is protected whole, not returned as is.
+        return protect_images(prot, photos, only=targets, whole_image=True, output_format=fmt)
+
+    done = run(protection, images)
+    used = [protection] * len(done)
+    attempts = [1] * len(done)
+    for attempt, make in enumerate(stronger if min_success is not None else (), start=2):
+        short = [i for i, r in enumerate(done) if not meets(r.report, min_success or 0.0)]
+        if not short:
+            break
+        prot = make()
+        for i, result in zip(short, run(prot, [images[i] for i in short]), strict=True):
+            done[i], used[i], attempts[i] = result, prot, attempt
     out = []
-    for result in done:
+    for result, prot, tries in zip(done, used, attempts, strict=True):
         width, height = result.image.size
-        data = encode_image(result.x_adv, fmt, alpha=result.image.alpha, icc_profile=result.image.icc_profile)
-        out.append(PhotoResult(data, _plain(result.report), width, height))
+        data = result.encoded or encode_image(result.x_adv, fmt, alpha=result.image.alpha,
+                                              icc_profile=result.image.icc_profile)
+        rendered = render_previews(prot, result) if previews and result.targets is not None else {}
+        photo = PhotoResult(data, _plain(result.report), width, height, rendered)
+        if min_success is not None:
+            photo.error = _check_min_success(photo.report, min_success, tries, prot)
+        out.append(photo)
     return out
+
+
+def _check_min_success(report: dict[str, Any], min_success: float, tries: int, prot: Protection) -> str | None:
+    """Record the outcome in the report; the reason the photo fails, if it does."""
+    ok = meets(report, min_success)
+    receipt = report.get("receipt") or {}
+    report["min_success"] = {"required": min_success, "met": ok, "attempts": tries, "core_eps": prot.eps}
+    if ok:
+        return None
+    return (f"min_success {min_success:g} not met: the receipt's lowest success rate is "
+            f"{receipt.get('min_success_rate')} ({receipt.get('weakest')}) after {tries} attempt(s), the last "
+            f"at eps {prot.eps:g} ({prot.budget_units})")
+
+
+def render_previews(protection: Protection, result: Any) -> dict[str, bytes]:
+    """PNGs of the amplified perturbation and the first forger's edits of the first face, before and after."""
+    from core.image import encode_image
+    from core.previews import AMPLIFICATION, edits_preview, perturbation_preview
+    from core.protect import work_size
+
+    grid, columns = edits_preview(protection.forgers[0], result, work_size(protection))
+    amplified = perturbation_preview(result.image.tensor, result.x_adv)
+    result.report["previews"] = {"columns": columns, "amplification": AMPLIFICATION,
+                                 "forger": protection.forgers[0].name}
+    return {"perturbation": encode_image(amplified, "PNG"), "edits": encode_image(grid, "PNG")}
 
 
 def _plain(value: Any) -> Any:

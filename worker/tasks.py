@@ -27,6 +27,7 @@ a multipart upload) with report.json and report.csv, completes the job and remov
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import tempfile
@@ -79,6 +80,9 @@ class Payload(BaseModel):
     core_eps: float
     params: dict[str, Any] = {}
     output_format: str = "png"
+    min_success: float | None = None
+    escalation: list[float] = []  # stronger core eps, weakest first, tried while min_success is unmet
+    previews: bool = False
     input: InputRef
     output_bucket: str | None = None
     output_prefix: str
@@ -293,27 +297,53 @@ def protect_photo(ctx: Context, p: Payload) -> str:
         raise JobError("invalid_image", f"{p.input.filename}: {exc}") from None
     protection = build_protection(p)
     try:
-        [result] = models.protect(protection, [image], p.output_format, p.targets)
+        [result] = run_protect(p, protection, [image], previews=p.previews)
     except models.BadOptions as exc:
         raise JobError("invalid_options", str(exc)) from None
     if ctx.store.is_canceled(p.job_id):
         return "canceled"
+    if result.error:
+        raise JobError("min_success_not_met", f"{p.input.filename}: {result.error}")
     key = output_key(p, ext)
     ctx.storage.put_bytes(key, result.data, ctype)
     name = key[len(p.output_prefix) :]
     entry = {"index": 0, "name": p.input.filename, "status": "ok", "output": name, **result.report}
+    outputs = [OutputRef(key=key, size=len(result.data), content_type=ctype, source=p.input.filename)]
+    if result.previews:
+        entry["previews"] = {**entry.get("previews", {}), **put_previews(ctx, p, name, result.previews, outputs)}
     report = {"summary": {"entries": 1, "protected": 1, "errors": 0}, "photos": [entry]}
     ctx.store.set_progress(p.job_id, 1)
-    outputs = [OutputRef(key=key, size=len(result.data), content_type=ctype, source=p.input.filename)]
     if not ctx.store.succeed(p.job_id, outputs, report):
         return "canceled"
     emit(ctx, ctx.store.get(p.job_id), "job.completed")
     return "succeeded"
 
 
-def build_protection(p: Payload) -> Any:
+def put_previews(
+    ctx: Context, p: Payload, name: str, previews: dict[str, bytes], outputs: list[OutputRef]
+) -> dict[str, str]:
+    """Write ``previews/<stem>-<kind>.png`` next to the output (deterministic keys); their names by kind."""
+    stem = name.rsplit(".", 1)[0]
+    names = {}
+    for kind, data in sorted(previews.items()):
+        names[kind] = f"previews/{stem}-{kind}.png"
+        key = f"{p.output_prefix}{names[kind]}"
+        ctx.storage.put_bytes(key, data, "image/png")
+        outputs.append(OutputRef(key=key, size=len(data), content_type="image/png", source=p.input.filename))
+    return names
+
+
+def run_protect(p: Payload, protection: Any, images: list[Any], previews: bool = False) -> list[models.PhotoResult]:
+    """models.protect with the job's options; ``min_success`` retries with the job's stronger budgets."""
+    stronger = [functools.partial(build_protection, p, eps) for eps in p.escalation]
+    return models.protect(protection, images, p.output_format, p.targets, min_success=p.min_success,
+                          stronger=stronger, previews=previews)
+
+
+def build_protection(p: Payload, core_eps: float | None = None) -> Any:
     try:
-        return models.build(settings, p.method, p.forgers, p.core_eps, p.params, models.job_seed(p.job_id))
+        return models.build(settings, p.method, p.forgers, core_eps or p.core_eps, p.params,
+                            models.job_seed(p.job_id))
     except models.ModelUnavailable as exc:
         raise JobError("model_unavailable", str(exc)) from None
     except models.BadOptions as exc:
@@ -540,21 +570,20 @@ def protect_batch(
 ) -> int:
     """Protect one batch (photo by photo if the batch fails as a whole) and record every entry."""
     try:
-        outcomes: list[models.PhotoResult | str] = list(
-            models.protect(protection, [image for _, image in batch], p.output_format, p.targets)
-        )
+        outcomes: list[models.PhotoResult | str] = list(run_protect(p, protection, [image for _, image in batch]))
     except (RuntimeError, ValueError) as exc:  # e.g. out of memory on a large batch: one by one
         log.warning("job %s: batch of %d failed (%s); protecting one by one", p.job_id, len(batch), exc)
         outcomes = []
         for _, image in batch:
             try:
-                outcomes.append(models.protect(protection, [image], p.output_format, p.targets)[0])
+                outcomes.append(run_protect(p, protection, [image])[0])
             except (RuntimeError, ValueError) as one_exc:
                 outcomes.append(f"protection failed: {one_exc}")
     results = []
     for (item, _), outcome in zip(batch, outcomes, strict=True):
-        if isinstance(outcome, str):
-            results.append(arc.EntryResult(item.index, item.name, "error", outcome))
+        if isinstance(outcome, str) or outcome.error:
+            reason = outcome if isinstance(outcome, str) else outcome.error
+            results.append(arc.EntryResult(item.index, item.name, "error", reason))
             continue
         key = f"{work_prefix(p)}out/{item.index:06d}{ext}"
         ctx.storage.put_bytes(key, outcome.data, ctype)

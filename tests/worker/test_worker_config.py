@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -89,6 +90,7 @@ def test_protect_with_targets_and_formats() -> None:
     [two] = models.protect(protection, [image], "webp", targets=["Male", "Young"])
     assert all_edits.data.startswith(b"\x89PNG") and two.data[8:12] == b"WEBP"
     assert (two.width, two.height) == (36, 28) and two.report["within_budget"] is True
+    assert two.report["lossy_output"] is True and all_edits.report["lossy_output"] is False
     json.dumps(two.report)  # plain JSON types only
     with pytest.raises(models.BadOptions, match="Bald"):
         models.protect(protection, [image], "png", targets=["Bald"])
@@ -112,3 +114,48 @@ def test_heartbeat_is_written_and_retired(rclient: redis.Redis, redis_prefix: st
     finally:
         hb.stop()
     assert live_workers(rclient, settings) == []
+
+
+def test_min_success_retries_with_stronger_budgets_then_fails_the_photo() -> None:
+    from core.forgers import create_forger
+    from core.methods import create_method
+
+    torch.set_num_threads(1)
+    forger = create_forger("stargan", config="tiny", pretrained=False)
+    image = models.decode(face_png(36, 28), max_pixels=10_000)
+    built: list[float] = []
+
+    def stronger(eps: float) -> Any:
+        def make() -> Any:
+            built.append(eps)
+            return create_method("pgd", [forger], eps=eps, steps=1, seed=1)
+        return make
+
+    weak = create_method("pgd", [forger], eps=0.004, steps=1, seed=1)
+    # Met at once (every rate is >= 0): no stronger protection is even built.
+    [easy] = models.protect(weak, [image], "png", min_success=0.0, stronger=[stronger(0.05)])
+    assert easy.error is None and built == []
+    assert easy.report["min_success"] == {"required": 0.0, "met": True, "attempts": 1, "core_eps": 0.004}
+    # A requirement no photo of a 1-pixel budget meets: every stronger budget is tried, then the photo fails.
+    tiny = create_method("pgd", [forger], eps=1 / 255, steps=1, seed=1)
+    [hard] = models.protect(tiny, [image], "png", min_success=1.0, stronger=[stronger(0.02), stronger(0.05)])
+    assert built == [0.02, 0.05]
+    assert hard.report["min_success"]["attempts"] == 3 and hard.report["min_success"]["core_eps"] == 0.05
+    assert hard.error is not None and "min_success 1 not met" in hard.error and "3 attempt(s)" in hard.error
+    assert hard.report["linf"] > 0.02  # the delivered photo is the strongest attempt's
+    assert not models.meets({}, 0.0)  # no receipt: never counted as met
+
+
+def test_previews_are_rendered_as_pngs() -> None:
+    from core.forgers import create_forger
+    from core.methods import create_method
+
+    forger = create_forger("stargan", config="tiny", pretrained=False)
+    protection = create_method("pgd", [forger], eps=0.05, steps=1, seed=1)
+    image = models.decode(face_png(36, 28), max_pixels=10_000)
+    [result] = models.protect(protection, [image], "png", targets=["Male"], previews=True)
+    assert set(result.previews) == {"perturbation", "edits"}
+    assert all(v.startswith(b"\x89PNG") for v in result.previews.values())
+    assert result.report["previews"]["columns"] == ["input", "Male"]
+    [plain] = models.protect(protection, [image], "png")
+    assert plain.previews == {} and "previews" not in plain.report

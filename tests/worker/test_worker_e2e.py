@@ -441,3 +441,21 @@ def test_poison_input_fails_after_n_tries(
     assert f"after {settings.task_max_deliveries} attempts" in (done.error_message or "")
     assert r.get(counter) == str(settings.task_max_deliveries + 1)
     assert proc.proc.poll() is None  # the worker itself lives on
+
+
+def test_previews_and_min_success_through_the_api(http: httpx.Client) -> None:
+    r = http.post("/v1/jobs", files={"file": ("face.png", face_png(60, 44, seed=5), "image/png")},
+                  data={"previews": "true", "min_success": "0", "strength": "low"})
+    assert r.status_code == 202, r.text
+    body = poll_api(http, r.json()["id"])
+    assert body["status"] == "succeeded", body
+    [photo] = body["report"]["photos"]
+    assert photo["min_success"]["met"] is True and photo["min_success"]["attempts"] == 1
+    assert set(photo["receipt"]["conditions"]) == {"clean", "jpeg90", "jpeg75", "resize0.5"}
+    previews = photo["previews"]
+    assert previews["perturbation"] == "previews/face-perturbation.png"
+    assert previews["edits"] == "previews/face-edits.png" and previews["columns"][0] == "input"
+    files = outputs(http, body["id"])
+    assert sorted(files) == ["face.png", "previews/face-edits.png", "previews/face-perturbation.png"]
+    assert png_pixels(files["previews/face-perturbation.png"]).shape == (44, 60, 3)
+    assert all(data.startswith(b"\x89PNG") for data in files.values())

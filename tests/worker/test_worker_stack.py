@@ -4,32 +4,22 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
-import queue
 import shutil
-import signal
 import subprocess
-import sys
 import threading
-import time
-import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 from types import ModuleType
 
 import pytest
+from stacktest import load_run_stack, running_stack  # tests/stacktest.py (tests/ is on sys.path)
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
 def run_stack() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("veil_run_stack", REPO / "scripts" / "run_stack.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["veil_run_stack"] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_run_stack()
 
 
 def test_weights_check(run_stack: ModuleType, tmp_path: Path) -> None:
@@ -71,68 +61,21 @@ def test_curl_session_shows_the_webhook(run_stack: ModuleType) -> None:
     assert "-F webhook_url=$HOOKS/veil" in text and "$HOOKS/events" in text
 
 
-def _read_until(proc: subprocess.Popen[str], marker: str, timeout: float) -> str:
-    """stdout of ``proc`` up to the first line containing ``marker`` (bounded in time)."""
-    lines: queue.Queue[str | None] = queue.Queue()
-
-    def pump() -> None:  # a thread: select() cannot see what a text stream has already buffered
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            lines.put(line)
-        lines.put(None)
-
-    threading.Thread(target=pump, daemon=True).start()
-    seen: list[str] = []
-    deadline = time.monotonic() + timeout
-    while (left := deadline - time.monotonic()) > 0:
-        try:
-            line = lines.get(timeout=left)
-        except queue.Empty:
-            break
-        if line is None:
-            break
-        seen.append(line)
-        if marker in line:
-            return "".join(seen)
-    raise AssertionError(f"no {marker!r} within {timeout} s; output so far:\n{''.join(seen)}")
-
-
 @pytest.mark.slow
-def test_make_run_and_its_curl_session(run_stack: ModuleType, tmp_path: Path) -> None:
+def test_make_run_and_its_curl_session(tmp_path: Path) -> None:
     """The README's run command brings the stack up; the curl session it prints protects a photo and an
     archive, and the local receiver gets a verified webhook (real Redis, MiniStack, API, Celery workers)."""
-    import redis
-
     if shutil.which("curl") is None or shutil.which("unzip") is None:
         pytest.skip("curl and unzip are needed to run the printed session")
-    prefix = f"veiltest-stack-{uuid.uuid4().hex[:8]}:"
-    ports = [str(run_stack.free_port()) for _ in range(3)]
-    cmd = [sys.executable, str(REPO / "scripts" / "run_stack.py"), "--tiny-forger", "--data-dir", str(tmp_path),
-           "--redis-prefix", prefix, "--api-port", ports[0], "--s3-port", ports[1], "--hooks-port", ports[2]]
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
-    try:
-        printed = _read_until(proc, "sleep 2; curl", timeout=240)
-        session = printed[printed.index("export VEIL="):]
-        done = subprocess.run(["bash", "-euo", "pipefail", "-c", session], cwd=tmp_path, capture_output=True,
+    with running_stack(tmp_path) as stack:
+        done = subprocess.run(["bash", "-euo", "pipefail", "-c", stack.session], cwd=tmp_path, capture_output=True,
                               text=True, timeout=240)
         assert done.returncode == 0, done.stdout + done.stderr
         out = done.stdout
         assert out.count("succeeded") >= 2, out
         assert "PNG image data" in out and "report.json" in out and "report.csv" in out
         assert "('job.completed', True)" in out and "False)" not in out, out
-    finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
-        r = redis.Redis.from_url("redis://127.0.0.1:6379/0")
-        keys = list(r.scan_iter(f"{prefix}*", count=1000))
-        if keys:
-            r.delete(*keys)
-    assert proc.returncode == 0
+    assert stack.returncode == 0
 
 
 def test_webhook_receiver_verifies_signatures() -> None:
