@@ -23,6 +23,7 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 from fastapi.testclient import TestClient
+from photos import PHONE_SIZE, check_phone_result, phone_photo  # tests/photos.py
 from PIL import Image
 from stacktest import RunningStack, running_stack  # tests/stacktest.py (tests/ is on sys.path)
 
@@ -222,15 +223,17 @@ def check_previews(page: Page, photo: dict[str, Any]) -> None:
     assert all(column in caption for column in previews.get("columns") or [])
 
 
-def check_download(page: Page, tmp_path: Path, expected_size: int) -> None:
-    with page.expect_download(timeout=30_000) as info:
+def check_download(page: Page, tmp_path: Path, expected_size: int | None) -> bytes:
+    """Click the download button; the PNG that arrives (of ``expected_size`` bytes when given)."""
+    with page.expect_download(timeout=60_000) as info:
         page.click("#download")
     download = info.value
     target = tmp_path / "downloaded.png"
     download.save_as(target)
     data = target.read_bytes()
-    assert data.startswith(PNG_MAGIC) and len(data) == expected_size
+    assert data.startswith(PNG_MAGIC) and (expected_size is None or len(data) == expected_size)
     assert download.suggested_filename.endswith(".png")
+    return data
 
 
 # ---- the page in Chromium against a scripted API: what the stack cannot show on demand ------------------
@@ -412,4 +415,19 @@ def test_page_protects_a_photo_and_an_archive_in_chromium(page: Page, tmp_path: 
         assert all(href.startswith("http") for _, href in links)
         assert page.is_hidden("#photo-result")
         page.screenshot(path=str(artifacts_dir() / "app-page-archive.png"), full_page=True)
+
+        # A 12 MP phone photo with two faces, stored rotated (EXIF 6): shown, measured and downloaded whole.
+        data, upright = phone_photo()
+        phone = tmp_path / "IMG_0001.jpg"
+        phone.write_bytes(data)
+        page.set_input_files("#file", str(phone))
+        job_id = submit(page)
+        photo = get_json(stack, f"/v1/jobs/{job_id}")["report"]["photos"][0]
+        image_loaded(page, "#protected-img")
+        assert page.evaluate("() => document.querySelector('#protected-img').naturalWidth") == PHONE_SIZE[0]
+        check_receipt(page, photo)
+        assert term_values(page, "#metrics")["Faces found"] == "2"
+        delivered = check_download(page, tmp_path, None)
+        check_phone_result(upright, delivered, photo)
+        page.screenshot(path=str(artifacts_dir() / "app-page-phone.png"), full_page=True)
     assert stack.returncode == 0

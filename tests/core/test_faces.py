@@ -7,7 +7,6 @@ random network, so the protection itself is fast.
 
 from __future__ import annotations
 
-import io
 import json
 import math
 from pathlib import Path
@@ -15,6 +14,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from photos import (  # tests/photos.py (tests/ is on sys.path)
+    astronaut,
+    canvas,
+    check_phone_result,
+    expected_face,
+    jpeg_with_orientation,
+    phone_photo,
+)
 from PIL import Image
 from skimage import data
 from typer.testing import CliRunner
@@ -26,47 +33,6 @@ from core.forgers import create_forger
 from core.image import LoadedImage, from_uint8, load_image, quantize
 from core.methods import Protection, create_method
 from core.protect import protect_images
-
-ASTRONAUT_FACE = (178.0, 69.0, 92.0, 92.0)  # where the detector finds her face in the 512x512 portrait
-# PIL's exif_transpose turns a stored image upright with these; storing with the inverse gives the canvas back.
-INVERSE_ORIENTATION = {1: None, 3: Image.Transpose.ROTATE_180, 6: Image.Transpose.ROTATE_90,
-                       8: Image.Transpose.ROTATE_270, 5: Image.Transpose.TRANSPOSE}
-
-
-def canvas(width: int, height: int, placements: list[tuple[np.ndarray, int, int]]) -> np.ndarray:
-    """A smooth grey-blue background with each (picture, left, top) pasted in."""
-    yy, xx = np.mgrid[0:height, 0:width]
-    base = np.stack([90 + 60 * xx / width, 110 + 40 * yy / height, 140 + 0 * xx], axis=-1)
-    out = base.astype(np.uint8)
-    for pic, left, top in placements:
-        out[top : top + pic.shape[0], left : left + pic.shape[1]] = pic
-    return out
-
-
-def astronaut(scale: float = 1.0) -> np.ndarray:
-    img = data.astronaut()
-    if scale == 1.0:
-        return img
-    size = round(512 * scale)
-    return np.asarray(Image.fromarray(img).resize((size, size), Image.Resampling.BICUBIC))
-
-
-def expected_face(left: int, top: int, scale: float) -> tuple[float, float, float]:
-    """Centre (x, y) and width of the astronaut's face pasted at (left, top) with ``scale``."""
-    x, y, w, h = ASTRONAUT_FACE
-    return left + scale * (x + w / 2), top + scale * (y + h / 2), scale * w
-
-
-def jpeg_with_orientation(upright: np.ndarray, orientation: int) -> bytes:
-    """A JPEG whose pixels are stored rotated and tagged so that a viewer (and load_image) shows ``upright``."""
-    img = Image.fromarray(upright)
-    method = INVERSE_ORIENTATION[orientation]
-    stored = img.transpose(method) if method is not None else img
-    exif = Image.Exif()
-    exif[0x0112] = orientation
-    buf = io.BytesIO()
-    stored.save(buf, "JPEG", quality=95, exif=exif)
-    return buf.getvalue()
 
 
 def near(face: fc.Face, cx: float, cy: float, width: float) -> bool:
@@ -327,3 +293,25 @@ def test_demo_image_is_the_whole_portrait(tmp_path: Path) -> None:
     src = demo_image(tmp_path)
     assert Image.open(src).size == (512, 512)
     assert len(fc.detect_faces(load_image(src))) == 1
+
+
+@pytest.fixture(scope="session")
+def phone(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, np.ndarray]:
+    data, upright = phone_photo()
+    path = tmp_path_factory.mktemp("phone") / "IMG_0001.jpg"
+    path.write_bytes(data)
+    return path, upright
+
+
+@pytest.mark.slow
+def test_a_12_megapixel_phone_photo_through_the_cli(
+    tiny_checkpoints: Path, tmp_path: Path, phone: tuple[Path, np.ndarray]
+) -> None:
+    """Two faces, stored rotated (EXIF 6) with GPS: out at full size, upright, both faces protected, the rest
+    untouched, no EXIF, with the receipt in report.json."""
+    src, upright = phone
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, ["protect", str(src), "-o", str(out), "--steps", "1"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    [report] = json.loads((out / "report.json").read_text())["photos"]
+    check_phone_result(upright, Path(report["output"]).read_bytes(), report)

@@ -10,8 +10,10 @@ import threading
 from datetime import UTC, datetime
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import pytest
+from photos import check_phone_result, phone_photo  # tests/photos.py
 from stacktest import load_run_stack, running_stack  # tests/stacktest.py (tests/ is on sys.path)
 
 REPO = Path(__file__).resolve().parents[2]
@@ -75,7 +77,29 @@ def test_make_run_and_its_curl_session(tmp_path: Path) -> None:
         assert out.count("succeeded") >= 2, out
         assert "PNG image data" in out and "report.json" in out and "report.csv" in out
         assert "('job.completed', True)" in out and "False)" not in out, out
+        phone_photo_through_the_api(stack.api_url, stack.key)
     assert stack.returncode == 0
+
+
+def phone_photo_through_the_api(api: str, key: str) -> None:
+    """A 12 MP phone photo, two faces, EXIF-rotated: protected at full size through the API (real workers)."""
+    import httpx
+
+    data, upright = phone_photo()
+    auth = {"Authorization": f"Bearer {key}"}
+    with httpx.Client(base_url=api, headers=auth, timeout=60) as http:
+        r = http.post("/v1/jobs", files={"file": ("IMG_0001.jpg", data, "image/jpeg")}, data={"strength": "low"})
+        assert r.status_code == 202, r.text
+        job_id = r.json()["id"]
+        body: dict[str, Any] = {}
+        for _ in range(12):  # long polls of at most 30 s each (the stack's cap): bounded
+            body = http.get(f"/v1/jobs/{job_id}", headers={"Prefer": "wait=30"}).json()
+            if body["status"] in ("succeeded", "failed", "canceled"):
+                break
+        assert body["status"] == "succeeded", body
+        [item] = http.get(f"/v1/jobs/{job_id}/outputs").json()["data"]
+        delivered = httpx.get(item["url"], timeout=60).content
+    check_phone_result(upright, delivered, body["report"]["photos"][0])
 
 
 def test_webhook_receiver_verifies_signatures() -> None:
