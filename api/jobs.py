@@ -70,6 +70,7 @@ class JobRecord(BaseModel):
         default_factory=list, description="stronger core eps to retry with, in order, while min_success is unmet"
     )
     previews: bool = False
+    keep_metadata: bool = False
     input: InputRef
     output_prefix: str
     outputs: list[OutputRef] | None = None

@@ -72,6 +72,7 @@ def task_payload(job: JobRecord, settings: Settings) -> dict[str, Any]:
         "min_success": job.min_success,
         "escalation": job.escalation,
         "previews": job.previews,
+        "keep_metadata": job.keep_metadata,
         "input": job.input.model_dump(mode="json"),
         "output_bucket": settings.s3_bucket,
         "output_prefix": job.output_prefix,

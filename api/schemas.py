@@ -48,6 +48,9 @@ class JobOptions(BaseModel):
         description="success rate the receipt must show under every condition (clean, JPEG q90/q75, 0.5x "
         "resize); below it the worker retries with the method's stronger presets, then fails the photo",
     )
+    keep_metadata: bool = Field(
+        default=False, description="write the photo's EXIF (camera, date, GPS) into the output; none by default"
+    )
     previews: bool = Field(
         default=False,
         description="also write previews/<stem>-perturbation.png (amplified) and previews/<stem>-edits.png "
@@ -121,6 +124,7 @@ class Job(BaseModel):
     output_format: str
     min_success: float | None = None
     previews: bool = False
+    keep_metadata: bool = False
     input: JobInputOut
     progress: Progress
     created_at: datetime
@@ -163,6 +167,7 @@ def job_out(job: JobRecord, attempts: list[dict[str, Any]] | None = None) -> Job
         output_format=job.output_format,
         min_success=job.min_success,
         previews=job.previews,
+        keep_metadata=job.keep_metadata,
         input=JobInputOut(
             kind=job.kind,
             filename=job.input.filename,

@@ -62,6 +62,7 @@ class Resolved:
     min_success: float | None
     escalation: list[float]
     previews: bool
+    keep_metadata: bool
     webhook_url: str | None
     webhook_events: list[str]
     metadata: dict[str, Any]
@@ -131,6 +132,7 @@ def resolve_options(opts: JobOptions, catalog: Catalog, settings: Settings) -> R
         min_success=opts.min_success,
         escalation=[round(v * method.core_eps_scale, 10) for v in stronger],
         previews=opts.previews,
+        keep_metadata=opts.keep_metadata,
         webhook_url=opts.webhook_url,
         webhook_events=events if opts.webhook_url else [],
         metadata=dict(opts.metadata or {}),
@@ -169,6 +171,7 @@ def _new_job(
         min_success=r.min_success,
         escalation=r.escalation,
         previews=r.previews,
+        keep_metadata=r.keep_metadata,
         input=inp,
         output_prefix=output_prefix(principal.tenant, job_id),
         progress_total=1 if kind == "image" else 0,

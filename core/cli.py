@@ -96,6 +96,10 @@ def protect(
         "either way.")] = False,
     max_faces: Annotated[int, typer.Option(help="Protect at most this many faces per photo (the surest).",
                                            min=1)] = 8,
+    refine: Annotated[int, typer.Option(min=0, max=4, help="Rounds protecting the framing a detector finds "
+                                        "on the protected photo (keeps the better).")] = 1,
+    keep_metadata: Annotated[bool, typer.Option(help="Write the photos' EXIF (camera, date, GPS) into the "
+                                                "outputs; by default none is written.")] = False,
 ) -> None:
     """Protect the faces in photos: writes OUT/<name>.png and OUT/report.json (quality and forger success
     per photo and per face).
@@ -123,7 +127,8 @@ def protect(
         for src in files:
             dst = _output_path(out, src, suffix, used)
             try:
-                results.append(protect_file(protection, src, dst, whole_image=whole_image, max_faces=max_faces))
+                results.append(protect_file(protection, src, dst, whole_image=whole_image, max_faces=max_faces,
+                                            refine=refine, keep_metadata=keep_metadata))
                 if results[-1]["protection"] == "no_face":
                     no_face += 1
                     err_console.print(f"[yellow]no face found[/yellow] in {src}: not protected, not written "
@@ -306,7 +311,8 @@ def demo(
 
     src = demo_image(out)
     protect([src], out=out, method=method, forger=forger, eps=None, steps=steps, objective=None, seed=0,
-            eot=None, eot_samples=1, fmt="png", device="cpu", whole_image=False, max_faces=8)
+            eot=None, eot_samples=1, fmt="png", device="cpu", whole_image=False, max_faces=8, refine=1,
+            keep_metadata=False)
 
 
 @train_app.command("forger")

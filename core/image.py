@@ -13,13 +13,15 @@ import io
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 DEFAULT_MAX_PIXELS = 50_000_000
+ORIENTATION_TAG = 0x0112
+GPS_IFD = 0x8825
 LOSSY_FORMATS = {"JPEG", "WEBP"}
 SUFFIX_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}
 # What a folder of photos may hold (anything Pillow decodes as a still image is accepted when named).
@@ -38,6 +40,9 @@ class LoadedImage:
     alpha: np.ndarray | None
     format: str | None
     icc_profile: bytes | None = None
+    # The source's EXIF block (camera, date, GPS, ...) without its orientation, which the pixels already
+    # have: written back only when a user asks to keep the metadata (see encode_image).
+    exif: bytes | None = None
 
     @property
     def size(self) -> tuple[int, int]:
@@ -102,7 +107,17 @@ def load_image(source: str | Path | bytes | IO[bytes], max_pixels: int = DEFAULT
         raise ImageError(f"cannot apply EXIF orientation: {exc}") from None
     rgb, alpha = _to_float_rgb(img)
     tensor = torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1)))[None] * 2.0 - 1.0
-    return LoadedImage(tensor.contiguous(), alpha, fmt, icc if img.mode != "CMYK" else None)
+    return LoadedImage(tensor.contiguous(), alpha, fmt, icc if img.mode != "CMYK" else None, _exif_of(img))
+
+
+def _exif_of(img: Image.Image) -> bytes | None:
+    """The EXIF block with the orientation tag dropped (the pixels are upright now), or None."""
+    try:
+        exif = img.getexif()
+        exif.pop(ORIENTATION_TAG, None)
+        return exif.tobytes() if len(exif) or exif.get_ifd(GPS_IFD) else None
+    except Exception:  # a broken EXIF block is metadata we cannot keep, not a photo we cannot protect
+        return None
 
 
 def quantize(x: torch.Tensor) -> torch.Tensor:
@@ -134,12 +149,13 @@ def to_pil(x: torch.Tensor, alpha: np.ndarray | None = None) -> Image.Image:
 
 def encode_image(
     x: torch.Tensor, fmt: str = "PNG", alpha: np.ndarray | None = None, quality: int = 95,
-    icc_profile: bytes | None = None,
+    icc_profile: bytes | None = None, exif: bytes | None = None,
 ) -> bytes:
     """Encode a [-1, 1] image; PNG unless a lossy format is asked for explicitly.
 
-    No metadata (EXIF, GPS, text) is written; only the ICC colour profile the pixels are in, when given,
-    so that they are displayed with the colours of the original.
+    No metadata (EXIF, GPS, text) is written unless ``exif`` is given (a user who asked to keep the
+    source's, see :attr:`LoadedImage.exif`); the ICC colour profile the pixels are in is, when given, so
+    that they are displayed with the colours of the original.
     """
     fmt = fmt.upper()
     if fmt == "JPG":
@@ -148,7 +164,9 @@ def encode_image(
         raise ImageError(f"unsupported output format {fmt!r}; use PNG, JPEG or WEBP")
     img = to_pil(x, None if fmt == "JPEG" else alpha)
     buf = io.BytesIO()
-    extra = {"icc_profile": icc_profile} if icc_profile else {}
+    extra: dict[str, Any] = {"icc_profile": icc_profile} if icc_profile else {}
+    if exif:
+        extra["exif"] = exif
     if fmt == "PNG":
         img.save(buf, "PNG", optimize=False, compress_level=6, **extra)
     else:
@@ -158,15 +176,15 @@ def encode_image(
 
 def save_image(
     x: torch.Tensor, path: str | Path, alpha: np.ndarray | None = None, quality: int = 95,
-    icc_profile: bytes | None = None,
+    icc_profile: bytes | None = None, exif: bytes | None = None,
 ) -> Path:
-    """Write an image; the format follows the suffix (``.png`` unless told otherwise)."""
+    """Write an image; the format follows the suffix (``.png`` unless told otherwise); see encode_image."""
     path = Path(path)
     fmt = SUFFIX_FORMATS.get(path.suffix.lower())
     if fmt is None:
         raise ImageError(f"unsupported output suffix {path.suffix!r}; use .png, .jpg or .webp")
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(encode_image(x, fmt, alpha, quality, icc_profile))
+    path.write_bytes(encode_image(x, fmt, alpha, quality, icc_profile, exif))
     return path
 
 

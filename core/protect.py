@@ -25,7 +25,7 @@ from core.device import resolve_device
 from core.evaluate import PSNR_CAP, Tally, measure, summarize
 from core.faces import DEFAULT_MAX_FACES, Face, Frame, RoundTrip, align_crop, box_iou, detect_faces, paste_back
 from core.forgers import Forger, create_forger
-from core.image import LoadedImage, encode_image, load_image, quantize, save_image
+from core.image import SUFFIX_FORMATS, LoadedImage, encode_image, load_image, quantize, save_image
 from core.methods import Protection, create_method
 from core.receipt import RECEIPT_CONDITIONS, attacker_crops, forger_numbers, photo_receipt
 from core.targets import fixed_targets, select_edits, targets_for
@@ -78,6 +78,7 @@ class Protected:
     frames: list[Face] | None = None
     targets: torch.Tensor | None = None
     edits: list[str] | None = None
+    faces: list[Face] | None = None  # the faces the perturbation was made for and pasted at
 
 
 def work_size(protection: Protection) -> int:
@@ -177,6 +178,8 @@ def protect_images(
     verify: bool = True,
     output_format: str = "PNG",
     receipt_conditions: Sequence[str] = RECEIPT_CONDITIONS,
+    refine: int = 1,
+    keep_metadata: bool = False,
 ) -> list[Protected]:
     """Protect the faces of decoded photos in one batch; measure each photo as delivered, at full size.
 
@@ -193,7 +196,12 @@ def protect_images(
     protected photo, cropped from it and from the clean photo alike (see :func:`photo_report`), clean and
     under each of ``receipt_conditions`` (the receipt, :mod:`core.receipt`). ``output_format`` other than
     PNG (JPEG, WEBP) encodes the delivered photo first, so that everything is measured on what is delivered
-    (``Protected.encoded`` holds the file).
+    (``Protected.encoded`` holds the file; with the source's EXIF when ``keep_metadata``).
+
+    ``refine`` rounds: a face detector frames a protected face a pixel or a percent differently from the
+    clean one, and that alone can void a perturbation made for the first framing. Each round detects the
+    faces again on the protected photo, as an attacker would, protects the crops of that framing, and keeps
+    whichever of the two protections the forgers fail on more often (seen through that same re-detection).
     """
     if max_faces < 1:
         raise ValueError(f"max_faces must be at least 1, got {max_faces}")
@@ -219,25 +227,16 @@ def protect_images(
             job.targets = select_edits(targets_for(job.crops, protection.attributes, classifier=classifier),
                                        protection.attributes, only)
     busy = [job for job in jobs if job.crops is not None]
-    if busy:
-        crops = torch.cat([job.crops for job in busy if job.crops is not None])
-        targets = torch.cat([job.targets for job in busy if job.targets is not None])
-        frames: list[tuple[Frame, tuple[int, int]] | None] = []
-        for job in busy:
-            frames += [(face.frame(), job.image.size) for face in job.faces] if job.faces else [None]
-        # optimise what an attacker's crop of the delivered photo will hold, not the crop itself
-        through = copy.copy(protection)
-        through.eot = RoundTrip(crops, frames, then=protection.eot)
-        advs = through(crops, targets=targets)
-        for job, adv in zip(busy, advs.split([len(job.crops) for job in busy if job.crops is not None]),
-                            strict=True):
-            job.advs = adv
+    _protect_crops(protection, busy)
     for job in jobs:
         job.x_adv, job.within_budget = _deliver(protection, job)
-        if output_format.upper() != "PNG" and job.crops is not None:
+    _refine(protection, [job for job in busy if job.faces], max_faces, refine)
+    for job in jobs:
+        if output_format.upper() != "PNG" and job.crops is not None and job.x_adv is not None:
             # Lossy output: measure (and deliver) the pixels a reader of the file will decode.
             job.encoded = encode_image(job.x_adv.cpu(), output_format.upper(), alpha=job.image.alpha,
-                                       icc_profile=job.image.icc_profile)
+                                       icc_profile=job.image.icc_profile,
+                                       exif=job.image.exif if keep_metadata else None)
             # within_budget stays about the protection itself; linf, PSNR, ... and the receipt see the file.
             job.x_adv = load_image(job.encoded).tensor.to(job.x.device)
     seconds = (time.perf_counter() - start) / max(len(images), 1)
@@ -250,8 +249,76 @@ def protect_images(
         report["report_seconds"] = time.perf_counter() - report_start
         out.append(Protected(job.image, job.x_adv.cpu() if job.x_adv is not None else job.image.tensor.clone(),
                              report, job.encoded, job.frames or (job.faces or None), job.targets,
-                             list(only) if only is not None else list(protection.attributes)))
+                             list(only) if only is not None else list(protection.attributes), job.faces or None))
     return out
+
+
+def _protect_crops(protection: Protection, jobs: Sequence[_Job]) -> None:
+    """Protect the crops of all ``jobs`` in one batch (sets ``job.advs``)."""
+    if not jobs:
+        return
+    crops = torch.cat([job.crops for job in jobs if job.crops is not None])
+    targets = torch.cat([job.targets for job in jobs if job.targets is not None])
+    frames: list[tuple[Frame, tuple[int, int]] | None] = []
+    for job in jobs:
+        frames += [(face.frame(), job.image.size) for face in job.faces] if job.faces else [None]
+    # optimise what an attacker's crop of the delivered photo will hold, not the crop itself
+    through = copy.copy(protection)
+    through.eot = RoundTrip(crops, frames, then=protection.eot)
+    advs = through(crops, targets=targets)
+    for job, adv in zip(jobs, advs.split([len(job.crops) for job in jobs if job.crops is not None]), strict=True):
+        job.advs = adv
+
+
+def _attacker_frames(job: _Job, max_faces: int) -> tuple[list[Face], list[bool]]:
+    """The faces as detected again on the protected photo (matched to ours by overlap), and which matched."""
+    assert job.x_adv is not None
+    again = detect_faces(job.x_adv.cpu(), max_faces=max(max_faces, len(job.faces)) * 2)
+    frames: list[Face] = []
+    matched: list[bool] = []
+    for face in job.faces:
+        best = max(again, key=lambda f: box_iou(f.box, face.box), default=None)
+        hit = best is not None and box_iou(best.box, face.box) >= 0.3
+        frames.append(best if hit and best is not None else face)
+        matched.append(hit)
+    return frames, matched
+
+
+def _attacker_success(protection: Protection, job: _Job, frames: Sequence[Face]) -> float:
+    """Mean success rate of the forgers on the attacker's crops (``frames``) of the delivered photo."""
+    assert job.x_adv is not None and job.targets is not None
+    size = work_size(protection)
+    tally = measure(attacker_crops(job.x, frames, size), attacker_crops(job.x_adv, frames, size), job.targets,
+                    protection.forgers, ("clean",))
+    rates = [v["success_rate"] for v in forger_numbers(tally, protection.forgers).values()
+             if v["success_rate"] is not None]
+    return sum(rates) / len(rates) if rates else 0.0
+
+
+def _refine(protection: Protection, jobs: list[_Job], max_faces: int, rounds: int) -> None:
+    """Protect again for the framing an attacker finds on the protected photo; keep the better (see
+    :func:`protect_images`)."""
+    size = work_size(protection)
+    for _ in range(rounds):
+        before: dict[int, tuple[Any, ...]] = {}
+        todo = []
+        for job in jobs:
+            frames, matched = _attacker_frames(job, max_faces)
+            score = _attacker_success(protection, job, frames)
+            if score >= 1.0 or not any(matched):
+                continue
+            before[id(job)] = (job.faces, job.crops, job.advs, job.x_adv, job.within_budget, score)
+            job.faces = frames
+            job.crops = torch.cat([quantize(align_crop(job.x, f, size)) for f in frames])
+            todo.append(job)
+        _protect_crops(protection, todo)
+        for job in todo:
+            job.x_adv, job.within_budget = _deliver(protection, job)
+            if _attacker_success(protection, job, _attacker_frames(job, max_faces)[0]) < before[id(job)][-1]:
+                job.faces, job.crops, job.advs, job.x_adv, job.within_budget, _ = before[id(job)]
+                jobs.remove(job)  # the same framing would give the same result again
+        if not todo:
+            return
 
 
 def _deliver(protection: Protection, job: _Job) -> tuple[torch.Tensor, bool]:
@@ -385,18 +452,10 @@ def _face_reports(
     """Per face: where, within budget, and the forgers' numbers on the attacker's crops; and over all faces."""
     assert job.crops is not None and job.advs is not None and job.targets is not None and job.x_adv is not None
     size = job.crops.shape[-1]
-    again = detect_faces(job.x_adv.cpu(), max_faces=max(max_faces, len(job.faces)) * 2) if verify else []
-    frames: list[Face] = []
-    matched: list[bool] = []
-    for face in job.faces:
-        best = max(again, key=lambda f: box_iou(f.box, face.box), default=None)
-        hit = best is not None and box_iou(best.box, face.box) >= 0.3
-        frames.append(best if hit and best is not None else face)
-        matched.append(hit)
+    frames, matched = _attacker_frames(job, max_faces) if verify else (list(job.faces), [False] * len(job.faces))
     job.frames = frames
     if verify:
-        clean = torch.cat([quantize(align_crop(job.x, f, size)) for f in frames])
-        seen = torch.cat([quantize(align_crop(job.x_adv, f, size)) for f in frames])
+        clean, seen = attacker_crops(job.x, frames, size), attacker_crops(job.x_adv, frames, size)
     else:  # the crops the protection was computed on
         clean, seen = job.crops, job.advs
     overall = Tally()
@@ -420,14 +479,23 @@ def _face_reports(
 
 
 def protect_file(
-    protection: Protection, src: Path, dst: Path, whole_image: bool = False, max_faces: int = DEFAULT_MAX_FACES
+    protection: Protection, src: Path, dst: Path, whole_image: bool = False, max_faces: int = DEFAULT_MAX_FACES,
+    refine: int = 1, keep_metadata: bool = False,
 ) -> dict[str, Any]:
     """Load ``src``, protect its faces, write ``dst`` (PNG unless its suffix asks otherwise); return the report.
 
-    A photo with no face is not written (``"output": None``) unless ``whole_image`` protects it whole.
+    A photo with no face is not written (``"output": None``) unless ``whole_image`` protects it whole. A JPEG
+    or WebP ``dst`` is measured as delivered; ``keep_metadata`` writes the source's EXIF (GPS included).
     """
-    result = protect_image(protection, load_image(src), whole_image=whole_image, max_faces=max_faces)
+    fmt = SUFFIX_FORMATS.get(dst.suffix.lower(), "PNG")
+    result = protect_image(protection, load_image(src), whole_image=whole_image, max_faces=max_faces, refine=refine,
+                           output_format=fmt, keep_metadata=keep_metadata)
     if result.report["protection"] == "no_face":
         return {"input": str(src), "output": None, **result.report}
-    save_image(result.x_adv, dst, alpha=result.image.alpha, icc_profile=result.image.icc_profile)
+    if result.encoded is not None:
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        dst.write_bytes(result.encoded)
+    else:
+        save_image(result.x_adv, dst, alpha=result.image.alpha, icc_profile=result.image.icc_profile,
+                   exif=result.image.exif if keep_metadata else None)
     return {"input": str(src), "output": str(dst), **result.report}

@@ -201,6 +201,7 @@ def protect(
     min_success: float | None = None,
     stronger: Sequence[Callable[[], Protection]] = (),
     previews: bool = False,
+    keep_metadata: bool = False,
 ) -> list[PhotoResult]:
     """Protect decoded photos in one batch (covering only the ``targets`` attribute edits when given) and
     encode each (PNG unless JPEG/WebP was asked for; the receipt measures the encoded photo).
@@ -208,6 +209,7 @@ def protect(
     ``min_success``: photos whose receipt falls below it are protected again with each of ``stronger``
     (builders of stronger protections, weakest first) until it is met; a photo that never meets it gets
     ``error`` set. ``previews``: also render the amplified perturbation and the first forger's edits.
+    ``keep_metadata``: write the photo's EXIF (without orientation) into the output; none by default.
     """
     from core.image import encode_image
     from core.protect import protect_images
@@ -217,7 +219,8 @@ def protect(
 
     def run(prot: Protection, photos: Sequence[LoadedImage]) -> list[Any]:
         # Faces when the detector finds them; a photo without one is protected whole, not returned as is.
-        return protect_images(prot, photos, only=targets, whole_image=True, output_format=fmt)
+        return protect_images(prot, photos, only=targets, whole_image=True, output_format=fmt,
+                              keep_metadata=keep_metadata)
 
     done = run(protection, images)
     used = [protection] * len(done)
@@ -233,7 +236,8 @@ def protect(
     for result, prot, tries in zip(done, used, attempts, strict=True):
         width, height = result.image.size
         data = result.encoded or encode_image(result.x_adv, fmt, alpha=result.image.alpha,
-                                              icc_profile=result.image.icc_profile)
+                                              icc_profile=result.image.icc_profile,
+                                              exif=result.image.exif if keep_metadata else None)
         rendered = render_previews(prot, result) if previews and result.targets is not None else {}
         photo = PhotoResult(data, _plain(result.report), width, height, rendered)
         if min_success is not None:

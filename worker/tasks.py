@@ -83,6 +83,7 @@ class Payload(BaseModel):
     min_success: float | None = None
     escalation: list[float] = []  # stronger core eps, weakest first, tried while min_success is unmet
     previews: bool = False
+    keep_metadata: bool = False
     input: InputRef
     output_bucket: str | None = None
     output_prefix: str
@@ -337,7 +338,7 @@ def run_protect(p: Payload, protection: Any, images: list[Any], previews: bool =
     """models.protect with the job's options; ``min_success`` retries with the job's stronger budgets."""
     stronger = [functools.partial(build_protection, p, eps) for eps in p.escalation]
     return models.protect(protection, images, p.output_format, p.targets, min_success=p.min_success,
-                          stronger=stronger, previews=previews)
+                          stronger=stronger, previews=previews, keep_metadata=p.keep_metadata)
 
 
 def build_protection(p: Payload, core_eps: float | None = None) -> Any:

@@ -62,6 +62,7 @@ def test_enqueue_by_name_on_queues(settings: Settings, rclient: redis.Redis) -> 
             "min_success",
             "escalation",
             "previews",
+            "keep_metadata",
             "input",
             "output_bucket",
             "output_prefix",

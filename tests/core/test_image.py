@@ -131,3 +131,21 @@ def test_icc_profile_is_kept_and_exif_dropped() -> None:
         out = Image.open(io.BytesIO(encode_image(loaded.tensor, fmt, icc_profile=loaded.icc_profile)))
         assert out.info.get("icc_profile") == icc, fmt
         assert len(out.getexif()) == 0, fmt
+
+
+def test_metadata_is_kept_only_when_asked_and_without_the_orientation() -> None:
+    img = Image.fromarray(gradient_rgb())
+    exif = img.getexif()
+    exif[0x0112] = 6  # stored rotated
+    exif[0x010F] = "PhoneMaker"
+    exif[0x8825] = {1: "N", 2: (48.0, 51.0, 24.0)}
+    loaded = load_image(encode(img, "JPEG", quality=95, exif=exif))
+    assert loaded.size == (24, 40) and loaded.exif is not None  # rotated upright
+    for fmt in ("PNG", "JPEG", "WEBP"):
+        out = Image.open(io.BytesIO(encode_image(loaded.tensor, fmt, exif=loaded.exif))).getexif()
+        assert out[0x010F] == "PhoneMaker", fmt
+        assert out.get_ifd(0x8825)[1] == "N", fmt
+        assert 0x0112 not in out, fmt  # the pixels are upright: a viewer must not rotate them again
+        assert len(Image.open(io.BytesIO(encode_image(loaded.tensor, fmt))).getexif()) == 0, fmt
+    plain = load_image(encode(Image.fromarray(gradient_rgb()), "PNG"))
+    assert plain.exif is None

@@ -159,3 +159,25 @@ def test_previews_are_rendered_as_pngs() -> None:
     assert result.report["previews"]["columns"] == ["input", "Male"]
     [plain] = models.protect(protection, [image], "png")
     assert plain.previews == {} and "previews" not in plain.report
+
+
+def test_metadata_is_written_only_when_the_job_asks() -> None:
+    import io
+
+    from PIL import Image
+
+    from core.forgers import create_forger
+    from core.methods import create_method
+
+    forger = create_forger("stargan", config="tiny", pretrained=False)
+    protection = create_method("pgd", [forger], eps=0.05, steps=1, seed=1)
+    img = Image.open(io.BytesIO(face_png(36, 28)))
+    exif = img.getexif()
+    exif[0x010F] = "PhoneMaker"
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", quality=95, exif=exif)
+    image = models.decode(buf.getvalue(), max_pixels=10_000)
+    [kept] = models.protect(protection, [image], "png", keep_metadata=True)
+    [plain] = models.protect(protection, [image], "png")
+    assert Image.open(io.BytesIO(kept.data)).getexif()[0x010F] == "PhoneMaker"
+    assert len(Image.open(io.BytesIO(plain.data)).getexif()) == 0
