@@ -12,6 +12,7 @@ from core.methods import create_method
 from core.protect import protect_images
 from core.receipt import RECEIPT_CONDITIONS, attacker_crops, photo_receipt
 from core.targets import fixed_targets
+from core.transforms.conditions import apply_condition
 
 
 def smooth(h: int, w: int, seed: int) -> torch.Tensor:
@@ -105,3 +106,19 @@ def test_previews_show_the_perturbation_and_both_rows_of_edits(forger: torch.nn.
     [untouched] = protect_images(protection, [image])
     with pytest.raises(ValueError, match="nothing was protected"):
         edits_preview(forger, untouched, size=32)
+
+
+@pytest.mark.parametrize("condition", ["clean", "jpeg90", "jpeg75", "resize0.5", "blur1"])
+def test_conditions_on_face_windows_equal_the_whole_photo(condition: str) -> None:
+    from core.receipt import conditioned_crops, face_window
+
+    g = torch.Generator().manual_seed(7)
+    x = quantize((smooth(360, 420, 8) + 0.1 * torch.randn(1, 3, 360, 420, generator=g)).clamp(-1, 1))
+    frames = [Frame(101.3, 97.8, 90.0, 0.1), Frame(300.5, 250.2, 120.0, -0.05), Frame(30.0, 330.0, 50.0)]
+    for frame in frames:
+        x0, y0, x1, y1 = face_window(frame, 420, 360)
+        assert x0 % 16 == 0 and y0 % 16 == 0 and 0 <= x0 < x1 <= 420 and 0 <= y0 < y1 <= 360
+    windowed = conditioned_crops(condition, x, frames, 32)
+    whole = attacker_crops(apply_condition(condition, x), frames, 32)
+    # Identical up to float rounding of the resampling: the window holds everything the crop depends on.
+    assert (windowed - whole).abs().max() < 1e-4, condition
