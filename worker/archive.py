@@ -262,6 +262,7 @@ CSV_FIELDS = (
     "within_budget", "seconds",
 )
 FORGER_FIELDS = ("success_rate", "distortion", "nullification")
+RECEIPT_FIELDS = ("min_success_rate", "weakest")
 
 
 def output_name(name: str, ext: str, index: int, taken: set[str]) -> str:
@@ -297,7 +298,10 @@ def report_document(job: dict[str, Any], results: Sequence[EntryResult]) -> dict
 
 def report_csv(results: Sequence[EntryResult]) -> str:
     forgers = sorted({f for r in results for f in ((r.report or {}).get("forgers") or {})})
-    columns = [*CSV_FIELDS, *(f"{f}_{k}" for f in forgers for k in FORGER_FIELDS)]
+    conditions = list(dict.fromkeys(c for r in results for c in (((r.report or {}).get("receipt") or {})
+                                                                 .get("conditions") or {})))
+    columns = [*CSV_FIELDS, *(f"{f}_{k}" for f in forgers for k in FORGER_FIELDS),
+               *(f"receipt_{c}" for c in conditions), *RECEIPT_FIELDS]
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
     writer.writeheader()
@@ -311,6 +315,11 @@ def report_csv(results: Sequence[EntryResult]) -> str:
         for f in forgers:
             for k in FORGER_FIELDS:
                 row[f"{f}_{k}"] = ((rep.get("forgers") or {}).get(f) or {}).get(k, "")
+        receipt = rep.get("receipt") or {}
+        for c in conditions:  # the receipt: success rate per condition, and the weakest
+            row[f"receipt_{c}"] = ((receipt.get("conditions") or {}).get(c) or {}).get("success_rate", "")
+        for k in RECEIPT_FIELDS:
+            row[k] = receipt.get(k, "")
         writer.writerow(row)
     return buf.getvalue()
 

@@ -135,7 +135,9 @@ def test_output_names_keep_folders_and_never_collide() -> None:
 
 def test_reports() -> None:
     rep = {"width": 4, "height": 3, "psnr": 40.0, "ssim": 0.9, "lpips": 0.1, "linf": 0.05, "within_budget": True,
-           "seconds": 0.2, "forgers": {"stargan": {"success_rate": 0.2, "distortion": 0.3, "nullification": 0.4}}}
+           "seconds": 0.2, "forgers": {"stargan": {"success_rate": 0.2, "distortion": 0.3, "nullification": 0.4}},
+           "receipt": {"conditions": {"clean": {"success_rate": 0.2}, "jpeg75": {"success_rate": 0.1}},
+                       "min_success_rate": 0.1, "weakest": "jpeg75"}}
     results = [arc.EntryResult(0, "a.jpg", "ok", output="a.png", key="k", size=10, report=rep),
                arc.EntryResult(1, "b.txt", "error", "not an image")]
     assert arc.EntryResult.from_json(results[0].to_json()) == results[0]
@@ -146,3 +148,6 @@ def test_reports() -> None:
     rows = list(csv.DictReader(io.StringIO(arc.report_csv(results))))
     assert rows[0]["stargan_success_rate"] == "0.2" and rows[0]["output"] == "a.png"
     assert rows[1]["error"] == "not an image" and rows[1]["psnr"] == ""
+    assert (rows[0]["receipt_clean"], rows[0]["receipt_jpeg75"], rows[0]["min_success_rate"], rows[0]["weakest"]) == (
+        "0.2", "0.1", "0.1", "jpeg75")
+    assert rows[1]["receipt_jpeg75"] == "" and rows[1]["weakest"] == ""
