@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from core.image import quantize
-from core.transforms.filters import gaussian_blur, rescale
+from core.transforms.filters import box_blur, gaussian_blur, rescale
 from core.transforms.jpeg import jpeg
 
 Condition = Callable[[Tensor], Tensor]
@@ -27,6 +27,7 @@ CONDITIONS: dict[str, Condition] = {
     "jpeg90": lambda x: jpeg(x, 90),
     "resize0.5": lambda x: quantize(rescale(x, 0.5)),
     "blur1": lambda x: quantize(gaussian_blur(x, 1.0)),
+    "avgblur3": lambda x: quantize(box_blur(x, 3)),
 }
 
 
@@ -40,7 +41,7 @@ def apply_condition(name: str, x: Tensor) -> Tensor:
 
     Args:
         name: one of :func:`condition_names` (``"clean"``, ``"jpeg75"``, ``"jpeg90"``, ``"resize0.5"``,
-            ``"blur1"``).
+            ``"blur1"``, ``"avgblur3"``).
         x: ``(N, 3, H, W)`` in [-1, 1], expected to be on the 8-bit grid already (see
             :func:`core.image.quantize`); ``"clean"`` returns it unchanged (detached).
 

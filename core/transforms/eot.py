@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 import torch
 from torch import Tensor
 
-from core.transforms.filters import gaussian_blur, rescale
+from core.transforms.filters import box_blur, gaussian_blur, rescale
 from core.transforms.jpeg import diff_jpeg
 
 
@@ -72,7 +72,14 @@ DEFAULT_TRANSFORMS: dict[str, TransformSpec] = {
     "jpeg": TransformSpec("jpeg", _jpeg, 50, 95, integer=True),
     "blur": TransformSpec("blur", gaussian_blur, 0.5, 1.5),
     "resize": TransformSpec("resize", rescale, 0.5, 0.9),
+    "avgblur": TransformSpec("avgblur", lambda x, k: box_blur(x, int(k)), 2, 9, integer=True),
+    "wideblur": TransformSpec("wideblur", gaussian_blur, 0.5, 3.0),
 }
+
+# Names that stand for several transforms. "spread": the spread-spectrum evasion of blur defences of Ruiz et
+# al. (Disrupting Deepfakes, 2020): a defender may blur the input with a Gaussian or an average filter of a
+# size the attacker does not know, so every step meets one drawn from the whole spectrum of both.
+GROUPS: dict[str, tuple[str, ...]] = {"spread": ("wideblur", "avgblur")}
 
 
 class EoT:
@@ -97,15 +104,16 @@ class EoT:
 
     @classmethod
     def from_names(cls, names: Sequence[str], ranges: Mapping[str, tuple[float, float]] | None = None) -> EoT:
-        """Build from names in :data:`DEFAULT_TRANSFORMS`, optionally overriding ``(low, high)`` ranges.
+        """Build from names in :data:`DEFAULT_TRANSFORMS` or :data:`GROUPS`, optionally overriding ranges.
 
         Raises:
             ValueError: for an unknown name (the message lists the known ones) or an empty list.
         """
         ranges = dict(ranges or {})
+        names = [member for name in names for member in GROUPS.get(name, (name,))]
         unknown = [n for n in [*names, *ranges] if n not in DEFAULT_TRANSFORMS]
         if unknown:
-            known = ", ".join(DEFAULT_TRANSFORMS)
+            known = ", ".join([*DEFAULT_TRANSFORMS, *GROUPS])
             raise ValueError(f"unknown EoT transform(s) {', '.join(map(repr, unknown))}; known: {known}")
         specs = []
         for name in names:

@@ -62,6 +62,27 @@ def gaussian_blur(x: Tensor, sigma: float, kernel_size: int | None = None) -> Te
     return F.conv2d(x, k.view(1, 1, size, 1).expand(c, 1, size, 1), groups=c)
 
 
+def box_blur(x: Tensor, size: int) -> Tensor:
+    """Average (box) blur over ``size`` x ``size`` pixels, reflect padding, differentiable w.r.t. ``x``.
+
+    Args:
+        x: ``(N, C, H, W)`` float tensor.
+        size: kernel side >= 1 (1 returns ``x``); an even side puts the extra pixel after the centre.
+
+    Returns:
+        ``(N, C, H, W)``, same dtype and device; constants are preserved.
+    """
+    _check_images(x, "box_blur")
+    if size < 1:
+        raise ValueError(f"box_blur: size must be >= 1, got {size}")
+    if size == 1:
+        return x
+    before, after = (size - 1) // 2, size // 2
+    h, w = x.shape[-2:]
+    mode = "reflect" if after < h and after < w else "replicate"
+    return F.avg_pool2d(F.pad(x, (before, after, before, after), mode=mode), size, stride=1)
+
+
 def rescale(x: Tensor, scale: float) -> Tensor:
     """Resize by ``scale`` then back to the original size (bilinear, antialiased), differentiable.
 

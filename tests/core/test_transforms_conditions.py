@@ -7,6 +7,7 @@ import torch
 
 from core.image import quantize
 from core.transforms import apply_condition, condition_names, gaussian_blur, jpeg, rescale
+from core.transforms.filters import box_blur
 
 
 def _image() -> torch.Tensor:
@@ -18,7 +19,7 @@ def _image() -> torch.Tensor:
 
 
 def test_names() -> None:
-    assert condition_names() == ["clean", "jpeg75", "jpeg90", "resize0.5", "blur1"]
+    assert condition_names() == ["clean", "jpeg75", "jpeg90", "resize0.5", "blur1", "avgblur3"]
 
 
 @pytest.mark.parametrize("name", condition_names())
@@ -39,12 +40,13 @@ def test_conditions_are_the_real_operations() -> None:
     assert torch.equal(apply_condition("jpeg90", x), jpeg(x, 90))
     assert torch.equal(apply_condition("resize0.5", x), quantize(rescale(x, 0.5)))
     assert torch.equal(apply_condition("blur1", x), quantize(gaussian_blur(x, 1.0)))
+    assert torch.equal(apply_condition("avgblur3", x), quantize(box_blur(x, 3)))
     # Stronger compression loses more.
     assert (apply_condition("jpeg75", x) - x).abs().mean() > (apply_condition("jpeg90", x) - x).abs().mean()
 
 
 def test_unknown_condition_lists_known_ones() -> None:
     with pytest.raises(
-        ValueError, match=r"unknown condition 'jpeg50'.*clean, jpeg75, jpeg90, resize0\.5, blur1"
+        ValueError, match=r"unknown condition 'jpeg50'.*clean, jpeg75, jpeg90, resize0\.5, blur1, avgblur3"
     ):
         apply_condition("jpeg50", _image())

@@ -91,3 +91,17 @@ def test_errors() -> None:
         EoT.from_names([])
     with pytest.raises(ValueError, match="low"):
         TransformSpec("blur", lambda x, s: x, 2.0, 1.0)
+
+
+def test_spread_spectrum_group_draws_both_blurs_over_their_ranges() -> None:
+    eot = EoT.from_names(["spread"])
+    assert eot.names == ["wideblur", "avgblur"]
+    draws = _draws(eot, 1, n=200)
+    sigmas = [p for n, p in draws if n == "wideblur"]
+    sizes = {p for n, p in draws if n == "avgblur"}
+    assert min(sigmas) < 1.0 and max(sigmas) > 2.5 and sizes == {2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0}
+    x = _image(requires_grad=True)
+    eot(x, torch.Generator().manual_seed(0)).sum().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all()
+    with pytest.raises(ValueError, match="spread"):
+        EoT.from_names(["sprad"])

@@ -87,3 +87,22 @@ def test_modules_match_functions() -> None:
     x = torch.rand(1, 3, 12, 12)
     assert torch.equal(GaussianBlur(1.2)(x), gaussian_blur(x, 1.2))
     assert torch.equal(Rescale(0.5)(x), rescale(x, 0.5))
+
+
+def test_box_blur_exact_values() -> None:
+    from core.transforms.filters import box_blur
+
+    impulse = torch.zeros(1, 1, 9, 9, dtype=torch.float64)
+    impulse[..., 4, 4] = 1.0
+    out = box_blur(impulse, 3)
+    assert torch.allclose(out[..., 3:6, 3:6], torch.full((3, 3), 1 / 9, dtype=torch.float64))
+    assert out.sum().item() == pytest.approx(1.0) and out[..., 2, 4].item() == 0.0
+    even = box_blur(impulse, 2)  # the extra pixel after the centre: the impulse reaches up and left
+    assert even[..., 3:5, 3:5].flatten().tolist() == [0.25] * 4 and even[..., 5, 5].item() == 0.0
+    const = torch.full((2, 3, 7, 5), 0.3)
+    assert torch.allclose(box_blur(const, 4), const)
+    assert box_blur(const, 1) is const
+    x = torch.rand(1, 1, 6, 6, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda t: box_blur(t, 3), (x,))
+    with pytest.raises(ValueError, match="size"):
+        box_blur(const, 0)
