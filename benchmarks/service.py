@@ -446,13 +446,14 @@ def run(args: argparse.Namespace) -> int:
                             "torch": torch.__version__, "python": platform.python_version()},
                 "load_average_start": [round(x, 2) for x in load_start],
                 "load_average_end": [round(x, 2) for x in load_end],
-                "forgers": str(folder), "forger_config": forger_config(folder),
+                # No machine paths in committed results: the weights folder relative to the repository.
+                "forgers": _relative(folder), "forger_config": forger_config(folder),
                 "method": args.method, "params": params, "core_eps": core_eps,
                 "worker": {"pool": "solo", "torch_threads": gpu_threads, "device": wsettings.worker_device,
                            "protect_batch_size": wsettings.protect_batch_size,
                            "archive_group_size": wsettings.archive_group_size,
                            "wait_poll_interval_s": wsettings.wait_poll_interval_s},
-                "redis_prefix": prefix, "logs": str(stack.logs),
+                "redis_prefix": prefix,
             },
             "single": singles,
             "raw": raw,
@@ -513,6 +514,13 @@ def print_table(result: dict[str, Any]) -> None:
         print("\nin-process, one photo (median ms): " + ", ".join(f"{k[:-2]} {v * 1000:.0f}" for k, v in one.items()))
     print(f"\ntargets: {result['targets']}; load average start {result['info']['load_average_start']}, "
           f"end {result['info']['load_average_end']}")
+
+
+def _relative(path: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(REPO))
+    except ValueError:
+        return path.name  # outside the repository (e.g. --tiny-forger's temporary folder)
 
 
 def main(argv: list[str] | None = None) -> int:
