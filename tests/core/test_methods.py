@@ -165,3 +165,28 @@ def test_eot_hook_is_used(forger, x: torch.Tensor) -> None:
 
     create_method("pgd", forger, steps=2, eot=eot, eot_samples=2)(x)
     assert len(calls) == 4
+
+
+@pytest.mark.parametrize("name", [n for n in method_names() if not one_pass(n)])
+def test_defends_a_real_face_against_the_shipped_forger(name: str) -> None:
+    """The trained (shipped) StarGAN is the default adversary: on a real face (scikit-image's public-domain
+    astronaut, aligned as CelebA) each iterative method at its default budget defeats most of its edits,
+    where noise of the same budget defeats none."""
+    from skimage import data
+
+    from core.faces import align_crop, detect_faces
+    from core.image import from_uint8, quantize
+    from core.protect import default_classifier, load_forger
+    from core.stress import success_rate
+    from core.targets import targets_for
+
+    torch.set_num_threads(1)
+    forger = load_forger("stargan")
+    assert forger.source.endswith(".safetensors")  # trained weights, not a random init
+    photo = from_uint8(data.astronaut())
+    crop = quantize(align_crop(photo, detect_faces(photo)[0], forger.image_size))
+    targets = targets_for(crop, forger.attributes, classifier=default_classifier())
+    adv = create_method(name, forger, steps=10, seed=0)(crop, targets=targets)
+    noise = create_method(name, forger, steps=0, random_start=True, seed=0)(crop, targets=targets)
+    assert success_rate(forger, crop, adv, targets) >= 0.6
+    assert success_rate(forger, crop, noise, targets) == 0.0
