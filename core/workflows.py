@@ -42,6 +42,20 @@ def _square(x: torch.Tensor, size: int) -> torch.Tensor:
                                            align_corners=False).clamp(-1, 1)
 
 
+def write_tiny_checkpoints(folder: Path) -> Path:
+    """A checkpoints folder whose default ``stargan`` is a random tiny network: for demos of the service
+    without trained weights (``make run RUN_ARGS=--tiny-forger``) and for tests. It edits nothing useful."""
+    from core.forgers import create_forger
+
+    forger = create_forger("stargan", config="tiny", pretrained=False)
+    sha = save_weights(forger.generator.state_dict(), folder / "tiny.safetensors", {"config": "tiny"})
+    manifest = Manifest(folder)
+    manifest.upsert(ManifestEntry(name="stargan-tiny", forger="stargan", file="tiny.safetensors", config="tiny",
+                                  sha256=sha, default=True, info={"iterations": 0, "hardware": "none"}))
+    manifest.save()
+    return folder
+
+
 def load_faces(data: Path, limit: int, size: int) -> tuple[torch.Tensor, torch.Tensor | None, list[str]]:
     """Faces to evaluate on: a CelebA root (validation split, attributes known) or a folder of images."""
     if limit < 1:

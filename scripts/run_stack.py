@@ -221,15 +221,7 @@ def start_s3(stack: Stack, port: int) -> tuple[str, str, str]:
 
 def make_tiny_checkpoints(folder: Path) -> Path:
     """A random tiny StarGAN as the default forger (in a subprocess: this script never imports torch)."""
-    code = (
-        "import sys; from pathlib import Path;"
-        "from core.checkpoints import Manifest, ManifestEntry, save_weights;"
-        "from core.forgers import create_forger;"
-        "d = Path(sys.argv[1]); f = create_forger('stargan', config='tiny', pretrained=False);"
-        "sha = save_weights(f.generator.state_dict(), d / 'tiny.safetensors', {'config': 'tiny'});"
-        "m = Manifest(d); m.upsert(ManifestEntry(name='stargan-tiny', forger='stargan', file='tiny.safetensors',"
-        " config='tiny', sha256=sha, default=True, info={'iterations': 0, 'hardware': 'none'})); m.save()"
-    )
+    code = "import sys, pathlib; from core.workflows import write_tiny_checkpoints as w; w(pathlib.Path(sys.argv[1]))"
     folder.mkdir(parents=True, exist_ok=True)
     run = subprocess.run([sys.executable, "-c", code, str(folder)], cwd=REPO, capture_output=True, text=True)
     if run.returncode != 0:

@@ -56,15 +56,8 @@ def one_thread():
 @pytest.fixture
 def tiny_checkpoints(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A checkpoints folder (``VEIL_CHECKPOINTS``) whose default stargan is a tiny random network."""
-    from core.checkpoints import Manifest, ManifestEntry, save_weights
-    from core.forgers import create_forger
+    from core.workflows import write_tiny_checkpoints
 
     ckpt = tmp_path / "checkpoints"
     monkeypatch.setenv("VEIL_CHECKPOINTS", str(ckpt))
-    forger = create_forger("stargan", config="tiny", pretrained=False)
-    sha = save_weights(forger.generator.state_dict(), ckpt / "tiny.safetensors", {"config": "tiny"})
-    manifest = Manifest(ckpt)
-    manifest.upsert(ManifestEntry(name="stargan-tiny", forger="stargan", file="tiny.safetensors", config="tiny",
-                                  sha256=sha, default=True, info={"iterations": 0, "hardware": "none"}))
-    manifest.save()
-    return ckpt
+    return write_tiny_checkpoints(ckpt)

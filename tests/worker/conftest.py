@@ -52,18 +52,10 @@ REDIS_URL = _api.REDIS_URL
 
 @pytest.fixture(scope="session")
 def tiny_checkpoints(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A checkpoints folder whose default stargan is a tiny random network (as tests/core/test_cli.py)."""
-    from core.checkpoints import Manifest, ManifestEntry, save_weights
-    from core.forgers import create_forger
+    """A checkpoints folder whose default stargan is a tiny random network (for the worker processes)."""
+    from core.workflows import write_tiny_checkpoints
 
-    ckpt = tmp_path_factory.mktemp("checkpoints")
-    forger = create_forger("stargan", config="tiny", pretrained=False)
-    sha = save_weights(forger.generator.state_dict(), ckpt / "tiny.safetensors", {"config": "tiny"})
-    manifest = Manifest(ckpt)
-    manifest.upsert(ManifestEntry(name="stargan-tiny", forger="stargan", file="tiny.safetensors", config="tiny",
-                                  sha256=sha, default=True, info={"iterations": 0, "hardware": "none"}))
-    manifest.save()
-    return ckpt
+    return write_tiny_checkpoints(tmp_path_factory.mktemp("checkpoints"))
 
 
 WORKER_TEST_SETTINGS: dict[str, Any] = {
