@@ -7,6 +7,7 @@ listed in ``checkpoints/manifest.json`` with its sha256 and the facts of its tra
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -132,13 +133,17 @@ class Manifest:
     def __init__(self, directory: Path | None = None) -> None:
         self.directory = Path(directory) if directory else checkpoints_dir()
         self.path = self.directory / MANIFEST_NAME
-        self.entries: list[ManifestEntry] = []
-        if self.path.is_file():
-            try:
-                data = json.loads(self.path.read_text())
-            except json.JSONDecodeError as exc:
-                raise CheckpointError(f"{self.path} is not valid JSON: {exc}") from exc
-            self.entries = [ManifestEntry.from_json(e) for e in data.get("models", [])]
+        self.entries = self._read()
+        self._loaded = {e.name: e.to_json() for e in self.entries}
+
+    def _read(self) -> list[ManifestEntry]:
+        if not self.path.is_file():
+            return []
+        try:
+            data = json.loads(self.path.read_text())
+        except json.JSONDecodeError as exc:
+            raise CheckpointError(f"{self.path} is not valid JSON: {exc}") from exc
+        return [ManifestEntry.from_json(e) for e in data.get("models", [])]
 
     def find(self, name: str) -> ManifestEntry | None:
         return next((e for e in self.entries if e.name == name), None)
@@ -165,6 +170,19 @@ class Manifest:
                     other.default = False
 
     def save(self) -> None:
+        """Write the entries this instance added or changed into the manifest as it is on disk now.
+
+        Two processes (an export and a measurement, say) may each hold a Manifest loaded earlier: each
+        merges only its own changes, under a lock, so neither drops the other's entries.
+        """
         self.directory.mkdir(parents=True, exist_ok=True)
-        data = {"version": 1, "models": [e.to_json() for e in self.entries]}
-        self.path.write_text(json.dumps(data, indent=2) + "\n")
+        with open(self.directory / f".{MANIFEST_NAME}.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            changed = {e.name: e for e in self.entries if self._loaded.get(e.name) != e.to_json()}
+            merged = [changed.pop(e.name, e) for e in self._read()] + list(changed.values())
+            data = {"version": 1, "models": [e.to_json() for e in merged]}
+            tmp = self.path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(data, indent=2) + "\n")
+            tmp.replace(self.path)
+        self.entries = merged
+        self._loaded = {e.name: e.to_json() for e in merged}

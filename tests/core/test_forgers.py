@@ -140,3 +140,22 @@ def test_pickles_load_weights_only(tmp_path: Path) -> None:
     torch.save({"x": Evil()}, path)
     with pytest.raises(CheckpointError):
         create_forger("stargan", path)
+
+
+def test_manifest_saves_merge_instead_of_overwriting(tmp_path: Path) -> None:
+    """An export and a measurement running at once each hold a manifest loaded earlier: neither may drop
+    what the other wrote."""
+    base = Manifest(tmp_path)
+    base.upsert(ManifestEntry(name="s", forger="stargan", file="s.safetensors", config="tiny", default=True))
+    base.save()
+    exporter, measurer = Manifest(tmp_path), Manifest(tmp_path)
+    exporter.upsert(ManifestEntry(name="a", forger="attgan", file="a.safetensors", config="tiny", default=True))
+    found = measurer.find("s")
+    assert found is not None
+    found.info["metrics"] = {"edit_strength": 0.1}
+    exporter.save()
+    measurer.save()
+    final = Manifest(tmp_path)
+    assert [e.name for e in final.entries] == ["s", "a"]
+    assert final.find("s").info["metrics"] == {"edit_strength": 0.1}  # type: ignore[union-attr]
+    assert measurer.find("a") is not None  # the saver sees the merged manifest afterwards
