@@ -35,6 +35,7 @@ def test_classifier_card_accuracy(celeba_root: Path, tmp_path: Path) -> None:
 
 @pytest.mark.dataset
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # every shipped forger on 2,000 faces: minutes each on a busy 2-core CPU
 def test_forger_cards_recomputed(celeba_root: Path) -> None:
     """Every shipped forger's card numbers, recomputed from its weights on the validation faces."""
     from core.forger_eval import measure_forger
