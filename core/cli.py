@@ -338,7 +338,7 @@ def train_forger(
 @train_app.command("generator")
 @friendly_errors
 def train_generator_cmd(
-    method: Annotated[str, typer.Option("--method", "-m", help="retentive or dwt-chroma.")] = "retentive",
+    method: Annotated[str, typer.Option("--method", "-m", help="retentive, dwt-chroma or initiative.")] = "retentive",
     forger: ForgerOpt = ["stargan"],  # noqa: B006 (typer reads the default)
     forger_checkpoint: Annotated[list[str] | None, typer.Option(
         help="Weights of each --forger, in order (file or manifest entry; default: shipped).")] = None,

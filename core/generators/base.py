@@ -33,7 +33,7 @@ from torch import nn
 from core.checkpoints import CheckpointError, Manifest, ManifestEntry, load_weights
 from core.forgers import Forger
 from core.generators.features import FeatureDistance, feature_distance
-from core.generators.nets import generator_config
+from core.generators.nets import PerturbationUNet, generator_config
 from core.methods.base import Protection, expand_targets
 
 log = logging.getLogger(__name__)
@@ -174,6 +174,21 @@ class GeneratorMethod(Protection):
     ) -> tuple[torch.Tensor, dict[str, float]]:
         """The loss to minimise for a batch (x, targets (N, T, A)), and its terms for the log."""
 
+    # ----- networks trained beside the generator (none by default; initiative's surrogate forger) ------
+    def auxiliary(self) -> nn.Module | None:
+        """A network the trainer updates with its own optimiser before each generator step, or None."""
+        return None
+
+    def auxiliary_loss(
+        self, x: torch.Tensor, targets: torch.Tensor, gen: torch.Generator
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        """The auxiliary network's loss for a batch, and its terms for the log."""
+        raise NotImplementedError(f"{self.name} trains no auxiliary network")
+
+    def generator_active(self, iteration: int) -> bool:
+        """Whether the generator learns at this iteration (False: the auxiliary network warms up alone)."""
+        return True
+
     # ----- the one pass -------------------------------------------------------------------------------
     def noise(self, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         """The generator's noise input: seeded uniform in [-1, 1] with ``random_start``, else zeros."""
@@ -219,3 +234,32 @@ class GeneratorMethod(Protection):
         """G(x, c) of every forger over every target: (N*T, 3, H, W) each, differentiable in x."""
         xs, cs = expand_targets(x, targets)
         return [f(xs, cs) for f in self.forgers]
+
+
+class RGBGeneratorMethod(GeneratorMethod):
+    """A one-pass method whose U-Net writes an RGB perturbation: ``x_adv = clamp(x + eps * tanh(P(x, z)))``,
+    an L-inf ball of radius ``eps`` on [-1, 1]. Subclasses define the training objective."""
+
+    budget_units = "L-inf on [-1, 1]"
+    eps_range = (0.0, 0.5)
+
+    def build_net(self, config: dict[str, Any]) -> nn.Module:
+        return PerturbationUNet(3 + int(config["noise_channels"]), 3, int(config["width"]), int(config["depth"]))
+
+    def noise_shape(self, x: torch.Tensor) -> tuple[int, ...]:
+        return (x.shape[0], int(self.config["noise_channels"]), x.shape[2], x.shape[3])
+
+    def generate(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        logits = self.net(torch.cat([x, z], dim=1))
+        return (x + self.eps * torch.tanh(logits)).clamp(-1, 1)
+
+    def noise_baseline(self, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        return (x + self.uniform(x.shape, self.eps, gen, x)).clamp(-1, 1)
+
+    def magnitude_loss(self, x_adv: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        """``lambda_mag * mse(x_adv, x) + lambda_feat * d_VGG16(x_adv, x)``: the imperceptibility term."""
+        l_pix = (x_adv - x).pow(2).mean()
+        features = self.features(x.device)
+        l_feat = features(x_adv, x).mean() if features is not None else x.new_zeros(())
+        loss = float(self.options["lambda_mag"]) * l_pix + float(self.options.get("lambda_feat", 0.0)) * l_feat
+        return loss, {"l_pix": l_pix.item(), "l_feat": l_feat.item()}

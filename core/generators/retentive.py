@@ -3,18 +3,14 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
-from torch import nn
 
-from core.generators.base import GeneratorMethod
-from core.generators.nets import PerturbationUNet
+from core.generators.base import RGBGeneratorMethod
 from core.methods.base import METHODS
 
 
 @METHODS.register("retentive")
-class Retentive(GeneratorMethod):
+class Retentive(RGBGeneratorMethod):
     """One pass of a U-Net P: ``x_adv = clamp(x + eps * tanh(P(x, z)), -1, 1)``, an RGB L-inf ball.
 
     Trained against frozen forgers G for the nullifying objective (the edit of a protected face returns
@@ -44,33 +40,14 @@ class Retentive(GeneratorMethod):
 
     name = "retentive"
     paper = "Jiang et al., Towards Retentive Proactive Defense Against DeepFakes, TRIDENTCOM 2023"
-    budget_units = "L-inf on [-1, 1]"
     defaults = {"eps": 0.05, "steps": 1, "objective": "nullify", "random_start": True}
-    eps_range = (0.0, 0.5)
     option_defaults = {"lambda_mag": 10.0, "lambda_feat": 1.0, "lambda_adv": 1.0}
-
-    def build_net(self, config: dict[str, Any]) -> nn.Module:
-        return PerturbationUNet(3 + int(config["noise_channels"]), 3, int(config["width"]), int(config["depth"]))
-
-    def noise_shape(self, x: torch.Tensor) -> tuple[int, ...]:
-        return (x.shape[0], int(self.config["noise_channels"]), x.shape[2], x.shape[3])
-
-    def generate(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        logits = self.net(torch.cat([x, z], dim=1))
-        return (x + self.eps * torch.tanh(logits)).clamp(-1, 1)
-
-    def noise_baseline(self, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-        return (x + self.uniform(x.shape, self.eps, gen, x)).clamp(-1, 1)
 
     def training_loss(
         self, x: torch.Tensor, targets: torch.Tensor, gen: torch.Generator
     ) -> tuple[torch.Tensor, dict[str, float]]:
-        opts = self.options
         x_adv = self.generate(x, self.noise(x, gen))
-        l_pix = (x_adv - x).pow(2).mean()
-        features = self.features(x.device)
-        l_feat = features(x_adv, x).mean() if features is not None else x.new_zeros(())
-        l_mag = float(opts["lambda_mag"]) * l_pix + float(opts["lambda_feat"]) * l_feat
+        l_mag, mag_logs = self.magnitude_loss(x_adv, x)
         n = x.shape[0]
         l_adv = x.new_zeros(())
         if self.objective == "nullify":
@@ -85,5 +62,5 @@ class Retentive(GeneratorMethod):
                 refs = self.forger_outputs(seen_clean, targets)
             for out, ref in zip(self.forger_outputs(seen, targets), refs, strict=True):
                 l_adv = l_adv - (out - ref).pow(2).flatten(1).mean(1).sum() / n
-        loss = l_mag + float(opts["lambda_adv"]) * l_adv
-        return loss, {"loss": loss.item(), "l_pix": l_pix.item(), "l_feat": l_feat.item(), "l_adv": l_adv.item()}
+        loss = l_mag + float(self.options["lambda_adv"]) * l_adv
+        return loss, {"loss": loss.item(), **mag_logs, "l_adv": l_adv.item()}

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import core.generators  # noqa: F401  (registers the one-pass methods: retentive, dwt-chroma)
+import core.generators  # noqa: F401  (registers the one-pass methods: retentive, dwt-chroma, initiative)
 from core.forgers import Forger
 from core.methods import anti_forgery as _anti_forgery  # noqa: F401  (registers)
 from core.methods import dwt_pgd as _dwt_pgd  # noqa: F401  (registers)

@@ -1,10 +1,14 @@
-"""Resumable trainer for the one-pass generator methods (``retentive``, ``dwt-chroma``) on CelebA faces.
+"""Resumable trainer for the one-pass generator methods (``retentive``, ``dwt-chroma``, ``initiative``) on
+CelebA faces.
 
 The forgers are frozen (shipped weights by default, any checkpoint, or - for smoke tests only - random
 weights); only the generator learns, end to end through the method's own
 :meth:`~core.generators.GeneratorMethod.training_loss` over every single-attribute target edit of each
 face (or a random subset of ``targets_per_step`` of them per iteration, for CPU runs). Adam, optional
 linear learning-rate decay, optional EoT (random JPEG / blur / resize between generator and forgers).
+A method with an auxiliary network (``initiative``'s surrogate forger) has it updated by its own Adam
+(``surrogate_lr``) before every generator step, alternating the two; the generator waits while the
+method says so (a warm-up).
 
 A run directory holds ``state.pt`` (generator, optimiser, RNG states, data order, iteration, the
 random forgers if any; written atomically), ``log.jsonl`` (losses; validation numbers with ``"val"``),
@@ -28,7 +32,7 @@ from core.data import FacePack
 from core.device import resolve_device
 from core.evaluate import measure_batch, summarize
 from core.forgers import Forger, create_forger
-from core.generators import ROLE, GeneratorMethod
+from core.generators import ROLE, GeneratorMethod, Initiative
 from core.image import make_grid, save_image
 from core.methods import create_method, method_class
 from core.targets import targets_for
@@ -39,6 +43,7 @@ from core.transforms import EoT
 RECIPES: dict[str, dict[str, Any]] = {
     "retentive": dict(batch_size=16, lr=1e-4, iters=20_000),
     "dwt-chroma": dict(batch_size=16, lr=1e-4, iters=20_000),
+    "initiative": dict(batch_size=16, lr=1e-4, iters=20_000),
 }
 
 
@@ -126,6 +131,12 @@ class GeneratorTrainer(ResumableTrainer):
         self.method = method
         self.net = method.net.to(self.device)
         self.opt = torch.optim.Adam(self.net.parameters(), cfg.lr, betas=cfg.betas)
+        self.aux = method.auxiliary()
+        self.aux_opt = None
+        if self.aux is not None:
+            self.aux.to(self.device)
+            self.aux_opt = torch.optim.Adam(self.aux.parameters(), float(method.options["surrogate_lr"]),
+                                            betas=(0.5, 0.999))
         self.iteration = 0
         self.data_gen = torch.Generator().manual_seed(cfg.seed)
         self.noise_gen = torch.Generator().manual_seed(cfg.seed + 1)  # noise maps, EoT draws, target subsets
@@ -170,10 +181,19 @@ class GeneratorTrainer(ResumableTrainer):
         lr = self.lr_at(self.iteration)
         for group in self.opt.param_groups:
             group["lr"] = lr
-        loss, logs = self.method.training_loss(x, self.targets(x, c_org), self.noise_gen)
-        self.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        self.opt.step()
+        targets = self.targets(x, c_org)
+        logs: dict[str, float] = {}
+        if self.aux_opt is not None:
+            aux_loss, logs = self.method.auxiliary_loss(x, targets, self.noise_gen)
+            self.aux_opt.zero_grad(set_to_none=True)
+            aux_loss.backward()
+            self.aux_opt.step()
+        if self.method.generator_active(self.iteration):
+            loss, gen_logs = self.method.training_loss(x, targets, self.noise_gen)
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            self.opt.step()
+            logs.update(gen_logs)
         logs["lr"] = lr
         return logs
 
@@ -198,6 +218,9 @@ class GeneratorTrainer(ResumableTrainer):
         }
         if self.cfg.forger_random:
             state["random_forgers"] = [f.generator.state_dict() for f in self.forgers]
+        if self.aux is not None and self.aux_opt is not None:
+            state["aux"] = self.aux.state_dict()
+            state["aux_opt"] = self.aux_opt.state_dict()
         return state
 
     def resume(self) -> bool:
@@ -211,6 +234,9 @@ class GeneratorTrainer(ResumableTrainer):
                                  f"{getattr(self.cfg, key)!r}; use another --run-dir")
         self.net.load_state_dict(state["net"])
         self.opt.load_state_dict(state["opt"])
+        if self.aux is not None and self.aux_opt is not None:
+            self.aux.load_state_dict(state["aux"])
+            self.aux_opt.load_state_dict(state["aux_opt"])
         for forger, weights in zip(self.forgers, state.get("random_forgers", []), strict=False):
             forger.generator.load_state_dict(weights)
         torch.set_rng_state(state["torch_rng"])
@@ -250,6 +276,8 @@ class GeneratorTrainer(ResumableTrainer):
             record[f"{name}/noise_distortion"] = base["distortion"]
             record[f"{name}/noise_nullification"] = base["nullification"]
             record[f"{name}/edit_strength"] = row["edit_strength"]
+        if isinstance(self.method, Initiative):
+            record.update(self.method.imitation_error(x, x_adv, targets_for(x, self.method.attributes, c)))
         self._sample(x, x_adv, c)
         self.last_val = {"iter": self.iteration, **record}
         return record

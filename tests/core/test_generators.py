@@ -1,4 +1,5 @@
-"""The one-pass generator methods (retentive, dwt-chroma): networks, budgets, weights, saliency, one pass."""
+"""The one-pass generator methods (retentive, dwt-chroma, initiative): networks, budgets, weights, saliency,
+one pass."""
 
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ from core.transforms import rgb_to_ycbcr
 from tests.conftest import synthetic_faces
 from tests.core.test_protect import photo
 
-GENERATORS = ("retentive", "dwt-chroma")
+GENERATORS = ("retentive", "dwt-chroma", "initiative")
 
 
 @pytest.fixture(scope="module")

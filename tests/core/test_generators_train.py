@@ -11,6 +11,7 @@ import torch
 
 from core.checkpoints import CheckpointError, Manifest
 from core.forgers import create_forger
+from core.generators import Initiative
 from core.methods import create_method
 from core.train.generator import (
     GeneratorTrainConfig,
@@ -119,3 +120,48 @@ def test_export_and_load(tmp_path: Path, root: Path, monkeypatch: pytest.MonkeyP
     bad = runner.invoke(app, [*args[:9], str(smoke), "--option", "lambda_feat"])
     assert bad.exit_code == 2 and "KEY=VALUE" in bad.output
     assert parse_options(["saliency=center", "mask_floor=0.3"]) == {"saliency": "center", "mask_floor": 0.3}
+
+
+def test_initiative_imitates_the_black_box_and_never_differentiates_through_it(tmp_path: Path, root: Path) -> None:
+    options = {"lambda_feat": 0.0, "surrogate_config": "tiny", "warmup": 4, "surrogate_lr": 1e-2}
+    trainer = GeneratorTrainer(config(tmp_path, root, "i", "initiative", iters=16, targets_per_step=2,
+                                      options=options))
+    method = trainer.method
+    assert isinstance(method, Initiative) and trainer.aux is method.auxiliary()
+    calls: list[tuple[bool, bool, bool]] = []
+    hook = trainer.forgers[0].register_forward_hook(
+        lambda _m, inp, out: calls.append((torch.is_grad_enabled(), inp[0].requires_grad, out.requires_grad)))
+    trainer.load_data()
+    assert trainer.train_data is not None
+    x, c = trainer.train_data[torch.arange(4)]
+    targets = trainer.targets(x, c)
+    start = {k: v.clone() for k, v in trainer.net.state_dict().items()}
+    before = method.imitation_error(x, x, targets)["surrogate_mse_clean"]
+    try:
+        trainer.train(max_iters=4, progress=False)  # the warm-up: the surrogate imitates, the generator waits
+        assert all(torch.equal(v, trainer.net.state_dict()[k]) for k, v in start.items())
+        trainer.train(progress=False)
+    finally:
+        hook.remove()
+    assert not all(torch.equal(v, trainer.net.state_dict()[k]) for k, v in start.items())
+    assert method.imitation_error(x, x, targets)["surrogate_mse_clean"] < before
+    # The target was only ever queried: no autograd around it, no gradient into or out of it.
+    assert calls and all(call == (False, False, False) for call in calls), set(calls)
+    val = [json.loads(line)["val"] for line in (tmp_path / "i" / "log.jsonl").read_text().splitlines()
+           if "val" in json.loads(line)]
+    assert {"stargan/success_rate", "surrogate_mse_clean", "surrogate_mse_protected"} <= set(val[-1])
+
+
+def test_initiative_resume_is_exact(tmp_path: Path, root: Path, one_thread: None) -> None:
+    options = {"lambda_feat": 0.0, "surrogate_config": "tiny", "warmup": 2}
+    straight = GeneratorTrainer(config(tmp_path, root, "a", "initiative", targets_per_step=2, options=options))
+    straight.train(progress=False)
+    first = GeneratorTrainer(config(tmp_path, root, "b", "initiative", targets_per_step=2, options=options))
+    first.train(max_iters=3, progress=False)
+    second = GeneratorTrainer(config(tmp_path, root, "b", "initiative", targets_per_step=2, options=options))
+    assert second.resume() and second.iteration == 3
+    second.train(progress=False)
+    assert straight.aux is not None and second.aux is not None
+    for a, b in ((straight.net, second.net), (straight.aux, second.aux)):
+        for key, value in a.state_dict().items():
+            assert torch.equal(value, b.state_dict()[key]), key
