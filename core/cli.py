@@ -196,6 +196,8 @@ def eval_cmd(
     batch: Annotated[int, typer.Option(help="Faces per batch.")] = 8,
     size: Annotated[int, typer.Option(help="Face size in pixels (faces are resized to it).")] = 128,
     condition: Annotated[list[str], typer.Option("--condition", "-c", help="Channel conditions.")] = ["clean"],  # noqa: B006
+    transfer: Annotated[list[str] | None, typer.Option(
+        "--transfer", help="Also measure against these forgers, which the protection does not target.")] = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path("out/eval"),
     grids: Annotated[bool, typer.Option(help="Write a PNG grid per face.")] = True,
     device: DeviceOpt = "cpu",
@@ -220,7 +222,7 @@ def eval_cmd(
             summaries.append(evaluate_faces(
                 m, forger, faces, attrs, names, condition, batch, out / m if grids else None, device,
                 dict(eps=eps, steps=steps, objective=objective, seed=seed, eot=eot, eot_samples=eot_samples),
-                advance,
+                advance, transfer or (),
             ))
     out.mkdir(parents=True, exist_ok=True)
     table = markdown_table(summaries)

@@ -164,9 +164,11 @@ def markdown_table(summaries: Sequence[dict[str, Any]]) -> str:
     for s in summaries:
         lp = s["lpips"]
         lp_txt = f"{lp:.4f}" if isinstance(lp, float) else str(lp)
+        targeted = s["method"].get("forgers", [])
         for r in s["rows"]:
+            forger = r["forger"] if r["forger"] in targeted else f"{r['forger']} (transfer)"
             lines.append(
-                f"| {r['method']} | {r['forger']} | {r['condition']} | {_pct(r['success_rate'])} | "
+                f"| {r['method']} | {forger} | {r['condition']} | {_pct(r['success_rate'])} | "
                 f"{_f(r['distortion'])} | {_f(r['nullification'])} | {_f(s['psnr'], 2)} | {_f(s['ssim'])} | "
                 f"{lp_txt} | {_f(s['seconds_per_face'], 3)} |"
             )

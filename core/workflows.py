@@ -13,9 +13,10 @@ from PIL import Image
 
 from core.checkpoints import CheckpointError, Manifest, ManifestEntry, checkpoints_dir, save_weights
 from core.data import celeba_available, preprocess_face, read_index
+from core.device import resolve_device
 from core.evaluate import Tally, measure_batch, summarize
 from core.image import INPUT_SUFFIXES, load_image, make_grid, save_image
-from core.protect import build_protection
+from core.protect import build_protection, load_forger
 from core.targets import targets_for
 
 DEMO_NAME = "astronaut.png"
@@ -103,20 +104,25 @@ def evaluate_faces(
     device: str,
     options: dict[str, Any],
     advance: Callable[[int], Any] = lambda n: None,
+    transfer: Sequence[str] = (),
 ) -> dict[str, Any]:
+    """Protect ``faces`` with ``method`` against ``forgers`` and measure it on them, and on the
+    ``transfer`` forgers (which the protection does not target: how it transfers to other editors)."""
     protection = build_protection(method, forgers, device=device, **options)
+    measured = list(protection.forgers) + [load_forger(f, None, resolve_device(device)) for f in transfer
+                                             if f not in forgers]
     tally = Tally()
     for start in range(0, len(faces), batch):
         x = faces[start : start + batch].to(device)
         c = attrs[start : start + batch].to(device) if attrs is not None else None
-        x_adv, tally = measure_batch(protection, x, c, conditions=conditions, tally=tally)
+        x_adv, tally = measure_batch(protection, x, c, measured, conditions=conditions, tally=tally)
         if grid_dir is not None:
             targets = targets_for(x, protection.attributes, c)
             for i in range(x.shape[0]):
                 grid = face_grid(protection, x[i : i + 1], x_adv[i : i + 1], targets[i])
                 save_image(grid, grid_dir / f"{Path(names[start + i]).stem}.png")
         advance(x.shape[0])
-    return summarize(tally, protection, protection.forgers, conditions)
+    return summarize(tally, protection, measured, conditions)
 
 
 def train_forger(

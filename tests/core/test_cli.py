@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -109,6 +110,30 @@ def test_eval_folder_writes_tables_and_grids(tiny_checkpoints: Path, photos: Pat
     assert {r["condition"] for r in rows} == {"clean", "jpeg75"}
     assert "| pgd | stargan | clean |" in (out / "results.md").read_text()
     assert len(list((out / "pgd").glob("*.png"))) == 2
+
+
+def test_eval_measures_transfer_to_forgers_it_does_not_target(
+    tiny_checkpoints: Path, photos: Path, tmp_path: Path
+) -> None:
+    from core.checkpoints import Manifest, ManifestEntry, save_weights
+    from core.forgers import create_forger
+
+    torch.manual_seed(3)  # another tiny editor, listed as the shipped fpgan
+    other = create_forger("fpgan", config="tiny", pretrained=False)
+    sha = save_weights(other.generator.state_dict(), tiny_checkpoints / "fpgan-tiny.safetensors", {"config": "tiny"})
+    manifest = Manifest(tiny_checkpoints)
+    manifest.upsert(ManifestEntry(name="fpgan-tiny", forger="fpgan", file="fpgan-tiny.safetensors", config="tiny",
+                                  sha256=sha, default=True))
+    manifest.save()
+    out = tmp_path / "eval"
+    result = run("eval", str(photos), "-m", "pgd", "--steps", "2", "--size", "32", "--transfer", "fpgan",
+                 "--transfer", "stargan", "-o", str(out), "--no-grids")
+    assert result.exit_code == 0, result.output
+    summary = json.loads((out / "results.json").read_text())["summaries"][0]
+    assert summary["method"]["forgers"] == ["stargan"]  # the protection targets only the stargan
+    assert [r["forger"] for r in summary["rows"]] == ["stargan", "fpgan"]
+    table = (out / "results.md").read_text()
+    assert "| pgd | stargan | clean |" in table and "| pgd | fpgan (transfer) | clean |" in table
 
 
 def test_same_stems_do_not_overwrite(tiny_checkpoints: Path, tmp_path: Path) -> None:
