@@ -84,6 +84,19 @@ def locate_generator(
     return path, None
 
 
+_WEIGHTS: dict[tuple[str, int, int], tuple[dict[str, torch.Tensor], dict[str, Any]]] = {}
+
+
+def _cached_weights(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """A generator's weights, read once per process (workers build a method per job) and again only when
+    the file changes. The state dict is only ever copied into a network, never changed in place."""
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_mtime_ns, stat.st_size)
+    if key not in _WEIGHTS:
+        _WEIGHTS[key] = load_weights(path)
+    return _WEIGHTS[key]
+
+
 class GeneratorMethod(Protection):
     """Base of the one-pass methods: checkpoint loading, the single pass, the noise baseline.
 
@@ -124,7 +137,7 @@ class GeneratorMethod(Protection):
         self.source = "random init"
         if pretrained or checkpoint is not None:
             path, entry = locate_generator(self.name, _forger_names(forgers), checkpoint)
-            state, meta = load_weights(path)
+            state, meta = _cached_weights(path)
             if meta.get("method", self.name) != self.name:
                 raise CheckpointError(f"{path} holds {meta['method']} weights, not {self.name}")
             self.source = str(path)

@@ -11,9 +11,11 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from core.image import quantize
+from core.transforms.color import rgb_to_ycbcr, ycbcr_to_rgb
 from core.transforms.filters import box_blur, gaussian_blur, rescale
 from core.transforms.jpeg import jpeg
 
@@ -21,10 +23,23 @@ Condition = Callable[[Tensor], Tensor]
 
 # A plain dict (not core.registry.Registry, whose unknown-name error is a KeyError): the set is small
 # and fixed, and an unknown condition name is a bad argument, i.e. a ValueError.
+def chroma_subsample(x: Tensor) -> Tensor:
+    """4:2:0 chroma subsampling alone, as JPEG does it before any quantisation: Cb and Cr averaged over
+    2x2 blocks and spread back (Y kept), on the 8-bit grid. Isolates what subsampling does to a chroma
+    perturbation from what JPEG's quantisation does."""
+    ycc = rgb_to_ycbcr((x + 1) / 2)
+    h, w = x.shape[-2:]
+    chroma = F.interpolate(F.avg_pool2d(ycc[:, 1:], 2, ceil_mode=True), scale_factor=2, mode="nearest")
+    out = ycbcr_to_rgb(torch.cat([ycc[:, :1], chroma[..., :h, :w]], dim=1))
+    return quantize(out.clamp(0, 1) * 2 - 1)
+
+
 CONDITIONS: dict[str, Condition] = {
     "clean": lambda x: x,
     "jpeg75": lambda x: jpeg(x, 75),
     "jpeg90": lambda x: jpeg(x, 90),
+    "jpeg75-444": lambda x: jpeg(x, 75, subsampling="4:4:4"),  # no chroma subsampling
+    "chroma420": chroma_subsample,
     "resize0.5": lambda x: quantize(rescale(x, 0.5)),
     "blur1": lambda x: quantize(gaussian_blur(x, 1.0)),
     "avgblur3": lambda x: quantize(box_blur(x, 3)),
@@ -40,8 +55,8 @@ def apply_condition(name: str, x: Tensor) -> Tensor:
     """Apply the evaluation condition ``name`` to ``x``.
 
     Args:
-        name: one of :func:`condition_names` (``"clean"``, ``"jpeg75"``, ``"jpeg90"``, ``"resize0.5"``,
-            ``"blur1"``, ``"avgblur3"``).
+        name: one of :func:`condition_names` (``"clean"``, ``"jpeg75"``, ``"jpeg90"``, ``"jpeg75-444"``,
+            ``"chroma420"``, ``"resize0.5"``, ``"blur1"``, ``"avgblur3"``).
         x: ``(N, 3, H, W)`` in [-1, 1], expected to be on the 8-bit grid already (see
             :func:`core.image.quantize`); ``"clean"`` returns it unchanged (detached).
 

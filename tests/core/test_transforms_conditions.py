@@ -7,6 +7,7 @@ import torch
 
 from core.image import quantize
 from core.transforms import apply_condition, condition_names, gaussian_blur, jpeg, rescale
+from core.transforms.color import rgb_to_ycbcr, ycbcr_to_rgb
 from core.transforms.filters import box_blur
 
 
@@ -19,7 +20,8 @@ def _image() -> torch.Tensor:
 
 
 def test_names() -> None:
-    assert condition_names() == ["clean", "jpeg75", "jpeg90", "resize0.5", "blur1", "avgblur3"]
+    assert condition_names() == ["clean", "jpeg75", "jpeg90", "jpeg75-444", "chroma420", "resize0.5", "blur1",
+                                 "avgblur3"]
 
 
 @pytest.mark.parametrize("name", condition_names())
@@ -38,6 +40,7 @@ def test_conditions_are_the_real_operations() -> None:
     x = _image()
     assert torch.equal(apply_condition("jpeg75", x), jpeg(x, 75))
     assert torch.equal(apply_condition("jpeg90", x), jpeg(x, 90))
+    assert torch.equal(apply_condition("jpeg75-444", x), jpeg(x, 75, subsampling="4:4:4"))
     assert torch.equal(apply_condition("resize0.5", x), quantize(rescale(x, 0.5)))
     assert torch.equal(apply_condition("blur1", x), quantize(gaussian_blur(x, 1.0)))
     assert torch.equal(apply_condition("avgblur3", x), quantize(box_blur(x, 3)))
@@ -47,6 +50,24 @@ def test_conditions_are_the_real_operations() -> None:
 
 def test_unknown_condition_lists_known_ones() -> None:
     with pytest.raises(
-        ValueError, match=r"unknown condition 'jpeg50'.*clean, jpeg75, jpeg90, resize0\.5, blur1, avgblur3"
+        ValueError, match=r"unknown condition 'jpeg50'.*clean, jpeg75, jpeg90, jpeg75-444, chroma420, resize0\.5"
     ):
         apply_condition("jpeg50", _image())
+
+
+def test_chroma420_is_what_jpeg_subsampling_does_to_chroma() -> None:
+    # A pixel-level chroma checkerboard on a flat luma: 4:2:0 averages it away, 4:4:4 keeps it.
+    ycc = torch.full((1, 3, 16, 16), 0.5)
+    board = (torch.arange(16)[:, None] + torch.arange(16)[None, :]) % 2 * 0.2 - 0.1
+    ycc[0, 1] += board
+    x = quantize(ycbcr_to_rgb(ycc) * 2 - 1)
+    sub = apply_condition("chroma420", x)
+    got = rgb_to_ycbcr((sub + 1) / 2)
+    assert (got[0, 1] - 0.5).abs().max() < 2 / 255  # the chroma pattern is gone ...
+    assert (got[0, 0] - rgb_to_ycbcr((x + 1) / 2)[0, 0]).abs().max() < 2 / 255  # ... luma kept
+    real = jpeg(x, 100)  # libjpeg at quality 100 still subsamples chroma 4:2:0
+    assert (sub - real).abs().mean() < 0.25 * (x - real).abs().mean()
+    assert (jpeg(x, 100, subsampling="4:4:4") - x).abs().mean() < 0.25 * (x - real).abs().mean()
+    # Chroma already constant over 2x2 blocks passes through (up to 8-bit rounding).
+    smooth = quantize(torch.nn.functional.interpolate(_image()[:, :, ::2, ::2], scale_factor=2, mode="nearest"))
+    assert (apply_condition("chroma420", smooth) - smooth).abs().max() <= 2 / 255 + 1e-6
