@@ -227,7 +227,11 @@ def eval_cmd(
     out.mkdir(parents=True, exist_ok=True)
     table = markdown_table(summaries)
     (out / "results.md").write_text(table)
-    (out / "results.json").write_text(json.dumps({"data": str(data), "summaries": summaries}, indent=2) + "\n")
+    settings = {"limit": limit, "size": size, "batch": batch, "forgers": forger, "transfer": transfer or [],
+                "conditions": condition, "seed": seed, "eps": eps, "steps": steps, "objective": objective,
+                "eot": eot, "eot_samples": eot_samples}
+    (out / "results.json").write_text(
+        json.dumps({"data": str(data), "settings": settings, "summaries": summaries}, indent=2) + "\n")
     typer.echo(table)  # plain Markdown, never wrapped
     console.print(f"wrote {out / 'results.md'} and {out / 'results.json'}")
 

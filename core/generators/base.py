@@ -219,7 +219,7 @@ class GeneratorMethod(Protection):
 
     def describe(self) -> dict[str, Any]:
         out = super().describe()
-        out.update(steps=1 if self.steps else 0, step_size=None, one_pass=True, weights=self.source,
+        out.update(steps=1 if self.steps else 0, step_size=None, one_pass=True, weights=Path(self.source).name,
                    config=self.config.get("config_name", self.config), trained_against=self.trained_against)
         return out
 

@@ -413,6 +413,13 @@ def write_generator_card(entry: ManifestEntry) -> Path:
     numbers = "\n".join(f"| {k} | {v:.4g} |" if isinstance(v, float) else f"| {k} | {v} |"
                         for k, v in info.get("metrics", {}).items()) or "| (not measured yet) | |"
     recipe = ", ".join(f"{k} {v}" for k, v in info.get("recipe", {}).items())
+    options = info.get("recipe", {}).get("options", {})
+    black_box = ""
+    if "surrogate" in options:  # initiative: the targets were queried, never differentiated through
+        black_box = (f"\n- Black box: the target forgers were only queried for their edits (no weights, no "
+                     f"gradients); a surrogate `{options['surrogate']}` ({options.get('surrogate_config')}), trained "
+                     f"from those answers alone, was what the generator learned to break "
+                     f"({options.get('warmup')} imitation-only warm-up iterations, then alternating).")
     card = f"""# {entry.name}
 
 The perturbation generator of Veil's one-pass protection method `{entry.forger}` (`{entry.file}`,
@@ -424,7 +431,7 @@ config `{entry.config}`, {info.get("architecture")}): one forward pass protects 
 - Data: {info.get("data")}; {info.get("image_size")} px, [-1, 1]; forgers frozen.
 - Recipe: {recipe}.
 - Iterations: {info.get("iterations")} (batch {info.get("batch_size")}) on {info.get("hardware")}; stored as
-  {info.get("dtype")}; sha256 `{entry.sha256}`.
+  {info.get("dtype")}; sha256 `{entry.sha256}`.{black_box}
 
 ## Measured (validation faces, 8-bit output; `noise_*` is uniform noise of the same budget)
 | number | value |
