@@ -198,12 +198,15 @@ def eval_cmd(
     condition: Annotated[list[str], typer.Option("--condition", "-c", help="Channel conditions.")] = ["clean"],  # noqa: B006
     transfer: Annotated[list[str] | None, typer.Option(
         "--transfer", help="Also measure against these forgers, which the protection does not target.")] = None,
+    option: Annotated[list[str] | None, typer.Option(
+        help="Method option KEY=VALUE, e.g. luma_eps=0.01 for dwt-pgd.")] = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path("out/eval"),
     grids: Annotated[bool, typer.Option(help="Write a PNG grid per face.")] = True,
     device: DeviceOpt = "cpu",
 ) -> None:
     """Evaluate methods x forgers x conditions: Markdown + JSON table and a PNG grid per face."""
     from core.evaluate import markdown_table
+    from core.methods import parse_options
     from core.transforms import condition_names
     from core.workflows import evaluate_faces, load_faces
 
@@ -221,7 +224,8 @@ def eval_cmd(
 
             summaries.append(evaluate_faces(
                 m, forger, faces, attrs, names, condition, batch, out / m if grids else None, device,
-                dict(eps=eps, steps=steps, objective=objective, seed=seed, eot=eot, eot_samples=eot_samples),
+                dict(eps=eps, steps=steps, objective=objective, seed=seed, eot=eot, eot_samples=eot_samples,
+                     **parse_options(option or [])),
                 advance, transfer or (),
             ))
     out.mkdir(parents=True, exist_ok=True)
@@ -229,7 +233,7 @@ def eval_cmd(
     (out / "results.md").write_text(table)
     settings = {"limit": limit, "size": size, "batch": batch, "forgers": forger, "transfer": transfer or [],
                 "conditions": condition, "seed": seed, "eps": eps, "steps": steps, "objective": objective,
-                "eot": eot, "eot_samples": eot_samples}
+                "eot": eot, "eot_samples": eot_samples, "options": parse_options(option or [])}
     (out / "results.json").write_text(
         json.dumps({"data": str(data), "settings": settings, "summaries": summaries}, indent=2) + "\n")
     typer.echo(table)  # plain Markdown, never wrapped
@@ -369,7 +373,8 @@ def train_generator_cmd(
     hardware: Annotated[str, typer.Option(help="What it was trained on, for the model card.")] = "CPU",
 ) -> None:
     """Train a one-pass generator method against frozen forgers; resumes from RUN_DIR/state.pt; Ctrl-C saves."""
-    from core.train.generator import GeneratorTrainConfig, export_generator, parse_options, train_generator
+    from core.methods import parse_options
+    from core.train.generator import GeneratorTrainConfig, export_generator, train_generator
 
     cfg = GeneratorTrainConfig.for_method(
         method, forger, config, run_dir=run_dir, data_dir=data, iters=iters, batch_size=batch_size, lr=lr, eps=eps,

@@ -198,6 +198,20 @@ class Protection(ABC):
         return noise.to(device=like.device, dtype=like.dtype)
 
 
+def parse_options(pairs: list[str]) -> dict[str, Any]:
+    """``["lambda_feat=0.5", "saliency=center"]`` -> ``{"lambda_feat": 0.5, "saliency": "center"}``."""
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"expected KEY=VALUE, got {pair!r}")
+        try:
+            out[key.strip()] = float(value)
+        except ValueError:
+            out[key.strip()] = value.strip()
+    return out
+
+
 def expand_targets(x: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(N, 3, H, W) and (N, T, A) -> (N*T, 3, H, W) and (N*T, A): one forward pass covers all targets."""
     n, t, a = targets.shape

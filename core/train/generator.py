@@ -307,14 +307,25 @@ def fit_generator(
     method: GeneratorMethod, x: torch.Tensor, targets: torch.Tensor | None = None, iters: int = 30,
     lr: float = 3e-2, seed: int = 0,
 ) -> list[float]:
-    """Train ``method``'s generator on one fixed batch (tests and quick experiments, not a recipe);
-    returns the loss of every iteration and leaves the generator frozen for inference."""
+    """Train ``method``'s generator on one fixed batch (tests and quick experiments, not a recipe), with
+    its auxiliary network alternating as in the trainer; returns the generator's loss of every iteration
+    it learned at and leaves the generator frozen for inference."""
     targets = targets if targets is not None else targets_for(x, method.attributes)
     gen = torch.Generator().manual_seed(seed)
     net = method.net.to(x.device).train().requires_grad_(True)
     opt = torch.optim.Adam(net.parameters(), lr)
+    aux = method.auxiliary()
+    aux_lr = float(method.options.get("surrogate_lr", lr))
+    aux_opt = torch.optim.Adam(aux.to(x.device).parameters(), aux_lr) if aux is not None else None
     losses = []
-    for _ in range(iters):
+    for it in range(iters):
+        if aux_opt is not None:
+            aux_loss, _ = method.auxiliary_loss(x, targets, gen)
+            aux_opt.zero_grad(set_to_none=True)
+            aux_loss.backward()
+            aux_opt.step()
+        if not method.generator_active(it):
+            continue
         loss, _ = method.training_loss(x, targets, gen)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -322,20 +333,6 @@ def fit_generator(
         losses.append(loss.item())
     net.requires_grad_(False).eval()
     return losses
-
-
-def parse_options(pairs: list[str]) -> dict[str, Any]:
-    """``["lambda_feat=0.5", "saliency=center"]`` -> ``{"lambda_feat": 0.5, "saliency": "center"}``."""
-    out: dict[str, Any] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key.strip():
-            raise ValueError(f"expected KEY=VALUE, got {pair!r}")
-        try:
-            out[key.strip()] = float(value)
-        except ValueError:
-            out[key.strip()] = value.strip()
-    return out
 
 
 def train_generator(cfg: GeneratorTrainConfig, max_minutes: float | None = None, progress: bool = True) -> int:

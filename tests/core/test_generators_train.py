@@ -12,12 +12,11 @@ import torch
 from core.checkpoints import CheckpointError, Manifest
 from core.forgers import create_forger
 from core.generators import Initiative
-from core.methods import create_method
+from core.methods import create_method, parse_options
 from core.train.generator import (
     GeneratorTrainConfig,
     GeneratorTrainer,
     export_generator,
-    parse_options,
 )
 from tests.core.test_generators import ship_forger
 from tests.core.test_train import fake_celeba

@@ -79,6 +79,7 @@ def test_generator_rows_of_the_eval_table_reproduced(celeba_root: Path) -> None:
         pytest.skip("the table has no one-pass method")
     faces, attrs, names = load_faces(celeba_root, settings["limit"], settings["size"])
     options = {k: settings[k] for k in ("eps", "steps", "objective", "seed", "eot", "eot_samples")}
+    options.update(settings.get("options", {}))
     for want in summaries:
         name = want["method"]["method"]
         got = evaluate_faces(name, settings["forgers"], faces, attrs, names, settings["conditions"],
