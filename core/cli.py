@@ -67,6 +67,8 @@ def _collect_images(inputs: list[Path]) -> list[Path]:
 ForgerOpt = Annotated[list[str], typer.Option("--forger", "-f", help="Forger(s) to protect against.")]
 MethodOpt = Annotated[str, typer.Option("--method", "-m", help="Protection method (see `veil methods`).")]
 EpsOpt = Annotated[float | None, typer.Option(help="Budget, in the method's units (default: method's).")]
+OptionOpt = Annotated[list[str] | None, typer.Option(
+    help="A method option KEY=VALUE (see `veil methods`), e.g. luma_eps=0.02 for dwt-pgd; repeatable.")]
 StepsOpt = Annotated[int | None, typer.Option(help="Iterations (default: method's).")]
 ObjectiveOpt = Annotated[str | None, typer.Option(help="distort or nullify (default: method's).")]
 SeedOpt = Annotated[int, typer.Option(help="Seed of every random choice.")]
@@ -100,6 +102,7 @@ def protect(
                                         "on the protected photo (keeps the better).")] = 1,
     keep_metadata: Annotated[bool, typer.Option(help="Write the photos' EXIF (camera, date, GPS) into the "
                                                 "outputs; by default none is written.")] = False,
+    option: OptionOpt = None,
 ) -> None:
     """Protect the faces in photos: writes OUT/<name>.png and OUT/report.json (quality and forger success
     per photo and per face).
@@ -111,13 +114,14 @@ def protect(
     "protection": "no_face") unless --whole-image asks to protect it whole.
     """
     from core.image import ImageError
+    from core.methods import parse_options
     from core.protect import build_protection, protect_file
 
     if fmt.lower() not in {"png", "jpeg", "jpg", "webp"}:
         raise ValueError(f"unsupported format {fmt!r}; use png, jpeg or webp")
     files = _collect_images(inputs)
     protection = build_protection(method, forger, device=device, eps=eps, steps=steps, objective=objective,
-                                  seed=seed, eot=eot, eot_samples=eot_samples)
+                                  seed=seed, eot=eot, eot_samples=eot_samples, **parse_options(option or []))
     suffix = "." + ("jpg" if fmt.lower() in {"jpeg", "jpg"} else fmt.lower())
     results: list[dict[str, Any]] = []
     failed = no_face = 0
@@ -198,8 +202,7 @@ def eval_cmd(
     condition: Annotated[list[str], typer.Option("--condition", "-c", help="Channel conditions.")] = ["clean"],  # noqa: B006
     transfer: Annotated[list[str] | None, typer.Option(
         "--transfer", help="Also measure against these forgers, which the protection does not target.")] = None,
-    option: Annotated[list[str] | None, typer.Option(
-        help="Method option KEY=VALUE, e.g. luma_eps=0.01 for dwt-pgd.")] = None,
+    option: OptionOpt = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path("out/eval"),
     grids: Annotated[bool, typer.Option(help="Write a PNG grid per face.")] = True,
     device: DeviceOpt = "cpu",
@@ -364,7 +367,7 @@ def train_generator_cmd(
     eps: EpsOpt = None,
     eot: Annotated[str | None, typer.Option(help="Train through random transforms: identity,jpeg,blur,resize.")] = None,
     targets_per_step: Annotated[int | None, typer.Option(help="Target edits per iteration (default all).")] = None,
-    option: Annotated[list[str] | None, typer.Option(help="Method option KEY=VALUE, e.g. lambda_feat=0.5.")] = None,
+    option: OptionOpt = None,
     threads: Annotated[int | None, typer.Option(help="torch CPU threads.")] = None,
     device: DeviceOpt = "cpu",
     limit: Annotated[int | None, typer.Option(help="Use only the first N training faces.")] = None,
