@@ -154,6 +154,7 @@ def build(
 ) -> Protection:
     """The job's protection over this process's resident forgers."""
     init_process(settings)
+    from core.checkpoints import CheckpointError
     from core.protect import build_protection
 
     for name in forgers:  # load (or find cached) first, for a clear error
@@ -169,6 +170,8 @@ def build(
             seed=seed,
             **options,
         )
+    except CheckpointError as exc:  # a one-pass method whose generator weights are missing or broken
+        raise ModelUnavailable(f"method {method!r} unavailable: {exc}") from exc
     except (KeyError, ValueError, TypeError) as exc:
         raise BadOptions(f"invalid options for method {method!r}: {exc}") from exc
 

@@ -181,3 +181,11 @@ def test_metadata_is_written_only_when_the_job_asks() -> None:
     [plain] = models.protect(protection, [image], "png")
     assert Image.open(io.BytesIO(kept.data)).getexif()[0x010F] == "PhoneMaker"
     assert len(Image.open(io.BytesIO(plain.data)).getexif()) == 0
+
+
+def test_a_method_without_its_weights_is_model_unavailable(tiny_checkpoints) -> None:
+    # The tiny checkpoints ship a forger but no generator: a one-pass method cannot run, and says why.
+    with pytest.raises(models.ModelUnavailable, match=r"'retentive' unavailable.*veil train generator"):
+        models.build(WorkerSettings(), "retentive", ["stargan"], 0.05, {"steps": 1}, seed=1)
+    with pytest.raises(models.BadOptions, match="pgd"):
+        models.build(WorkerSettings(), "pgd", ["stargan"], 0.05, {"luma_eps": 0.01}, seed=1)
