@@ -365,6 +365,7 @@ def train_generator_cmd(
     batch_size: Annotated[int | None, typer.Option()] = None,
     lr: Annotated[float | None, typer.Option(help="Adam learning rate.")] = None,
     eps: EpsOpt = None,
+    objective: ObjectiveOpt = None,
     eot: Annotated[str | None, typer.Option(help="Train through random transforms: identity,jpeg,blur,resize.")] = None,
     targets_per_step: Annotated[int | None, typer.Option(help="Target edits per iteration (default all).")] = None,
     option: OptionOpt = None,
@@ -381,6 +382,7 @@ def train_generator_cmd(
 
     cfg = GeneratorTrainConfig.for_method(
         method, forger, config, run_dir=run_dir, data_dir=data, iters=iters, batch_size=batch_size, lr=lr, eps=eps,
+        objective=objective,
         forger_checkpoints=forger_checkpoint, forger_random=forger_random or None, threads=threads, device=device,
         limit=limit, targets_per_step=targets_per_step, options=parse_options(option or []),
         eot=[n.strip() for n in eot.split(",")] if eot else None,
