@@ -19,8 +19,9 @@ class Initiative(RGBGeneratorMethod):
     without ever looking inside the forger it protects against.
 
     The target forgers are black boxes: training only *queries* them, without gradients, for their
-    edits of clean and of protected faces. A surrogate forger S (its own architecture and random
-    initialisation; never the target's weights) learns to imitate those answers, and the generator learns
+    edits of clean and of protected faces. A surrogate forger S (an architecture of the defender's choice,
+    by default StarGAN's compact network, randomly initialised; never the target's weights) learns to
+    imitate those answers, and the generator learns
     to break the surrogate. The two alternate at every iteration, after a warm-up in which S imitates
     alone:
 
