@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 import torch
 from torch import Tensor
 
-from core.transforms.filters import box_blur, gaussian_blur, rescale
+from core.transforms.filters import box_blur, gaussian_blur, random_reframe, rescale
 from core.transforms.jpeg import diff_jpeg
 
 
@@ -74,6 +74,8 @@ DEFAULT_TRANSFORMS: dict[str, TransformSpec] = {
     "resize": TransformSpec("resize", rescale, 0.5, 0.9),
     "avgblur": TransformSpec("avgblur", lambda x, k: box_blur(x, int(k)), 2, 9, integer=True),
     "wideblur": TransformSpec("wideblur", gaussian_blur, 0.5, 3.0),
+    # a detector's new framing of the face: the parameter seeds the shift, scale and rotation it draws
+    "reframe": TransformSpec("reframe", random_reframe, 0.0, 1.0),
 }
 
 # Names that stand for several transforms. "spread": the spread-spectrum evasion of blur defences of Ruiz et

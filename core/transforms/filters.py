@@ -110,6 +110,44 @@ def rescale(x: Tensor, scale: float) -> Tensor:
     return F.interpolate(small, size=(h, w), mode="bilinear", align_corners=False, antialias=True)
 
 
+def reframe(x: Tensor, shift: tuple[float, float] = (0.0, 0.0), scale: float = 1.0, angle: float = 0.0) -> Tensor:
+    """Crop the same images again with a slightly different framing (bilinear resampling), differentiable.
+
+    What a face detector does to a protected face: the attacker's crop is shifted, scaled and rotated a
+    little from the one the protection was made for, and resampled. A perturbation with pixel-period
+    texture does not survive it; training through it (EoT) teaches one that does.
+
+    Args:
+        x: ``(N, C, H, W)`` float tensor.
+        shift: (dx, dy) of the new crop's centre, as fractions of the width and height.
+        scale: > 0, the new crop's side over the old one (> 1 takes in more of the surroundings).
+        angle: the new crop's rotation, radians.
+
+    Returns:
+        ``(N, C, H, W)``, same dtype and device; borders beyond the image repeat its edge pixels.
+        The identity framing returns ``x`` itself.
+    """
+    _check_images(x, "reframe")
+    if scale <= 0:
+        raise ValueError(f"reframe: scale must be > 0, got {scale}")
+    if shift == (0.0, 0.0) and scale == 1.0 and angle == 0.0:
+        return x
+    c, s = math.cos(angle) * scale, math.sin(angle) * scale
+    theta = torch.tensor([[c, -s, 2 * shift[0]], [s, c, 2 * shift[1]]], dtype=x.dtype, device=x.device)
+    grid = F.affine_grid(theta.expand(x.shape[0], 2, 3), list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+def random_reframe(x: Tensor, seed: float, jitter: float = 0.03) -> Tensor:
+    """:func:`reframe` with a framing drawn from ``seed`` (the EoT parameter, in [0, 1)): shift up to
+    ``jitter`` of the side on each axis, scale within 1 +- ``1.5 * jitter``, rotation up to ``jitter``
+    radians (1.7 degrees at 0.03) - about the spread of face detectors' framings."""
+    gen = torch.Generator().manual_seed(int(seed * 2**31))
+    u = torch.rand(4, generator=gen).tolist()
+    return reframe(x, ((2 * u[0] - 1) * jitter, (2 * u[1] - 1) * jitter), 1 + (2 * u[2] - 1) * 1.5 * jitter,
+                   (2 * u[3] - 1) * jitter)
+
+
 class GaussianBlur(nn.Module):
     """Module form of :func:`gaussian_blur`."""
 

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from core.transforms import GaussianBlur, Rescale, gaussian_blur, gaussian_kernel1d, rescale
-from core.transforms.filters import default_kernel_size
+from core.transforms.eot import EoT
+from core.transforms.filters import default_kernel_size, random_reframe, reframe
 
 
 @pytest.mark.parametrize(("sigma", "size"), [(0.5, 5), (1.0, 7), (1.5, 11), (2.0, 13)])
@@ -106,3 +107,26 @@ def test_box_blur_exact_values() -> None:
     assert torch.autograd.gradcheck(lambda t: box_blur(t, 3), (x,))
     with pytest.raises(ValueError, match="size"):
         box_blur(const, 0)
+
+
+def test_reframe_exact_shift_and_identity() -> None:
+    x = torch.arange(2 * 3 * 8 * 16, dtype=torch.float32).reshape(2, 3, 8, 16)
+    assert reframe(x) is x
+    moved = reframe(x, shift=(1 / 16, 0.0))  # the new crop's centre one pixel to the right
+    assert torch.allclose(moved[..., :-1], x[..., 1:], atol=1e-3)
+    assert torch.equal(moved[..., -1], x[..., -1])  # the border repeats the edge
+    down = reframe(x, shift=(0.0, -2 / 8))
+    assert torch.allclose(down[..., 2:, :], x[..., :-2, :], atol=1e-3)
+    with pytest.raises(ValueError, match="scale"):
+        reframe(x, scale=0)
+
+
+def test_random_reframe_is_seeded_differentiable_and_small() -> None:
+    x = torch.rand(1, 3, 32, 32, requires_grad=True)
+    a, b, c = random_reframe(x, 0.25), random_reframe(x, 0.25), random_reframe(x, 0.75)
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    a.sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+    smooth = torch.nn.functional.interpolate(torch.rand(1, 3, 4, 4), size=(32, 32), mode="bilinear")
+    assert (random_reframe(smooth, 0.5) - smooth).abs().mean() < 0.05  # a nudge, not a new picture
+    assert "reframe" in EoT.from_names(["identity", "reframe"]).names
