@@ -430,7 +430,9 @@ config `{entry.config}`, {info.get("architecture")}): one forward pass protects 
 - Iterations: {info.get("iterations")} (batch {info.get("batch_size")}) on {info.get("hardware")}; stored as
   {info.get("dtype")}; sha256 `{entry.sha256}`.{black_box}
 
-## Measured (validation faces, 8-bit output; `noise_*` is uniform noise of the same budget)
+## Measured (the trainer's last validation, on its first few validation faces, 8-bit output; `noise_*` is
+uniform noise of the same budget; `veil eval` measures more faces, conditions and forgers: see the
+tables in `benchmarks/results/`)
 | number | value |
 |---|---|
 {numbers}
