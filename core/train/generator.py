@@ -370,7 +370,7 @@ def export_generator(
     meta = {
         "method": cfg["method"], "role": ROLE, "config": method_cfg, "eps": state["eps"],
         "objective": state["objective"], "options": state["options"], "forgers": cfg["forgers"],
-        "forger_weights": state.get("forger_sources", []), "iterations": iterations,
+        "forger_weights": [Path(s).name for s in state.get("forger_sources", [])], "iterations": iterations,
     }
     file = f"{name}.safetensors"
     sha = save_weights(state["net"], checkpoints_dir() / file, meta, half=half)

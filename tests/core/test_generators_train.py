@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from core.checkpoints import CheckpointError, Manifest
+from core.checkpoints import CheckpointError, Manifest, load_weights
 from core.forgers import create_forger
 from core.generators import Initiative
 from core.methods import create_method, parse_options
@@ -108,6 +108,9 @@ def test_export_and_load(tmp_path: Path, root: Path, monkeypatch: pytest.MonkeyP
     for key, value in method.net.state_dict().items():
         assert torch.equal(value, state["net"][key]), key
     assert method.source.endswith("retentive-stargan-tiny.safetensors") and method.options["lambda_feat"] == 0
+    # The file names the forger weights it was trained against, never a path on the trainer's machine.
+    _, meta = load_weights(tmp_path / "ckpt" / "retentive-stargan-tiny.safetensors")
+    assert meta["forger_weights"] == ["stargan-tiny.safetensors"]
 
     # A smoke run against random forgers is refused at export; a bad option is a one-line error.
     smoke = tmp_path / "smoke"
