@@ -183,8 +183,9 @@ def test_metadata_is_written_only_when_the_job_asks() -> None:
     assert len(Image.open(io.BytesIO(plain.data)).getexif()) == 0
 
 
-def test_a_method_without_its_weights_is_model_unavailable(tiny_checkpoints) -> None:
+def test_a_method_without_its_weights_is_model_unavailable(tiny_checkpoints, monkeypatch) -> None:
     # The tiny checkpoints ship a forger but no generator: a one-pass method cannot run, and says why.
+    monkeypatch.setenv("VEIL_CHECKPOINTS", str(tiny_checkpoints))
     with pytest.raises(models.ModelUnavailable, match=r"'retentive' unavailable.*veil train generator"):
         models.build(WorkerSettings(), "retentive", ["stargan"], 0.05, {"steps": 1}, seed=1)
     with pytest.raises(models.BadOptions, match="pgd"):
