@@ -202,6 +202,10 @@ class GeneratorMethod(Protection):
         """Whether the generator learns at this iteration (False: the auxiliary network warms up alone)."""
         return True
 
+    def validation_extras(self, x: torch.Tensor, x_adv: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:
+        """Numbers of the method's own that the trainer logs with each validation (none by default)."""
+        return {}
+
     # ----- the one pass -------------------------------------------------------------------------------
     def noise(self, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         """The generator's noise input: seeded uniform in [-1, 1] with ``random_start``, else zeros."""

@@ -116,6 +116,9 @@ class Initiative(RGBGeneratorMethod):
         loss = l_mag - float(self.options["lambda_adv"]) * l_adv
         return loss, {"loss": loss.item(), **mag_logs, "l_adv": l_adv.item()}
 
+    def validation_extras(self, x: torch.Tensor, x_adv: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:
+        return self.imitation_error(x, x_adv, targets)
+
     @torch.no_grad()
     def imitation_error(self, x: torch.Tensor, x_adv: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:
         """How far the surrogate is from the targets: MSE(S, G) on clean and on protected faces (validation)."""

@@ -32,7 +32,7 @@ from core.data import FacePack
 from core.device import resolve_device
 from core.evaluate import measure_batch, summarize
 from core.forgers import Forger, create_forger
-from core.generators import ROLE, GeneratorMethod, Initiative
+from core.generators import ROLE, GeneratorMethod
 from core.image import make_grid, save_image
 from core.methods import create_method, method_class
 from core.targets import targets_for
@@ -132,11 +132,7 @@ class GeneratorTrainer(ResumableTrainer):
         self.net = method.net.to(self.device)
         self.opt = torch.optim.Adam(self.net.parameters(), cfg.lr, betas=cfg.betas)
         self.aux = method.auxiliary()
-        self.aux_opt = None
-        if self.aux is not None:
-            self.aux.to(self.device)
-            self.aux_opt = torch.optim.Adam(self.aux.parameters(), float(method.options["surrogate_lr"]),
-                                            betas=(0.5, 0.999))
+        self.aux_opt = auxiliary_optimizer(method, self.device)
         self.iteration = 0
         self.data_gen = torch.Generator().manual_seed(cfg.seed)
         self.noise_gen = torch.Generator().manual_seed(cfg.seed + 1)  # noise maps, EoT draws, target subsets
@@ -181,19 +177,8 @@ class GeneratorTrainer(ResumableTrainer):
         lr = self.lr_at(self.iteration)
         for group in self.opt.param_groups:
             group["lr"] = lr
-        targets = self.targets(x, c_org)
-        logs: dict[str, float] = {}
-        if self.aux_opt is not None:
-            aux_loss, logs = self.method.auxiliary_loss(x, targets, self.noise_gen)
-            self.aux_opt.zero_grad(set_to_none=True)
-            aux_loss.backward()
-            self.aux_opt.step()
-        if self.method.generator_active(self.iteration):
-            loss, gen_logs = self.method.training_loss(x, targets, self.noise_gen)
-            self.opt.zero_grad(set_to_none=True)
-            loss.backward()
-            self.opt.step()
-            logs.update(gen_logs)
+        logs = alternating_step(self.method, x, self.targets(x, c_org), self.noise_gen, self.opt, self.aux_opt,
+                                self.iteration)
         logs["lr"] = lr
         return logs
 
@@ -276,8 +261,7 @@ class GeneratorTrainer(ResumableTrainer):
             record[f"{name}/noise_distortion"] = base["distortion"]
             record[f"{name}/noise_nullification"] = base["nullification"]
             record[f"{name}/edit_strength"] = row["edit_strength"]
-        if isinstance(self.method, Initiative):
-            record.update(self.method.imitation_error(x, x_adv, targets_for(x, self.method.attributes, c)))
+        record.update(self.method.validation_extras(x, x_adv, targets_for(x, self.method.attributes, c)))
         self._sample(x, x_adv, c)
         self.last_val = {"iter": self.iteration, **record}
         return record
@@ -303,6 +287,34 @@ class GeneratorTrainer(ResumableTrainer):
         self.log({"iter": self.iteration, "val": self.validate()})
 
 
+def auxiliary_optimizer(method: GeneratorMethod, device: torch.device) -> torch.optim.Optimizer | None:
+    """Adam (``surrogate_lr``) over the method's auxiliary network, moved to ``device``; None without one."""
+    aux = method.auxiliary()
+    if aux is None:
+        return None
+    return torch.optim.Adam(aux.to(device).parameters(), float(method.options["surrogate_lr"]), betas=(0.5, 0.999))
+
+
+def alternating_step(
+    method: GeneratorMethod, x: torch.Tensor, targets: torch.Tensor, gen: torch.Generator,
+    opt: torch.optim.Optimizer, aux_opt: torch.optim.Optimizer | None, iteration: int,
+) -> dict[str, float]:
+    """One iteration: the auxiliary network's step (if any), then the generator's (unless it waits)."""
+    logs: dict[str, float] = {}
+    if aux_opt is not None:
+        aux_loss, logs = method.auxiliary_loss(x, targets, gen)
+        aux_opt.zero_grad(set_to_none=True)
+        aux_loss.backward()
+        aux_opt.step()
+    if method.generator_active(iteration):
+        loss, gen_logs = method.training_loss(x, targets, gen)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        logs.update(gen_logs)
+    return logs
+
+
 def fit_generator(
     method: GeneratorMethod, x: torch.Tensor, targets: torch.Tensor | None = None, iters: int = 30,
     lr: float = 3e-2, seed: int = 0,
@@ -314,23 +326,12 @@ def fit_generator(
     gen = torch.Generator().manual_seed(seed)
     net = method.net.to(x.device).train().requires_grad_(True)
     opt = torch.optim.Adam(net.parameters(), lr)
-    aux = method.auxiliary()
-    aux_lr = float(method.options.get("surrogate_lr", lr))
-    aux_opt = torch.optim.Adam(aux.to(x.device).parameters(), aux_lr) if aux is not None else None
+    aux_opt = auxiliary_optimizer(method, x.device)
     losses = []
     for it in range(iters):
-        if aux_opt is not None:
-            aux_loss, _ = method.auxiliary_loss(x, targets, gen)
-            aux_opt.zero_grad(set_to_none=True)
-            aux_loss.backward()
-            aux_opt.step()
-        if not method.generator_active(it):
-            continue
-        loss, _ = method.training_loss(x, targets, gen)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
+        logs = alternating_step(method, x, targets, gen, opt, aux_opt, it)
+        if "loss" in logs:
+            losses.append(logs["loss"])
     net.requires_grad_(False).eval()
     return losses
 

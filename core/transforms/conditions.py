@@ -21,8 +21,6 @@ from core.transforms.jpeg import jpeg
 
 Condition = Callable[[Tensor], Tensor]
 
-# A plain dict (not core.registry.Registry, whose unknown-name error is a KeyError): the set is small
-# and fixed, and an unknown condition name is a bad argument, i.e. a ValueError.
 def chroma_subsample(x: Tensor) -> Tensor:
     """4:2:0 chroma subsampling alone, as JPEG does it before any quantisation: Cb and Cr averaged over
     2x2 blocks and spread back (Y kept), on the 8-bit grid. Isolates what subsampling does to a chroma
@@ -34,6 +32,8 @@ def chroma_subsample(x: Tensor) -> Tensor:
     return quantize(out.clamp(0, 1) * 2 - 1)
 
 
+# A plain dict (not core.registry.Registry, whose unknown-name error is a KeyError): the set is small
+# and fixed, and an unknown condition name is a bad argument, i.e. a ValueError.
 CONDITIONS: dict[str, Condition] = {
     "clean": lambda x: x,
     "jpeg75": lambda x: jpeg(x, 75),
