@@ -12,6 +12,9 @@ $(STAMP): pyproject.toml
 	# The local CPU build first: any other torch spec pulls GBs of CUDA packages.
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e '.[core,api,dev]'
+	# MTCNN's pretrained weights (core/detectors/mtcnn.py) ship in the facenet-pytorch wheel, whose requirements
+	# pin an old torch and torchvision (GBs of CUDA): installed without dependencies; only its data files are read.
+	$(BIN)/pip install -q --no-deps 'facenet-pytorch>=2.5'
 	touch $(STAMP)
 
 setup: $(STAMP) weights
@@ -27,7 +30,7 @@ test: setup
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/mypy core api worker scripts benchmarks
+	$(BIN)/mypy core service api worker scripts benchmarks
 
 # The whole service on loopback (Redis, MiniStack S3, API, gpu + io workers); Ctrl-C stops it.
 # No shipped StarGAN weights yet? make run RUN_ARGS=--tiny-forger

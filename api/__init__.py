@@ -1,1 +1,1 @@
-"""Veil gateway: FastAPI app, and the service modules workers share (no torch, no ``core``)."""
+"""Veil gateway: the FastAPI app, its routes and the HTTP mapping of the service layer (:mod:`service`); no torch."""

@@ -7,10 +7,10 @@ from typing import Annotated
 import redis
 from fastapi import Depends, Request
 
-from api.config import Settings
-from api.keys import Principal, lookup_key
 from api.problems import Problem
-from api.service import Services
+from api.submit import Services
+from service.config import Settings
+from service.keys import Principal, lookup_key
 
 
 def get_services(request: Request) -> Services:

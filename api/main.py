@@ -14,20 +14,20 @@ from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
-from api.config import Settings
-from api.jobs import JobStore
 from api.methods import load_catalog
 from api.metrics import Metrics
 from api.middleware import BodyLimitMiddleware, MetricsMiddleware
 from api.problems import PROBLEM_TYPES, Problem, install_problem_handlers, problem_response
-from api.queue import make_celery
 from api.ratelimit import RateLimiter
-from api.redisdb import make_redis
 from api.routes import app as app_page
 from api.routes import health, jobs, methods, uploads
-from api.service import Services
-from api.storage import Storage, StorageError
+from api.submit import Services
 from api.uploads import UploadStore
+from service.config import Settings
+from service.jobs import JobStore
+from service.queue import make_celery
+from service.redisdb import make_redis
+from service.storage import Storage, StorageError
 
 log = logging.getLogger(__name__)
 

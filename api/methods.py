@@ -13,6 +13,8 @@ from typing import Any
 
 from pydantic import BaseModel, Field, model_validator
 
+DEFAULT_METHODS_FILE = Path(__file__).with_name("methods.json")
+
 
 class EpsPresets(BaseModel):
     default: float = Field(gt=0)
@@ -67,5 +69,6 @@ class Catalog(BaseModel):
         return next((f for f in self.forgers if f.name == name), None)
 
 
-def load_catalog(path: Path) -> Catalog:
-    return Catalog.model_validate(json.loads(Path(path).read_text(encoding="utf-8")))
+def load_catalog(path: Path | None = None) -> Catalog:
+    """The catalogue in ``path`` (``Settings.methods_file``); None: the shipped ``api/methods.json``."""
+    return Catalog.model_validate(json.loads(Path(path or DEFAULT_METHODS_FILE).read_text(encoding="utf-8")))

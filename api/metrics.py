@@ -20,10 +20,10 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from api.config import Settings
-from api.heartbeat import live_workers
-from api.jobs import JobStore
-from api.queue import queue_depth
+from service.config import Settings
+from service.heartbeat import live_workers
+from service.jobs import JobStore
+from service.queue import queue_depth
 
 log = logging.getLogger(__name__)
 

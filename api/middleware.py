@@ -8,8 +8,8 @@ from typing import TYPE_CHECKING
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api.config import Settings
 from api.problems import Problem, problem_response
+from service.config import Settings
 
 if TYPE_CHECKING:
     from api.metrics import Metrics

@@ -11,6 +11,16 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from service.errors import (
+    EmptyInput,
+    InvalidArchive,
+    ServiceError,
+    TooLarge,
+    TooManyEntries,
+    TooManyPixels,
+    UnsupportedMediaType,
+)
+
 log = logging.getLogger(__name__)
 PROBLEM_JSON = "application/problem+json"
 TYPE_BASE = "/problems/"
@@ -79,6 +89,26 @@ PROBLEM_TYPES: dict[str, str] = {
 }
 
 
+# The service layer's exceptions as HTTP: status and title (the slug is the exception's ``code``).
+SERVICE_ERRORS: dict[type[ServiceError], tuple[int, str]] = {
+    EmptyInput: (422, "Validation error"),
+    TooLarge: (413, "Content too large"),
+    TooManyPixels: (413, "Too many pixels"),
+    TooManyEntries: (413, "Too many archive entries"),
+    UnsupportedMediaType: (415, "Unsupported media type"),
+    InvalidArchive: (422, "Invalid archive"),
+}
+
+
+def problem_for(exc: ServiceError) -> Problem:
+    """The problem a service-layer exception is answered with (its most specific mapped class wins)."""
+    for cls in type(exc).__mro__:
+        if cls in SERVICE_ERRORS:
+            status, title = SERVICE_ERRORS[cls]
+            return Problem(status, exc.code, exc.detail, title=title, **exc.extensions)
+    return Problem(422, exc.code, exc.detail, **exc.extensions)
+
+
 def _validation_errors(errors: Any) -> list[dict[str, Any]]:
     out = []
     for e in errors:
@@ -99,6 +129,10 @@ def install_problem_handlers(app: FastAPI) -> None:
     async def on_problem(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, Problem)
         return problem_response(exc, request)
+
+    async def on_service_error(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, ServiceError)
+        return problem_response(problem_for(exc), request)
 
     async def on_http(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)
@@ -124,6 +158,7 @@ def install_problem_handlers(app: FastAPI) -> None:
         return problem_response(Problem(500, "internal-error", "an unexpected error occurred"), request)
 
     app.add_exception_handler(Problem, on_problem)
+    app.add_exception_handler(ServiceError, on_service_error)
     app.add_exception_handler(StarletteHTTPException, on_http)
     app.add_exception_handler(RequestValidationError, on_validation)
     app.add_exception_handler(Exception, on_error)

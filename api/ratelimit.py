@@ -8,8 +8,8 @@ from dataclasses import dataclass
 
 import redis
 
-from api.config import Settings
-from api.redisdb import RedisKeys
+from service.config import Settings
+from service.redisdb import RedisKeys
 
 # KEYS[1] zset; ARGV[1] window ms, ARGV[2] limit, ARGV[3] unique member suffix.
 _SLIDING_WINDOW_LUA = """

@@ -9,8 +9,8 @@ from typing import Any, Literal
 import redis
 from pydantic import BaseModel
 
-from api.config import Settings
-from api.redisdb import ID_RE, RedisKeys
+from service.config import Settings
+from service.redisdb import ID_RE, RedisKeys
 
 UploadStatus = Literal["pending", "ready", "failed"]
 

@@ -438,7 +438,7 @@ def train_export(
 def _keys(*argv: str) -> None:
     # The service code is imported only here: the core library itself never imports web or queue code.
     try:
-        from api.keys import main as keys_main
+        from service.keys import main as keys_main
     except ImportError as exc:
         err_console.print(f"[red]error:[/red] the service extra is not installed ({exc}); pip install 'veil[api]'")
         raise typer.Exit(2) from None

@@ -361,8 +361,8 @@ def run(args: argparse.Namespace) -> int:
             if not child.alive():
                 raise StackError(f"{child.name} exited (see {child.log}):\n{child.tail()}")
 
-        from api.config import Settings
-        from api.keys import create_key, get_webhook_secret
+        from service.config import Settings
+        from service.keys import create_key, get_webhook_secret
 
         settings = Settings(redis_url=redis_url, redis_prefix=args.redis_prefix)
         key = create_key(TENANT, settings=settings)

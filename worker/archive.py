@@ -12,7 +12,7 @@ Reading (:func:`scan` then :func:`read_entry`), every problem is a per-entry err
   that does not end where it says (CRC mismatch) is refused; the total is capped at
   ``max_archive_uncompressed_bytes``;
 * content: magic bytes must say PNG, JPEG or WebP, and the header's pixel count must be within
-  ``max_image_pixels`` (:func:`api.validation.check_image_header`), before any decoding.
+  ``max_image_pixels`` (:func:`service.validation.check_image_header`), before any decoding.
 
 Directories, ``__MACOSX/`` and dot files are skipped silently.
 
@@ -33,9 +33,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import IO, Any
 
-from api.config import Settings
-from api.problems import Problem
-from api.validation import IMAGE_TYPES, ZIP_METHODS, check_image_header, sniff
+from service.config import Settings
+from service.errors import InputRejected
+from service.validation import IMAGE_TYPES, ZIP_METHODS, check_image_header, sniff
 
 _LOCAL_HEADER = b"PK\x03\x04"
 _CHUNK = 1 << 20
@@ -250,8 +250,8 @@ def check_photo(data: bytes, settings: Settings, name: str) -> str:
         raise EntryRejected("not an image (expected PNG, JPEG or WebP content)")
     try:
         check_image_header(io.BytesIO(data), kind, settings, what=name)
-    except Problem as problem:
-        raise EntryRejected(problem.detail or problem.title or "unreadable image header") from None
+    except InputRejected as exc:
+        raise EntryRejected(exc.detail or "unreadable image header") from None
     return kind
 
 

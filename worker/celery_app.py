@@ -1,4 +1,4 @@
-"""The workers' Celery app: the gateway's app (:func:`api.queue.make_celery`) plus the worker side.
+"""The workers' Celery app: the gateway's app (:func:`service.queue.make_celery`) plus the worker side.
 
 Run (``-A worker.celery_app`` finds ``app``)::
 
@@ -32,7 +32,7 @@ from __future__ import annotations
 import celery
 from kombu import Queue
 
-from api.queue import make_celery
+from service.queue import make_celery
 from worker.config import get_worker_settings
 
 TASK_PROTECT_GROUP = "veil.protect_group"

@@ -1,4 +1,4 @@
-"""Worker settings: every gateway setting (:class:`api.config.Settings`) plus the workers' own, env prefix ``VEIL_``.
+"""Worker settings: every shared setting (:class:`service.config.Settings`) plus the workers' own, env prefix ``VEIL_``.
 
 The workers read the same ``VEIL_*`` environment as the gateway (Redis, broker, S3, limits, webhooks) and
 these additional variables (all optional):
@@ -37,7 +37,7 @@ from typing import Annotated, Any
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import NoDecode
 
-from api.config import Settings, _split_list
+from service.config import Settings, split_list
 
 
 class WorkerSettings(Settings):
@@ -62,7 +62,7 @@ class WorkerSettings(Settings):
     @field_validator("worker_preload_forgers", mode="before")
     @classmethod
     def _forger_list(cls, value: Any) -> Any:
-        return _split_list(value)
+        return split_list(value)
 
     @model_validator(mode="after")
     def _worker_coherent(self) -> WorkerSettings:

@@ -13,9 +13,9 @@ from dataclasses import dataclass
 
 import redis
 
-from api.jobs import JobStore
-from api.redisdb import make_redis
-from api.storage import Storage
+from service.jobs import JobStore
+from service.redisdb import make_redis
+from service.storage import Storage
 from worker.config import WorkerSettings, get_worker_settings
 
 

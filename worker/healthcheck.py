@@ -9,7 +9,7 @@ import sys
 
 import redis
 
-from api.redisdb import RedisKeys, make_redis
+from service.redisdb import RedisKeys, make_redis
 from worker.config import get_worker_settings
 
 

@@ -5,7 +5,7 @@
   it loads the models here, before it starts consuming. Nothing torch-related happens here for prefork.
 * ``worker_process_init`` (each prefork child, after the fork): fresh Redis/S3 clients, and on the gpu
   queue torch's threads, the device and the preloaded forgers (:func:`worker.models.init_process`).
-* ``worker_ready``: a daemon thread refreshes ``<prefix>workers:<hostname>`` (:func:`api.heartbeat.beat`)
+* ``worker_ready``: a daemon thread refreshes ``<prefix>workers:<hostname>`` (:func:`service.heartbeat.beat`)
   every ``worker_heartbeat_ttl_s / 3`` seconds; ``worker_shutdown`` stops it and removes the key.
 """
 
@@ -19,8 +19,8 @@ from typing import Any
 import redis
 from celery import signals
 
-from api.heartbeat import beat, retire
-from api.redisdb import make_redis
+from service.heartbeat import beat, retire
+from service.redisdb import make_redis
 from worker import models
 from worker.config import WorkerSettings, get_worker_settings
 from worker.context import reset_context

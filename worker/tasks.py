@@ -1,6 +1,6 @@
 """The Celery tasks: one photo, archives (expand, fan out, fan in, pack) and webhook deliveries.
 
-Every task follows the job protocol of ``api/README.md`` through :class:`api.jobs.JobStore`:
+Every task follows the job protocol of ``api/README.md`` through :class:`service.jobs.JobStore`:
 
 * a job that is missing, terminal or canceled is acknowledged and left alone (a redelivered task of a
   finished job does nothing);
@@ -44,13 +44,13 @@ from celery import Task
 from celery.exceptions import SoftTimeLimitExceeded
 from pydantic import BaseModel, ValidationError
 
-from api.jobs import InputRef, JobRecord, OutputRef
-from api.keys import get_webhook_secret
-from api.redisdb import new_id
-from api.schemas import job_out
-from api.states import InvalidTransition, JobStatus
-from api.storage import StorageError, is_missing, safe_filename
-from api.webhooks import deliver
+from service.jobs import InputRef, JobRecord, OutputRef
+from service.keys import get_webhook_secret
+from service.redisdb import new_id
+from service.states import InvalidTransition, JobStatus
+from service.storage import StorageError, is_missing, safe_filename
+from service.views import job_out
+from service.webhooks import deliver
 from worker import archive as arc
 from worker import models
 from worker.celery_app import TASK_DELIVER_WEBHOOK, TASK_PACK_ARCHIVE, TASK_PROTECT_GROUP, app, settings
@@ -696,7 +696,7 @@ def cleanup(ctx: Context, p: Payload) -> None:
 
 @app.task(name=TASK_DELIVER_WEBHOOK, bind=True, max_retries=None)
 def deliver_webhook(self: Task, job_id: str, event: str, data: dict[str, Any], msg_id: str) -> str:
-    """One signed attempt (:func:`api.webhooks.deliver`); retried after ``webhook_retry_schedule_s[n]``.
+    """One signed attempt (:func:`service.webhooks.deliver`); retried after ``webhook_retry_schedule_s[n]``.
 
     Every attempt is logged on the job; 410 Gone disables the job's webhook; a refused destination or a
     redirect is not retried; the message id stays the same across attempts.

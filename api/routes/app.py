@@ -12,9 +12,9 @@ from urllib.parse import urlsplit
 from fastapi import APIRouter
 from fastapi.responses import FileResponse, RedirectResponse
 
-from api.config import Settings
 from api.deps import SettingsDep
 from api.problems import Problem
+from service.config import Settings
 
 router = APIRouter(tags=["app"], include_in_schema=False)
 

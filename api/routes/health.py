@@ -10,9 +10,9 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from api.deps import ServicesDep
-from api.heartbeat import live_workers
 from api.problems import Problem, problem_response
-from api.storage import StorageError
+from service.heartbeat import live_workers
+from service.storage import StorageError
 
 router = APIRouter(tags=["health"])
 

@@ -16,11 +16,12 @@ from pydantic import ValidationError
 from starlette.datastructures import FormData, UploadFile
 
 from api.deps import PrincipalDep, ServicesDep
-from api.jobs import JobRecord
 from api.problems import PROBLEM_JSON, Problem, validation_problem
-from api.schemas import Job, JobCreate, JobList, JobOptions, JobOutputs, OutputItem, job_out
-from api.service import Submitted, parse_prefer_wait, submit_file, submit_upload
-from api.states import InvalidTransition, JobStatus
+from api.schemas import JobCreate, JobList, JobOptions, JobOutputs, OutputItem
+from api.submit import Submitted, parse_prefer_wait, submit_file, submit_upload
+from service.jobs import JobRecord
+from service.states import InvalidTransition, JobStatus
+from service.views import Job, job_out
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 

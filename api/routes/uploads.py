@@ -11,7 +11,6 @@ from fastapi import APIRouter
 
 from api.deps import PrincipalDep, ServicesDep
 from api.problems import Problem, validation_problem
-from api.redisdb import new_id
 from api.routes.jobs import ERRORS
 from api.schemas import (
     CompleteRequest,
@@ -22,11 +21,12 @@ from api.schemas import (
     PresignedPost,
     Upload,
     UploadCreate,
-    ts,
 )
-from api.service import Services, inspect_upload
-from api.storage import safe_filename, upload_key
+from api.submit import Services, inspect_upload
 from api.uploads import UploadRecord
+from service.redisdb import new_id
+from service.storage import safe_filename, upload_key
+from service.views import ts
 
 router = APIRouter(prefix="/v1/uploads", tags=["uploads"])
 S3_MAX_PARTS = 10_000

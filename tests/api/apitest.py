@@ -18,7 +18,7 @@ import redis
 from botocore.config import Config
 from PIL import Image
 
-from api.config import Settings
+from service.config import Settings
 
 MiB = 1024 * 1024
 PROBLEM = "application/problem+json"

@@ -29,10 +29,10 @@ from fastapi import FastAPI
 warnings.filterwarnings("ignore", message="Using `httpx` with `starlette.testclient`")
 from fastapi.testclient import TestClient
 
-from api.config import Settings
-from api.jobs import JobStore
-from api.keys import create_key
 from api.main import create_app
+from service.config import Settings
+from service.jobs import JobStore
+from service.keys import create_key
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from apitest import MiB, Receiver, S3Server, Tenant, free_port, wait_until

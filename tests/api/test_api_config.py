@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from api.config import Settings
+from service.config import Settings
 
 
 def test_env_prefix_and_list_parsing(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -8,9 +8,9 @@ import time
 import pytest
 import redis
 
-from api.jobs import InputRef, JobRecord, JobStore, OutputRef, decode_cursor, encode_cursor
-from api.redisdb import ID_RE, new_id
-from api.states import InvalidTransition, JobStatus
+from service.jobs import InputRef, JobRecord, JobStore, OutputRef, decode_cursor, encode_cursor
+from service.redisdb import ID_RE, new_id
+from service.states import InvalidTransition, JobStatus
 
 
 def make(store: JobStore, tenant: str = "store-t") -> JobRecord:

@@ -1,4 +1,4 @@
-"""API keys and tenant webhook secrets in Redis; the ``python -m api.keys`` CLI."""
+"""API keys and tenant webhook secrets in Redis; the ``python -m service.keys`` CLI."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import redis
 
-from api.config import Settings
-from api.keys import create_key, get_webhook_secret, lookup_key, revoke_key
+from service.config import Settings
+from service.keys import create_key, get_webhook_secret, lookup_key, revoke_key
 
 
 def test_keys_are_stored_hashed_with_their_tenant(settings: Settings, rclient: redis.Redis) -> None:
@@ -53,7 +53,7 @@ def test_revoke_and_tenant_names(settings: Settings, rclient: redis.Redis) -> No
 def test_cli_create_prints_a_working_key(settings: Settings, rclient: redis.Redis, repo_root: Path) -> None:
     env = {**os.environ, "VEIL_REDIS_URL": settings.redis_url, "VEIL_REDIS_PREFIX": settings.redis_prefix}
     out = subprocess.run(
-        [sys.executable, "-m", "api.keys", "create", "--tenant", "cli-t"],
+        [sys.executable, "-m", "service.keys", "create", "--tenant", "cli-t"],
         env=env,
         cwd=repo_root,
         capture_output=True,
@@ -66,7 +66,7 @@ def test_cli_create_prints_a_working_key(settings: Settings, rclient: redis.Redi
     principal = lookup_key(key, r=rclient, settings=settings)
     assert principal is not None and principal.tenant == "cli-t"
     secret = subprocess.run(
-        [sys.executable, "-m", "api.keys", "secret", "--tenant", "cli-t"],
+        [sys.executable, "-m", "service.keys", "secret", "--tenant", "cli-t"],
         env=env,
         cwd=repo_root,
         capture_output=True,

@@ -15,13 +15,14 @@ import uvicorn
 from apitest import Tenant, assert_problem, free_port, image_bytes, wait_until
 from fastapi.testclient import TestClient
 
-from api.config import Settings
 from api.main import create_app
+from service.config import Settings
 
 
 def test_api_never_imports_torch_or_core(repo_root: Path) -> None:
     code = (
-        "import sys, api.main, api.jobs, api.storage, api.webhooks, api.config, api.queue, api.keys; "
+        "import sys, api.main, service.jobs, service.storage, service.webhooks, service.config, service.queue, "
+        "service.keys; "
         "bad = [m for m in sys.modules if m in ('torch', 'core') or m.startswith(('torch.', 'core.'))]; "
         "assert not bad, bad"
     )

@@ -7,10 +7,10 @@ import time
 import redis
 from apitest import celery_messages, message_for
 
-from api.config import Settings
-from api.jobs import InputRef, JobRecord
-from api.queue import enqueue_job, make_celery, queue_depth
-from api.redisdb import new_id
+from service.config import Settings
+from service.jobs import InputRef, JobRecord
+from service.queue import enqueue_job, make_celery, queue_depth
+from service.redisdb import new_id
 
 
 def _job(kind: str) -> JobRecord:

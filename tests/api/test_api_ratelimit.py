@@ -7,8 +7,8 @@ import time
 
 import redis
 
-from api.config import Settings
 from api.ratelimit import RateLimiter
+from service.config import Settings
 
 
 def test_sliding_window(settings: Settings, rclient: redis.Redis) -> None:

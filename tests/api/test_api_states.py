@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from api.states import (
+from service.states import (
     TERMINAL,
     InvalidTransition,
     JobStatus,

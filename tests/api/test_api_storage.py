@@ -7,9 +7,9 @@ import pytest
 from apitest import S3Server, image_bytes, zip_bytes
 from botocore.exceptions import ClientError
 
-from api.config import Settings
-from api.storage import LIFECYCLE_RULE_ID, Storage, safe_filename
-from api.validation import inspect
+from service.config import Settings
+from service.storage import LIFECYCLE_RULE_ID, Storage, safe_filename
+from service.validation import inspect
 
 
 @pytest.fixture(scope="module")

@@ -9,9 +9,10 @@ import zlib
 import pytest
 from apitest import image_bytes, zip_bytes
 
-from api.config import Settings
-from api.problems import Problem
-from api.validation import inspect, sniff, webp_size, zip_entry_count
+from api.problems import problem_for
+from service.config import Settings
+from service.errors import InputRejected
+from service.validation import inspect, sniff, webp_size, zip_entry_count
 
 LIMITS = Settings(
     max_image_pixels=1_000_000,
@@ -26,9 +27,11 @@ def check(data: bytes, **kw: bool) -> object:
 
 
 def status(data: bytes) -> tuple[int, str | None]:
-    with pytest.raises(Problem) as exc:
+    """The refusal as the gateway answers it: (HTTP status, problem slug)."""
+    with pytest.raises(InputRejected) as exc:
         check(data)
-    return exc.value.status, exc.value.slug
+    problem = problem_for(exc.value)
+    return problem.status, problem.slug
 
 
 @pytest.mark.parametrize("fmt", ["PNG", "JPEG", "WEBP"])

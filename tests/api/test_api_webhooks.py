@@ -12,11 +12,11 @@ import pytest
 from apitest import Receiver
 from standardwebhooks import Webhook
 
-from api.config import Settings
-from api.jobs import InputRef, JobRecord, JobStore
-from api.keys import new_webhook_secret
-from api.redisdb import new_id
-from api.webhooks import WebhookRefused, check_url, deliver, ip_refusal, resolve, send_job_event, sign
+from service.config import Settings
+from service.jobs import InputRef, JobRecord, JobStore
+from service.keys import new_webhook_secret
+from service.redisdb import new_id
+from service.webhooks import WebhookRefused, check_url, deliver, ip_refusal, resolve, send_job_event, sign
 
 SCHEDULE = [0.05, 0.05]
 

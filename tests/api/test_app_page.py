@@ -27,9 +27,9 @@ from photos import PHONE_SIZE, check_phone_result, phone_photo  # tests/photos.p
 from PIL import Image
 from stacktest import RunningStack, running_stack  # tests/stacktest.py (tests/ is on sys.path)
 
-from api.config import Settings
 from api.main import create_app
 from api.routes.app import ASSETS, STATIC, page_headers, storage_origin
+from service.config import Settings
 
 if TYPE_CHECKING:
     from playwright.sync_api import Page, Request, Route

@@ -24,12 +24,12 @@ sys.path.insert(0, str(HERE.parent / "api"))
 from apitest import S3Server, Tenant
 from workertest import ApiServer, WorkerProc, start_worker, wait_ready
 
-from api.config import Settings
-from api.jobs import JobStore
-from api.keys import create_key
 from api.main import create_app
-from api.redisdb import make_redis
-from api.storage import Storage
+from service.config import Settings
+from service.jobs import JobStore
+from service.keys import create_key
+from service.redisdb import make_redis
+from service.storage import Storage
 from worker.config import WorkerSettings, to_env
 
 
@@ -161,7 +161,7 @@ def tenant(wsettings: WorkerSettings, rclient: redis.Redis) -> Tenant:
 
 @pytest.fixture()
 def secret_of(wsettings: WorkerSettings) -> Callable[[str], str]:
-    from api.keys import get_webhook_secret
+    from service.keys import get_webhook_secret
 
     def get(tenant: str) -> str:
         value = get_webhook_secret(tenant, r=make_redis(wsettings), settings=wsettings)

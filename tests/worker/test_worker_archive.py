@@ -11,7 +11,7 @@ import zipfile
 import pytest
 from workertest import ZipSpec, central_records, face_png, lie_about_size, overlap_entries, symlink_info
 
-from api.config import Settings
+from service.config import Settings
 from worker import archive as arc
 
 SETTINGS = Settings(max_image_bytes=256 * 1024, max_image_pixels=100_000, max_archive_entries=20,

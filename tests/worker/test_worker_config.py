@@ -14,7 +14,7 @@ import redis
 import torch
 from workertest import face_png
 
-from api.heartbeat import live_workers
+from service.heartbeat import live_workers
 from worker import models
 from worker.config import WorkerSettings, to_env
 

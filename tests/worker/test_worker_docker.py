@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 import yaml
 
-from api.config import Settings
+from service.config import Settings
 from worker.config import WorkerSettings
 
 REPO = Path(__file__).resolve().parents[2]

@@ -35,10 +35,10 @@ from workertest import (
     wait_ready,
 )
 
-from api.jobs import InputRef, JobRecord, JobStore
-from api.queue import enqueue_job, make_celery, queue_depth
-from api.redisdb import make_redis, new_id
-from api.storage import Storage, input_key, output_prefix
+from service.jobs import InputRef, JobRecord, JobStore
+from service.queue import enqueue_job, make_celery, queue_depth
+from service.redisdb import make_redis, new_id
+from service.storage import Storage, input_key, output_prefix
 from worker.config import WorkerSettings, to_env
 from worker.context import WorkerKeys
 
@@ -451,7 +451,7 @@ def test_previews_and_min_success_through_the_api(http: httpx.Client) -> None:
     assert body["status"] == "succeeded", body
     [photo] = body["report"]["photos"]
     assert photo["min_success"]["met"] is True and photo["min_success"]["attempts"] == 1
-    assert set(photo["receipt"]["conditions"]) == {"clean", "jpeg90", "jpeg75", "resize0.5"}
+    assert set(photo["receipt"]["conditions"]) == {"clean", "jpeg90", "jpeg75", "webp80", "resize0.5", "blur1", "noise"}
     previews = photo["previews"]
     assert previews["perturbation"] == "previews/face-perturbation.png"
     assert previews["edits"] == "previews/face-edits.png" and previews["columns"][0] == "input"

@@ -106,8 +106,8 @@ def test_webhook_receiver_verifies_signatures() -> None:
     import httpx
     from standardwebhooks import Webhook
 
-    from api.keys import new_webhook_secret
-    from api.webhooks import message, sign
+    from service.keys import new_webhook_secret
+    from service.webhooks import message, sign
 
     spec = importlib.util.spec_from_file_location("veil_hooks", REPO / "scripts" / "webhook_receiver.py")
     assert spec is not None and spec.loader is not None

@@ -25,8 +25,8 @@ import redis
 import uvicorn
 from PIL import Image
 
-from api.config import Settings
-from api.heartbeat import live_workers
+from service.config import Settings
+from service.heartbeat import live_workers
 
 REPO = Path(__file__).resolve().parents[2]
 

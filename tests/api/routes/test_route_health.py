@@ -8,8 +8,8 @@ import redis
 from apitest import Tenant, assert_problem, image_bytes
 from fastapi.testclient import TestClient
 
-from api.config import Settings
-from api.heartbeat import beat, live_workers, retire
+from service.config import Settings
+from service.heartbeat import beat, live_workers, retire
 
 
 def test_healthz(client: TestClient) -> None:

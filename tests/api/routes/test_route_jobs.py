@@ -23,9 +23,9 @@ from apitest import (
 )
 from fastapi.testclient import TestClient
 
-from api.config import Settings
-from api.jobs import JobStore
-from api.states import JobStatus
+from service.config import Settings
+from service.jobs import JobStore
+from service.states import JobStatus
 
 
 def submit(
@@ -340,7 +340,7 @@ def test_prefer_wait_times_out_with_202_and_is_capped(client: TestClient, tenant
     assert 0.25 < time.monotonic() - start < 3
     r = submit(client, tenant, image_bytes(), headers={"Prefer": "wait=0"})
     assert r.status_code == 202
-    from api.service import parse_prefer_wait
+    from api.submit import parse_prefer_wait
 
     assert parse_prefer_wait("wait=600", 30) == 30 and parse_prefer_wait("wait=abc", 30) is None
 
@@ -404,8 +404,8 @@ def test_job_webhook_attempts_are_shown(
 ) -> None:
     from standardwebhooks import Webhook
 
-    from api.keys import get_webhook_secret
-    from api.webhooks import send_job_event
+    from service.keys import get_webhook_secret
+    from service.webhooks import send_job_event
 
     cfg = {"webhook_allow_hosts": ["127.0.0.1"]}
     c = make_client(**cfg)

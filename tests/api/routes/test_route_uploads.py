@@ -11,7 +11,7 @@ import redis
 from apitest import MiB, S3Server, Tenant, assert_problem, image_bytes, message_for, zip_bytes
 from fastapi.testclient import TestClient
 
-from api.config import Settings
+from service.config import Settings
 
 
 def post_upload(post: dict, data: bytes, content_type: str) -> httpx.Response:

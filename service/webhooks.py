@@ -26,10 +26,10 @@ from urllib.parse import urlsplit
 import httpx
 from standardwebhooks import Webhook
 
-from api.config import Settings
-from api.jobs import WEBHOOK_EVENTS, JobRecord, JobStore
-from api.redisdb import new_id
-from api.schemas import job_out
+from service.config import Settings
+from service.jobs import WEBHOOK_EVENTS, JobRecord, JobStore
+from service.redisdb import new_id
+from service.views import job_out
 
 log = logging.getLogger(__name__)
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -284,7 +284,7 @@ def send_job_event(
     sleep: Callable[[float], None] = time.sleep,
 ) -> DeliveryResult | None:
     """For workers: deliver ``event`` for ``job`` if it subscribed, its webhook is enabled and the
-    tenant has a secret (:func:`api.keys.get_webhook_secret`). ``data`` defaults to the public job."""
+    tenant has a secret (:func:`service.keys.get_webhook_secret`). ``data`` defaults to the public job."""
     if not job.webhook_url or event not in job.webhook_events or secret is None:
         return None
     if store.webhook_disabled(job.id):

@@ -6,7 +6,8 @@
   then names, sizes and flags from the central directory; with ``inspect_entries`` (local files) each
   image entry's magic bytes and header are checked too.
 
-Works on any seekable binary file: a local spooled upload or :class:`api.storage.S3RangeReader`.
+Works on any seekable binary file: a local spooled upload or :class:`service.storage.S3RangeReader`.
+Refusals are :class:`service.errors.InputRejected` subclasses (the gateway maps them to 413/415/422).
 """
 
 from __future__ import annotations
@@ -20,8 +21,16 @@ from typing import IO, Literal
 
 from PIL import Image, UnidentifiedImageError
 
-from api.config import Settings
-from api.problems import Problem
+from service.config import Settings
+from service.errors import (
+    EmptyInput,
+    InputRejected,
+    InvalidArchive,
+    TooLarge,
+    TooManyEntries,
+    TooManyPixels,
+    UnsupportedMediaType,
+)
 
 IMAGE_TYPES = {"image/png": "PNG", "image/jpeg": "JPEG", "image/webp": "WEBP"}
 ZIP_TYPE = "application/zip"
@@ -57,24 +66,15 @@ def sniff(head: bytes) -> str | None:
     return None
 
 
-def unsupported(detail: str) -> Problem:
-    return Problem(
-        415, "unsupported-media-type", detail, title="Unsupported media type", accepted=list(ACCEPTED_TYPES)
-    )
-
-
-def too_large(detail: str, limit: int) -> Problem:
-    return Problem(413, "too-large", detail, title="Content too large", limit=limit)
-
-
-def invalid_archive(detail: str) -> Problem:
-    return Problem(422, "invalid-archive", detail, title="Invalid archive")
+def unsupported(detail: str) -> UnsupportedMediaType:
+    return UnsupportedMediaType(detail, accepted=list(ACCEPTED_TYPES))
 
 
 def check_image_header(
     f: IO[bytes], content_type: str, settings: Settings, what: str = "image"
 ) -> tuple[int, int]:
-    """(width, height) from the header; Problem 415 for an unreadable header, 413 over the pixel limit."""
+    """(width, height) from the header; :class:`UnsupportedMediaType` for an unreadable header,
+    :class:`TooManyPixels` over the pixel limit."""
     fmt = IMAGE_TYPES[content_type]
     if fmt == "WEBP":  # Pillow's WebP plugin reads (and allocates) the whole image: parse the header here
         size = webp_size(f.read(30))
@@ -87,9 +87,7 @@ def check_image_header(
             with Image.open(f, formats=[fmt]) as im:  # lazy: reads the header, decodes nothing
                 width, height = im.size
     except Image.DecompressionBombError as exc:
-        raise Problem(
-            413, "too-many-pixels", f"{what}: {exc}", title="Too many pixels", limit=settings.max_image_pixels
-        ) from exc
+        raise TooManyPixels(f"{what}: {exc}", limit=settings.max_image_pixels) from exc
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise unsupported(f"{what}: not a readable {fmt} image header") from exc
     return _check_pixels(width, height, settings, what)
@@ -99,11 +97,8 @@ def _check_pixels(width: int, height: int, settings: Settings, what: str) -> tup
     if width <= 0 or height <= 0:
         raise unsupported(f"{what}: empty image")
     if width * height > settings.max_image_pixels:
-        raise Problem(
-            413,
-            "too-many-pixels",
+        raise TooManyPixels(
             f"{what}: {width}x{height} = {width * height} pixels, limit {settings.max_image_pixels}",
-            title="Too many pixels",
             limit=settings.max_image_pixels,
             width=width,
             height=height,
@@ -161,15 +156,11 @@ def is_image_entry(name: str) -> bool:
 
 
 def check_archive(f: IO[bytes], size: int, settings: Settings, inspect_entries: bool) -> tuple[int, int]:
-    """(image entries, declared uncompressed bytes); Problem 413/415/422 otherwise."""
+    """(image entries, declared uncompressed bytes); :class:`InputRejected` otherwise."""
     count = zip_entry_count(f, size)
     if count > settings.max_archive_entries:
-        raise Problem(
-            413,
-            "too-many-entries",
-            f"archive has {count} entries, limit {settings.max_archive_entries}",
-            title="Too many archive entries",
-            limit=settings.max_archive_entries,
+        raise TooManyEntries(
+            f"archive has {count} entries, limit {settings.max_archive_entries}", limit=settings.max_archive_entries
         )
     f.seek(0)
     try:
@@ -179,13 +170,7 @@ def check_archive(f: IO[bytes], size: int, settings: Settings, inspect_entries: 
     with zf:
         infos = zf.infolist()
         if len(infos) > settings.max_archive_entries:
-            raise Problem(
-                413,
-                "too-many-entries",
-                f"archive has {len(infos)} entries",
-                title="Too many archive entries",
-                limit=settings.max_archive_entries,
-            )
+            raise TooManyEntries(f"archive has {len(infos)} entries", limit=settings.max_archive_entries)
         # A bad entry (unsafe name, encryption, unknown compression, not an image, over a limit) is a
         # per-photo error in the job's report, not a refusal: the worker re-checks and reports every
         # entry. Only an archive without a single usable image is refused here.
@@ -203,15 +188,15 @@ def check_archive(f: IO[bytes], size: int, settings: Settings, inspect_entries: 
             elif is_image_entry(name):
                 images.append(info)
         if total > settings.max_archive_uncompressed_bytes:
-            raise too_large(
+            raise TooLarge(
                 f"archive expands to {total} bytes, limit {settings.max_archive_uncompressed_bytes}",
-                settings.max_archive_uncompressed_bytes,
+                limit=settings.max_archive_uncompressed_bytes,
             )
         if inspect_entries:
             images = [info for info in images if _usable(zf, info, settings, skipped)]
         if not images:
             why = f" ({'; '.join(skipped[:3])})" if skipped else ""
-            raise invalid_archive(f"no usable images ({', '.join(IMAGE_EXTENSIONS)}) in the archive{why}")
+            raise InvalidArchive(f"no usable images ({', '.join(IMAGE_EXTENSIONS)}) in the archive{why}")
     return len(images), total
 
 
@@ -240,7 +225,7 @@ def _usable(zf: zipfile.ZipFile, info: zipfile.ZipInfo, settings: Settings, skip
                 return False
             member.seek(0)
             check_image_header(member, kind, settings, what=info.filename)
-    except Problem as exc:
+    except InputRejected as exc:
         skipped.append(exc.detail or f"{info.filename}: {exc}")
         return False
     except (zipfile.BadZipFile, OSError, EOFError, NotImplementedError) as exc:
@@ -250,22 +235,21 @@ def _usable(zf: zipfile.ZipFile, info: zipfile.ZipInfo, settings: Settings, skip
 
 
 def inspect(f: IO[bytes], size: int, settings: Settings, *, inspect_entries: bool = True) -> Inspected:
-    """Check a seekable file of ``size`` bytes against the limits; raise a :class:`Problem` if it fails."""
+    """Check a seekable file of ``size`` bytes against the limits; raise an :class:`InputRejected` if it fails."""
     if size <= 0:
-        raise Problem(422, "validation-error", "the file is empty", title="Validation error")
+        raise EmptyInput("the file is empty")
     f.seek(0)
     kind = sniff(f.read(16))
     if kind is None:
         raise unsupported("not a PNG, JPEG or WebP image, or a zip archive")
     if kind == ZIP_TYPE:
         if size > settings.max_archive_bytes:
-            raise too_large(
-                f"archive of {size} bytes, limit {settings.max_archive_bytes}", settings.max_archive_bytes
-            )
+            limit = settings.max_archive_bytes
+            raise TooLarge(f"archive of {size} bytes, limit {limit}", limit=limit)
         entries, total = check_archive(f, size, settings, inspect_entries)
         return Inspected("archive", ZIP_TYPE, size, entries=entries, uncompressed_bytes=total)
     if size > settings.max_image_bytes:
-        raise too_large(f"image of {size} bytes, limit {settings.max_image_bytes}", settings.max_image_bytes)
+        raise TooLarge(f"image of {size} bytes, limit {settings.max_image_bytes}", limit=settings.max_image_bytes)
     f.seek(0)
     width, height = check_image_header(f, kind, settings)
     return Inspected("image", kind, size, width=width, height=height)

@@ -14,21 +14,22 @@ from typing import IO, Any
 from celery import Celery
 from redis import Redis
 
-from api.config import Settings
-from api.jobs import DEFAULT_WEBHOOK_EVENTS, InputRef, JobRecord, JobStore
-from api.keys import Principal
 from api.methods import Catalog
 from api.metrics import Metrics
 from api.problems import Problem, validation_problem
-from api.queue import enqueue_job
 from api.ratelimit import RateLimiter
-from api.redisdb import new_id
 from api.schemas import JobOptions, metadata_size
-from api.states import JobStatus
-from api.storage import Storage, StorageError, input_key, output_prefix, safe_filename
 from api.uploads import UploadRecord, UploadStore
-from api.validation import Inspected, inspect, sha256_file
-from api.webhooks import WebhookRefused, check_url
+from service.config import Settings
+from service.errors import InputRejected, TooLarge, UnsupportedMediaType
+from service.jobs import DEFAULT_WEBHOOK_EVENTS, InputRef, JobRecord, JobStore
+from service.keys import Principal
+from service.queue import enqueue_job
+from service.redisdb import new_id
+from service.states import JobStatus
+from service.storage import Storage, StorageError, input_key, output_prefix, safe_filename
+from service.validation import Inspected, inspect, sha256_file
+from service.webhooks import WebhookRefused, check_url
 
 log = logging.getLogger(__name__)
 
@@ -281,32 +282,23 @@ def submit_file(
 
 def inspect_upload(services: Services, upload: UploadRecord) -> UploadRecord:
     """Check an uploaded object (size, type, pixels / zip directory) by ranged reads; mark it ready,
-    or failed (deleting the object) and raise the problem."""
+    or failed (deleting the object) and raise the refusal (a :class:`service.errors.InputRejected`)."""
     info = services.storage.head(upload.key)
     if info is None:
         raise Problem(409, "conflict", "the upload has not been received yet", title="Upload incomplete")
     try:
         if info.size > upload.max_bytes:
-            raise Problem(
-                413,
-                "too-large",
-                f"uploaded {info.size} bytes, limit {upload.max_bytes}",
-                title="Content too large",
-                limit=upload.max_bytes,
-            )
+            raise TooLarge(f"uploaded {info.size} bytes, limit {upload.max_bytes}", limit=upload.max_bytes)
         with services.storage.open_range_reader(upload.key, info.size) as reader:
             inspected: Inspected = inspect(reader, info.size, services.settings, inspect_entries=False)
         declared_family = "archive" if upload.content_type == "application/zip" else "image"
         if inspected.kind != declared_family:
-            raise Problem(
-                415,
-                "unsupported-media-type",
-                f"declared {upload.content_type} but the content is {inspected.content_type}",
-                title="Unsupported media type",
+            raise UnsupportedMediaType(
+                f"declared {upload.content_type} but the content is {inspected.content_type}"
             )
-    except Problem as problem:
+    except InputRejected as exc:
         services.storage.delete(upload.key)
-        services.uploads.update(upload, status="failed", error=problem.detail, actual_size=info.size)
+        services.uploads.update(upload, status="failed", error=exc.detail, actual_size=info.size)
         raise
     except (StorageError, OSError) as exc:
         raise Problem(

@@ -14,8 +14,8 @@ from typing import Any
 
 import redis
 
-from api.config import Settings
-from api.redisdb import RedisKeys
+from service.config import Settings
+from service.redisdb import RedisKeys
 
 
 def beat(

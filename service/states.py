@@ -9,7 +9,7 @@
       └──► failed
 
 ``running -> queued`` is a requeue (a worker lost the job and Celery redelivers it). Terminal states
-never change. :class:`api.jobs.JobStore` applies transitions atomically in Redis (compare-and-set on the
+never change. :class:`service.jobs.JobStore` applies transitions atomically in Redis (compare-and-set on the
 current status), so a worker finishing a job that was canceled meanwhile simply loses the race.
 """
 

@@ -17,8 +17,8 @@ from typing import Any
 import redis
 from celery import Celery
 
-from api.config import Settings
-from api.jobs import JobRecord
+from service.config import Settings
+from service.jobs import JobRecord
 
 PAYLOAD_VERSION = 1
 # kombu's Redis transport keeps priorities 3/6/9 in lists named <queue>\x06\x16<priority>.

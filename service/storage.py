@@ -23,7 +23,7 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
-from api.config import Settings
+from service.config import Settings
 
 log = logging.getLogger(__name__)
 LIFECYCLE_RULE_ID = "veil-retention"

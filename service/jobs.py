@@ -1,6 +1,6 @@
 """The job record in Redis and every operation on it, for the gateway and the workers.
 
-A job is a Redis hash (``<prefix>job:<id>``, see :class:`api.redisdb.RedisKeys`); plain string fields
+A job is a Redis hash (``<prefix>job:<id>``, see :class:`service.redisdb.RedisKeys`); plain string fields
 are stored as they are, every other field as JSON. Status changes go through :meth:`JobStore.transition`,
 a Lua compare-and-set that also moves the id between the tenant's per-status index sets and counts the
 transition in ``<prefix>stats:jobs``. Worker-side helpers: :meth:`JobStore.start`,
@@ -20,9 +20,9 @@ from typing import Any, ClassVar, Literal
 import redis
 from pydantic import BaseModel, Field
 
-from api.config import Settings
-from api.redisdb import ID_RE, RedisKeys
-from api.states import InvalidTransition, JobStatus, is_terminal, sources
+from service.config import Settings
+from service.redisdb import ID_RE, RedisKeys
+from service.states import InvalidTransition, JobStatus, is_terminal, sources
 
 JobKind = Literal["image", "archive"]
 WebhookEvent = Literal["job.started", "job.completed", "job.failed", "job.progress"]

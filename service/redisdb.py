@@ -12,7 +12,7 @@ import time
 
 import redis
 
-from api.config import Settings
+from service.config import Settings
 
 _CROCKFORD = "0123456789abcdefghjkmnpqrstvwxyz"  # ascending in ASCII: ids sort by time
 ID_RE = re.compile(r"^[a-z]{3}_[0-9a-z]{26}$")
@@ -39,7 +39,7 @@ class RedisKeys:
     ======================================  ======  ===========================================
     key                                     type    content
     ======================================  ======  ===========================================
-    ``p job:<job_id>``                      hash    the job record (:class:`api.jobs.JobRecord`)
+    ``p job:<job_id>``                      hash    the job record (:class:`service.jobs.JobRecord`)
     ``p job:<job_id>:webhooks``             list    JSON webhook attempt log (newest last)
     ``p jobs:<tenant>:all``                 zset    job ids of a tenant (score 0, lex = time)
     ``p jobs:<tenant>:<status>``            zset    job ids of a tenant in one status
