@@ -19,6 +19,9 @@ from core.checkpoints import CheckpointError, Manifest, ManifestEntry, checkpoin
 from core.forgers.base import CELEBA5
 
 CLASSIFIER_NAME = "attribute-classifier"
+# The judge of edits at the forgers' 128 px: it measures forgers and protections and is never a training
+# signal for any forger or generator (a recipe that wants a classifier loss must train its own network).
+JUDGE_NAME = "attribute-classifier-128"
 
 
 class AttributeClassifier(nn.Module):
@@ -48,13 +51,13 @@ class AttributeClassifier(nn.Module):
         return self.head(self.features(x).mean(dim=(2, 3)))
 
 
-def load_classifier(checkpoint: str | Path | None = None) -> AttributeClassifier:
-    """The shipped classifier (or a given file), frozen in eval mode."""
+def load_classifier(checkpoint: str | Path | None = None, name: str = CLASSIFIER_NAME) -> AttributeClassifier:
+    """The shipped classifier ``name`` (or a given file), frozen in eval mode."""
     manifest = Manifest()
     if checkpoint is None:
-        entry = manifest.find(CLASSIFIER_NAME)
+        entry = manifest.find(name)
         if entry is None:
-            raise CheckpointError("no attribute classifier in the manifest; train one with `veil train classifier`")
+            raise CheckpointError(f"no {name} in the manifest; train one with `veil train classifier`")
         path = manifest.resolve(entry)
     else:
         path = Path(checkpoint)
@@ -117,13 +120,22 @@ def train_classifier(
     return model, facts
 
 
-def export_classifier(model: AttributeClassifier, facts: dict[str, Any], hardware: str) -> ManifestEntry:
-    file = f"{CLASSIFIER_NAME}.safetensors"
+def load_judge() -> AttributeClassifier:
+    """The evaluation classifier at 128 px; the 64 px one where it is not shipped (older checkouts, tests)."""
+    try:
+        return load_classifier(name=JUDGE_NAME)
+    except CheckpointError:
+        return load_classifier()
+
+
+def export_classifier(model: AttributeClassifier, facts: dict[str, Any], hardware: str,
+                      name: str = CLASSIFIER_NAME) -> ManifestEntry:
+    file = f"{name}.safetensors"
     cfg = {"image_size": model.image_size, "width": model.width}
     sha = save_weights(model.state_dict(), checkpoints_dir() / file, {"config": cfg, **facts})
-    entry = ManifestEntry(name=CLASSIFIER_NAME, forger="classifier", role="classifier", file=file, config=cfg,
+    entry = ManifestEntry(name=name, forger="classifier", role="classifier", file=file, config=cfg,
                           sha256=sha, info={"architecture": "AttributeClassifier (7 conv, BN, ReLU)",
-                                            "data": "CelebA train split (24,000 faces), 64 px",
+                                            "data": f"CelebA train split (24,000 faces), {model.image_size} px",
                                             "hardware": hardware, "metrics": facts["val_accuracy"],
                                             "licence": "CelebA: non-commercial research use only", **facts})
     manifest = Manifest()

@@ -128,6 +128,7 @@ def evaluate_faces(
 def train_forger(
     forger: str, config: str, data: Path | None, run_dir: Path | None, iters: int | None,
     max_minutes: float | None, batch_size: int | None, threads: int | None, device: str, init_from: str | None,
+    recipe: str = "published",
 ) -> int:
     from core.train.forger import ForgerTrainer, TrainConfig
 
@@ -136,7 +137,7 @@ def train_forger(
         raise FileNotFoundError(f"no CelebA layout (list_attr_celeba.txt, img_align_celeba/) in {root}")
     if root is None and not celeba_available():
         raise FileNotFoundError("the CelebA dataset was not found; pass --data or set VEIL_CELEBA")
-    cfg = TrainConfig.for_forger(forger, config, run_dir=run_dir, data_dir=root, iters=iters,
+    cfg = TrainConfig.for_forger(forger, config, recipe, run_dir=run_dir, data_dir=root, iters=iters,
                                  batch_size=batch_size, threads=threads, device=device)
     trainer = ForgerTrainer(cfg)
     if not trainer.resume() and init_from:
@@ -145,7 +146,9 @@ def train_forger(
         d = manifest.find(init_from + "-D")
         if g is None:
             raise CheckpointError(f"no manifest entry {init_from!r} to warm start from")
-        trainer.warm_start(manifest.resolve(g), manifest.resolve(d) if d else None)
+        # A generator warm-starts across resolutions (fully convolutional); the critic only at its own.
+        same_critic = d is not None and d.config == config
+        trainer.warm_start(manifest.resolve(g), manifest.resolve(d) if d and same_critic else None)
     return trainer.train(max_seconds=max_minutes * 60 if max_minutes else None)
 
 
@@ -159,7 +162,9 @@ def export_run(run_dir: Path, name: str, default: bool, half: bool, hardware: st
     iterations = int(state["iteration"])
     manifest = Manifest()
     entries = []
-    for role, key, suffix in (("generator", "G", ""), ("discriminator", "D", "-D")):
+    # The moving average of the generator is what a run ships, when it keeps one.
+    g_key = "G_ema" if "G_ema" in state else "G"
+    for role, key, suffix in (("generator", g_key, ""), ("discriminator", "D", "-D")):
         file = f"{name}{suffix}.safetensors"
         meta = {"forger": cfg["forger"], "config": cfg["model_config"], "role": role, "iterations": iterations}
         sha = save_weights(state[key], checkpoints_dir() / file, meta, half=half)
@@ -176,7 +181,7 @@ def export_run(run_dir: Path, name: str, default: bool, half: bool, hardware: st
                 "dtype": "float16" if half else "float32",
                 "exported": dt.date.today().isoformat(),
                 "licence": "CelebA: non-commercial research use only",
-                "recipe": {k: cfg[k] for k in RECIPE_KEYS},
+                "recipe": {k: cfg[k] for k in RECIPE_KEYS if k in cfg},
                 **({"warm_start": cfg["extra"]["warm_start"]} if cfg.get("extra", {}).get("warm_start") else {}),
             },
         )
@@ -194,7 +199,8 @@ def _warm_note(info: dict[str, Any]) -> str:
     return f" (the first {warm['iterations']} warm-started from `{warm['from']}`, a {warm['forger']} run)"
 
 
-RECIPE_KEYS = ("forger", "batch_size", "lr", "n_critic", "lambda_cls", "lambda_rec", "lambda_gp", "lambda_id")
+RECIPE_KEYS = ("forger", "batch_size", "lr", "n_critic", "lambda_cls", "lambda_rec", "lambda_gp", "lambda_id",
+               "recipe", "adv_loss", "r1_gamma", "ema_beta")
 
 
 def write_model_card(entry: ManifestEntry) -> Path:

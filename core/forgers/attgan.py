@@ -21,6 +21,9 @@ ATTGAN_CONFIGS = {
                       attr_scale=0.5, d_dim=64, d_fc_dim=1024),
     "compact64": dict(image_size=64, dim=32, layers=4, max_dim=512, shortcut_layers=1, inject_layers=1,
                       attr_scale=0.5, d_dim=32, d_fc_dim=256),
+    # The reference depth at 128 px, half the reference widths: CPU-trainable.
+    "compact128": dict(image_size=128, dim=32, layers=5, max_dim=512, shortcut_layers=1, inject_layers=1,
+                       attr_scale=0.5, d_dim=32, d_fc_dim=256),
     "tiny": dict(image_size=32, dim=8, layers=3, max_dim=32, shortcut_layers=1, inject_layers=1,
                  attr_scale=0.5, d_dim=8, d_fc_dim=16),
 }

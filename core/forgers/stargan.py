@@ -17,6 +17,9 @@ STARGAN_CONFIGS = {
     "celeba128": dict(image_size=128, conv_dim=64, repeat_num=6, d_conv_dim=64, d_repeat_num=6),
     # Small enough to make real progress on a 2-core CPU.
     "compact64": dict(image_size=64, conv_dim=32, repeat_num=4, d_conv_dim=32, d_repeat_num=5),
+    # The reference resolution at the compact width: the campaign's CPU-trainable 128 px editor. Its generator
+    # has compact64's parameter shapes (fully convolutional), so compact64 weights can warm-start it.
+    "compact128": dict(image_size=128, conv_dim=32, repeat_num=4, d_conv_dim=32, d_repeat_num=6),
     # For tests only.
     "tiny": dict(image_size=32, conv_dim=8, repeat_num=1, d_conv_dim=8, d_repeat_num=3),
 }

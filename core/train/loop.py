@@ -32,6 +32,7 @@ class ResumableTrainer(ABC):
     perm: torch.Tensor
     pos: int
     name: str = "train"
+    cpu_seconds: float = 0.0  # process CPU time spent in steps, across resumes: the campaign's clock
     progress_keys: tuple[str, ...] | None = None
 
     @abstractmethod
@@ -103,12 +104,15 @@ class ResumableTrainer(ABC):
                 while self.iteration < end and not self.stop_requested:
                     if max_seconds is not None and time.monotonic() - start_time > max_seconds:
                         break
+                    cpu = time.process_time()
                     logs = self.step(*self.next_batch())
+                    self.cpu_seconds += time.process_time() - cpu
                     self.iteration += 1
                     bar(self.iteration, logs)
                     if self.iteration % cfg.log_every == 0:
                         rate = (self.iteration - start_iter) / (time.monotonic() - start_time)
-                        self.log({"iter": self.iteration, "it_per_s": rate, **logs})
+                        self.log({"iter": self.iteration, "it_per_s": rate, "cpu_s": round(self.cpu_seconds, 1),
+                                  **logs})
                     if self.iteration % cfg.sample_every == 0:
                         self.on_sample()
                     if self.iteration % cfg.ckpt_every == 0:

@@ -1,0 +1,217 @@
+"""The forger campaign: train the 128 px forgers in the background of all other work, resumably.
+
+One process, one torch thread, low priority. State lives outside the work tree (``--state``, default
+``$VEIL_CAMPAIGN`` or ``~/.local/share/veil/campaign``) so that a fresh checkout resumes where the last one
+stopped: ``runs/<stage>/state.pt`` per stage, ``cache/`` for the CelebA packs, and a snapshot of each
+stage's exported generator every ``--snapshot-minutes`` of its CPU time (``runs/<stage>/snapshots/``,
+metadata: iteration and CPU seconds). ``benchmarks/forger_recipes.py`` measures the snapshots with the
+evaluation classifier and plots quality per CPU-hour.
+
+Stages in a ``pilot`` group share the CPU round-robin until each has had ``pilot_hours``; then only the
+group's best stage (by the last measured score) goes on. Stages are trained in plan order otherwise.
+
+    python scripts/forger_campaign.py             # run (Ctrl-C / SIGTERM saves and stops)
+    python scripts/forger_campaign.py --status    # where each stage stands
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+# The plan. A pilot group compares recipes on equal CPU time; its best stage is trained on.
+PLAN: list[dict[str, Any]] = [
+    {"stage": "stargan-compact128-published", "forger": "stargan", "config": "compact128", "recipe": "published",
+     "group": "stargan", "pilot_hours": 0.4},
+    {"stage": "stargan-compact128-cpu", "forger": "stargan", "config": "compact128", "recipe": "cpu",
+     "group": "stargan", "pilot_hours": 0.4},
+    {"stage": "stargan-compact128-cpu-warm", "forger": "stargan", "config": "compact128", "recipe": "cpu",
+     "init_from": "stargan-compact64", "group": "stargan", "pilot_hours": 0.4},
+    {"stage": "fpgan-compact128-cpu", "forger": "fpgan", "config": "compact128", "recipe": "cpu",
+     "init_from_stage": "stargan", "group": "fpgan"},
+    {"stage": "attgan-compact128-cpu", "forger": "attgan", "config": "compact128", "recipe": "cpu",
+     "group": "attgan"},
+]
+# The campaign's own selection score: cheap (200 validation faces), not the published measurement.
+SELECT_FACES = 200
+
+
+def default_state() -> Path:
+    env = os.environ.get("VEIL_CAMPAIGN")
+    return Path(env) if env else Path.home() / ".local" / "share" / "veil" / "campaign"
+
+
+def read_status(state: Path) -> dict[str, Any]:
+    path = state / "status.json"
+    return json.loads(path.read_text()) if path.is_file() else {"stages": {}, "winners": {}}
+
+
+def write_status(state: Path, status: dict[str, Any]) -> None:
+    tmp = state / "status.json.tmp"
+    tmp.write_text(json.dumps(status, indent=1))
+    tmp.replace(state / "status.json")
+
+
+def score(m: dict[str, Any]) -> float:
+    """Higher is better: target accuracy, less the identity error's share of the edit (the goals' terms)."""
+    ratio = m["identity_mse"] / max(m["edit_strength"], 1e-6)
+    return m.get("target_accuracy", 0.0) - 0.5 * max(0.0, ratio - 1 / 3)
+
+
+def make_trainer(stage: dict[str, Any], state: Path, status: dict[str, Any], data: Path | None) -> Any:
+    from core.checkpoints import Manifest
+    from core.train.forger import ForgerTrainer, TrainConfig
+
+    cfg = TrainConfig.for_forger(stage["forger"], stage["config"], stage["recipe"],
+                                 run_dir=state / "runs" / stage["stage"], data_dir=data, threads=1)
+    trainer = ForgerTrainer(cfg)
+    if trainer.resume():
+        return trainer
+    if stage.get("init_from"):
+        manifest = Manifest()
+        entry = manifest.find(stage["init_from"])
+        if entry is not None:
+            trainer.warm_start(manifest.resolve(entry), None)
+    elif stage.get("init_from_stage"):
+        winner = status["winners"].get(stage["init_from_stage"])
+        snaps = sorted((state / "runs" / winner / "snapshots").glob("*.safetensors")) if winner else []
+        if snaps:
+            trainer.warm_start(snaps[-1], None)
+    return trainer
+
+
+def snapshot(trainer: Any, stage: str) -> Path:
+    from core.checkpoints import save_weights
+
+    cfg = trainer.cfg
+    path = cfg.run_dir / "snapshots" / f"{trainer.iteration:07d}.safetensors"
+    meta = {"forger": cfg.forger, "config": cfg.model_config, "role": "generator", "stage": stage,
+            "recipe": cfg.recipe, "iterations": trainer.iteration, "cpu_seconds": round(trainer.cpu_seconds, 1)}
+    save_weights(trainer.G_export.state_dict(), path, meta, half=False)
+    return path
+
+
+def measure(trainer: Any, data: Path | None) -> dict[str, Any]:
+    from core.classifier import load_classifier
+    from core.data import FacePack, default_celeba_dir
+    from core.forger_eval import measure_forger
+
+    root = data or default_celeba_dir()
+    val = FacePack.load(root, "val", trainer.forger.image_size, trainer.cfg.run_dir.parent / "cache")
+    x, c = val[torch_arange(SELECT_FACES)]
+    G = trainer.G_export
+    was_training = G.training
+    G.eval()
+    try:
+        forger = trainer.forger
+        generator = forger.generator
+        forger.generator = G
+        return measure_forger(forger, x, c, load_classifier())
+    finally:
+        forger.generator = generator
+        G.train(was_training)
+
+
+def torch_arange(n: int) -> Any:
+    import torch
+
+    return torch.arange(n)
+
+
+def choose(state: Path, status: dict[str, Any]) -> dict[str, Any] | None:
+    """The next stage to train: the pilot stage with the least CPU time, else the group's winner."""
+    for group in dict.fromkeys(s["group"] for s in PLAN):
+        stages = [s for s in PLAN if s["group"] == group]
+        done = status["stages"]
+        pilots = [s for s in stages if "pilot_hours" in s]
+        behind = [s for s in pilots if done.get(s["stage"], {}).get("cpu_seconds", 0) < 3600 * s["pilot_hours"]]
+        if behind:
+            return min(behind, key=lambda s: done.get(s["stage"], {}).get("cpu_seconds", 0))
+        if pilots and group not in status["winners"]:
+            best = max(pilots, key=lambda s: done.get(s["stage"], {}).get("score", -1.0))
+            status["winners"][group] = best["stage"]
+            write_status(state, status)
+        winner = status["winners"].get(group)
+        candidates = [s for s in stages if s["stage"] == winner] if pilots else stages
+        for s in candidates:
+            if not done.get(s["stage"], {}).get("finished"):
+                return s
+    return None
+
+
+def run(state: Path, data: Path | None, chunk_minutes: float, snapshot_minutes: float, hours: float | None) -> None:
+    import torch
+
+    torch.set_num_threads(1)
+    stop = {"now": False}
+
+    def request_stop(signum: int, frame: Any) -> None:
+        stop["now"] = True
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    start = time.monotonic()
+    trainers: dict[str, Any] = {}
+    while not stop["now"] and (hours is None or time.monotonic() - start < hours * 3600):
+        status = read_status(state)
+        stage = choose(state, status)
+        if stage is None:
+            print("campaign: every stage finished", flush=True)
+            return
+        name = stage["stage"]
+        trainer = trainers.get(name) or make_trainer(stage, state, status, data)
+        trainers[name] = trainer
+        rec = status["stages"].setdefault(name, {})
+        last_snap = rec.get("snapshot_cpu_seconds", 0.0)
+        trainer.stop_requested = False
+        # The trainer's own handlers take SIGINT/SIGTERM during a chunk and save; ours see the flag after.
+        before = trainer.iteration
+        trainer.train(max_seconds=chunk_minutes * 60, progress=False)
+        if trainer.stop_requested:
+            stop["now"] = True
+        rec.update(iteration=trainer.iteration, cpu_seconds=round(trainer.cpu_seconds, 1),
+                   finished=trainer.iteration >= trainer.cfg.iters)
+        print(f"campaign: {name} {before} -> {trainer.iteration} it, {trainer.cpu_seconds / 3600:.2f} CPU-h",
+              flush=True)
+        if trainer.cpu_seconds - last_snap >= snapshot_minutes * 60 or stop["now"]:
+            path = snapshot(trainer, name)
+            m = measure(trainer, data)
+            rec.update(snapshot=path.name, snapshot_cpu_seconds=round(trainer.cpu_seconds, 1), score=score(m),
+                       measured={k: m[k] for k in ("edit_strength", "identity_mse", "reconstruction_mse",
+                                                   "target_accuracy")})
+            print(f"campaign: {name} snapshot {path.name}: {rec['measured']} score {rec['score']:.3f}", flush=True)
+        status = read_status(state)
+        status["stages"][name] = rec
+        write_status(state, status)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--state", type=Path, default=default_state())
+    ap.add_argument("--data", type=Path, default=None, help="CelebA root (default: the shared dataset)")
+    ap.add_argument("--chunk-minutes", type=float, default=10.0)
+    ap.add_argument("--snapshot-minutes", type=float, default=20.0, help="CPU minutes between snapshots")
+    ap.add_argument("--hours", type=float, default=None, help="stop after this much wall time")
+    ap.add_argument("--status", action="store_true", help="print where each stage stands and exit")
+    args = ap.parse_args()
+    args.state.mkdir(parents=True, exist_ok=True)
+    if args.status:
+        print(json.dumps(read_status(args.state), indent=1))
+        return
+    with contextlib.suppress(OSError):
+        os.nice(10)
+    run(args.state, args.data, args.chunk_minutes, args.snapshot_minutes, args.hours)
+
+
+if __name__ == "__main__":
+    main()
