@@ -8,11 +8,13 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import redis
 from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
+from pydantic.json_schema import models_json_schema
 
 from api.methods import load_catalog
 from api.metrics import Metrics
@@ -24,6 +26,7 @@ from api.routes import health, jobs, methods, uploads
 from api.submit import Services
 from api.uploads import UploadStore
 from service.config import Settings
+from service.contract import CONTRACT_MODELS
 from service.jobs import JobStore
 from service.queue import make_celery
 from service.redisdb import make_redis
@@ -59,6 +62,26 @@ def build_services(settings: Settings) -> Services:
     )
 
 
+def publish_contract(app: FastAPI) -> None:
+    """Add the gateway/worker contract (:mod:`service.contract`: the resolved options, the task payload)
+    to the OpenAPI document's ``components.schemas``, next to the request and response bodies."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = generate()
+            _, defs = models_json_schema(
+                [(model, "serialization") for model in CONTRACT_MODELS], ref_template="#/components/schemas/{model}"
+            )
+            components = schema.setdefault("components", {}).setdefault("schemas", {})
+            for name, definition in defs.get("$defs", {}).items():
+                components.setdefault(name, definition)
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     services: Services = app.state.services
@@ -86,6 +109,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     services = build_services(settings)
     app.state.services = services
     install_problem_handlers(app)
+    publish_contract(app)
 
     async def on_unavailable(request: Request, exc: Exception) -> JSONResponse:
         log.warning("dependency unavailable on %s: %s", request.url.path, exc)

@@ -13,6 +13,8 @@ from typing import Any
 
 from pydantic import BaseModel, Field, model_validator
 
+from service.contract import EPS_MAX
+
 DEFAULT_METHODS_FILE = Path(__file__).with_name("methods.json")
 
 
@@ -49,7 +51,9 @@ class ForgerInfo(BaseModel):
 class Catalog(BaseModel):
     version: int = 1
     eps_units: str
-    eps_max: float = Field(gt=0)
+    eps_max: float = Field(
+        default=EPS_MAX, gt=0, le=EPS_MAX, description="the largest eps a job may ask for (a catalogue may lower it)"
+    )
     methods: list[MethodInfo]
     forgers: list[ForgerInfo]
     output_formats: list[str]

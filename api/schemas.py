@@ -8,13 +8,12 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from service.jobs import DEFAULT_WEBHOOK_EVENTS
+from service.contract import DEFAULT_WEBHOOK_EVENTS, EPS_MAX, WebhookEvent
 from service.states import JobStatus
 from service.views import Job
 
 OutputFormat = Literal["png", "jpeg", "webp"]
 Strength = Literal["low", "medium", "high"]
-EventName = Literal["job.started", "job.completed", "job.failed", "job.progress"]
 UploadContentType = Literal["image/png", "image/jpeg", "image/webp", "application/zip"]
 
 
@@ -33,7 +32,7 @@ class JobOptions(BaseModel):
     eps: float | None = Field(
         default=None,
         gt=0,
-        le=0.1,
+        le=EPS_MAX,
         description="budget, fraction of the channel range (method default if unset)",
     )
     strength: Strength | None = Field(default=None, description="preset budget; exclusive with eps")
@@ -54,7 +53,7 @@ class JobOptions(BaseModel):
         "(the forger's edits of the original and of the protected face) for photo jobs",
     )
     webhook_url: str | None = Field(default=None, max_length=2048)
-    webhook_events: list[EventName] | None = Field(
+    webhook_events: list[WebhookEvent] | None = Field(
         default=None, description=f"default {list(DEFAULT_WEBHOOK_EVENTS)}"
     )
     metadata: dict[str, Any] | None = Field(

@@ -21,8 +21,9 @@ from api.ratelimit import RateLimiter
 from api.schemas import JobOptions, metadata_size
 from api.uploads import UploadRecord, UploadStore
 from service.config import Settings
+from service.contract import DEFAULT_WEBHOOK_EVENTS, InputRef, JobKind, ResolvedOptions
 from service.errors import InputRejected, TooLarge, UnsupportedMediaType
-from service.jobs import DEFAULT_WEBHOOK_EVENTS, InputRef, JobRecord, JobStore
+from service.jobs import JobRecord, JobStore
 from service.keys import Principal
 from service.queue import enqueue_job
 from service.redisdb import new_id
@@ -48,28 +49,8 @@ class Services:
     metrics: Metrics
 
 
-@dataclass(frozen=True)
-class Resolved:
-    """Options after the catalogue's defaults were applied."""
-
-    method: str
-    forgers: list[str]
-    targets: list[str] | None
-    eps: float
-    core_eps: float
-    strength: str | None
-    params: dict[str, Any]
-    output_format: str
-    min_success: float | None
-    escalation: list[float]
-    previews: bool
-    keep_metadata: bool
-    webhook_url: str | None
-    webhook_events: list[str]
-    metadata: dict[str, Any]
-
-
-def resolve_options(opts: JobOptions, catalog: Catalog, settings: Settings) -> Resolved:
+def resolve_options(opts: JobOptions, catalog: Catalog, settings: Settings) -> ResolvedOptions:
+    """The request's options with the catalogue's defaults applied (a 422 problem listing every error)."""
     errors: list[dict[str, Any]] = []
 
     def err(loc: str, msg: str, kind: str = "value_error") -> None:
@@ -121,7 +102,7 @@ def resolve_options(opts: JobOptions, catalog: Catalog, settings: Settings) -> R
     )
     # min_success: the presets stronger than the chosen budget, weakest first, are the retries' budgets.
     stronger = sorted({v for v in method.eps.presets() if v > eps}) if opts.min_success is not None else []
-    return Resolved(
+    return ResolvedOptions(
         method=method.name,
         forgers=list(opts.forgers),
         targets=list(opts.targets) if opts.targets is not None else None,
@@ -153,34 +134,20 @@ class Submitted:
 
 
 def _new_job(
-    services: Services, principal: Principal, job_id: str, r: Resolved, kind: str, inp: InputRef
+    services: Services, principal: Principal, job_id: str, r: ResolvedOptions, kind: JobKind, inp: InputRef
 ) -> JobRecord:
     now = time.time()
     return JobRecord(
+        **dict(r),
         id=job_id,
         tenant=principal.tenant,
         status=JobStatus.QUEUED,
-        kind=kind,  # type: ignore[arg-type]
-        method=r.method,
-        forgers=r.forgers,
-        targets=r.targets,
-        eps=r.eps,
-        core_eps=r.core_eps,
-        strength=r.strength,
-        params=r.params,
-        output_format=r.output_format,
-        min_success=r.min_success,
-        escalation=r.escalation,
-        previews=r.previews,
-        keep_metadata=r.keep_metadata,
+        kind=kind,
         input=inp,
         output_prefix=output_prefix(principal.tenant, job_id),
         progress_total=1 if kind == "image" else 0,
         created_at=now,
         expires_at=now + services.settings.retention_days * 86400,
-        webhook_url=r.webhook_url,
-        webhook_events=r.webhook_events,
-        metadata=r.metadata,
         task_id=job_id,
     )
 

@@ -21,56 +21,20 @@ import redis
 from pydantic import BaseModel, Field
 
 from service.config import Settings
+from service.contract import InputRef, JobKind, OutputRef, ResolvedOptions
 from service.redisdb import ID_RE, RedisKeys
 from service.states import InvalidTransition, JobStatus, is_terminal, sources
 
-JobKind = Literal["image", "archive"]
-WebhookEvent = Literal["job.started", "job.completed", "job.failed", "job.progress"]
-WEBHOOK_EVENTS: tuple[str, ...] = ("job.started", "job.completed", "job.failed", "job.progress")
-DEFAULT_WEBHOOK_EVENTS: tuple[str, ...] = ("job.started", "job.completed", "job.failed")
 GRACE_S = 24 * 3600  # a job record outlives its objects by a day, so clients can see it expired
 
 
-class InputRef(BaseModel):
-    """Where a job's input lies in S3."""
+class JobRecord(ResolvedOptions):
+    """A job: its resolved options (:class:`service.contract.ResolvedOptions`) plus its state."""
 
-    bucket: str
-    key: str
-    filename: str
-    content_type: str
-    size: int
-    sha256: str | None = None
-    upload_id: str | None = None
-
-
-class OutputRef(BaseModel):
-    """One output object (written by the worker under ``output_prefix``)."""
-
-    key: str
-    size: int | None = None
-    content_type: str | None = None
-    source: str | None = Field(default=None, description="input file (archive entry) it was made from")
-
-
-class JobRecord(BaseModel):
     id: str
     tenant: str
     status: JobStatus = JobStatus.QUEUED
     kind: JobKind
-    method: str
-    forgers: list[str]
-    targets: list[str] | None = None
-    eps: float = Field(description="budget as a fraction of the perturbed channels' full range")
-    core_eps: float = Field(description="eps in the core method's own units (eps * core_eps_scale)")
-    strength: str | None = None
-    params: dict[str, Any] = Field(default_factory=dict, description="method defaults (steps, ...)")
-    output_format: str = "png"
-    min_success: float | None = None
-    escalation: list[float] = Field(
-        default_factory=list, description="stronger core eps to retry with, in order, while min_success is unmet"
-    )
-    previews: bool = False
-    keep_metadata: bool = False
     input: InputRef
     output_prefix: str
     outputs: list[OutputRef] | None = None
@@ -85,10 +49,7 @@ class JobRecord(BaseModel):
     expires_at: float
     error_code: str | None = None
     error_message: str | None = None
-    webhook_url: str | None = None
-    webhook_events: list[str] = Field(default_factory=list)
     webhook_disabled: bool = False
-    metadata: dict[str, Any] = Field(default_factory=dict)
     task_id: str | None = None
     worker: str | None = None
 

@@ -1,6 +1,7 @@
 """The Celery app the gateway sends tasks with (by name: no task code is imported here).
 
-Tasks (JSON serializer, protocol 2, one keyword argument ``payload``, see :func:`task_payload`):
+Tasks (JSON serializer, protocol 2, one keyword argument ``payload``: a
+:class:`service.contract.TaskPayload`, see :func:`task_payload`):
 
 * ``veil.protect`` on queue ``gpu``: a single photo.
 * ``veil.protect_archive`` on queue ``io``: a zip archive (the io worker expands it, fans the images
@@ -18,9 +19,9 @@ import redis
 from celery import Celery
 
 from service.config import Settings
+from service.contract import PAYLOAD_VERSION, TaskPayload, WebhookTarget
 from service.jobs import JobRecord
 
-PAYLOAD_VERSION = 1
 # kombu's Redis transport keeps priorities 3/6/9 in lists named <queue>\x06\x16<priority>.
 _PRIORITY_SUFFIXES = ("", "\x06\x163", "\x06\x166", "\x06\x169")
 
@@ -55,31 +56,21 @@ def make_celery(settings: Settings) -> Celery:
     return app
 
 
-def task_payload(job: JobRecord, settings: Settings) -> dict[str, Any]:
+def task_payload(job: JobRecord, settings: Settings) -> TaskPayload:
     """The task's only argument; everything a worker needs (it still re-reads the job for cancels)."""
-    return {
-        "v": PAYLOAD_VERSION,
-        "job_id": job.id,
-        "tenant": job.tenant,
-        "kind": job.kind,
-        "method": job.method,
-        "forgers": job.forgers,
-        "targets": job.targets,
-        "eps": job.eps,
-        "core_eps": job.core_eps,
-        "params": job.params,
-        "output_format": job.output_format,
-        "min_success": job.min_success,
-        "escalation": job.escalation,
-        "previews": job.previews,
-        "keep_metadata": job.keep_metadata,
-        "input": job.input.model_dump(mode="json"),
-        "output_bucket": settings.s3_bucket,
-        "output_prefix": job.output_prefix,
-        "webhook": ({"url": job.webhook_url, "events": job.webhook_events} if job.webhook_url else None),
-        "created_at": job.created_at,
-        "expires_at": job.expires_at,
-    }
+    return TaskPayload(
+        **job.protect_options(),
+        v=PAYLOAD_VERSION,
+        job_id=job.id,
+        tenant=job.tenant,
+        kind=job.kind,
+        input=job.input,
+        output_bucket=settings.s3_bucket,
+        output_prefix=job.output_prefix,
+        webhook=WebhookTarget(url=job.webhook_url, events=job.webhook_events) if job.webhook_url else None,
+        created_at=job.created_at,
+        expires_at=job.expires_at,
+    )
 
 
 def enqueue_job(celery_app: Celery, job: JobRecord, settings: Settings) -> tuple[str, str]:
@@ -90,7 +81,7 @@ def enqueue_job(celery_app: Celery, job: JobRecord, settings: Settings) -> tuple
         name, queue = settings.task_protect, settings.queue_gpu
     celery_app.send_task(
         name,
-        kwargs={"payload": task_payload(job, settings)},
+        kwargs={"payload": task_payload(job, settings).model_dump(mode="json")},
         queue=queue,
         task_id=job.id,
         retry=True,

@@ -27,7 +27,8 @@ import httpx
 from standardwebhooks import Webhook
 
 from service.config import Settings
-from service.jobs import WEBHOOK_EVENTS, JobRecord, JobStore
+from service.contract import WEBHOOK_EVENTS
+from service.jobs import JobRecord, JobStore
 from service.redisdb import new_id
 from service.views import job_out
 

@@ -42,9 +42,10 @@ import redis
 from botocore.exceptions import BotoCoreError, ClientError
 from celery import Task
 from celery.exceptions import SoftTimeLimitExceeded
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 
-from service.jobs import InputRef, JobRecord, OutputRef
+from service.contract import PAYLOAD_VERSION, OutputRef, TaskPayload
+from service.jobs import JobRecord
 from service.keys import get_webhook_secret
 from service.redisdb import new_id
 from service.states import InvalidTransition, JobStatus
@@ -66,32 +67,6 @@ TRANSIENT: tuple[type[Exception], ...] = (
 )
 
 
-class Payload(BaseModel):
-    """The task payload of ``api/README.md`` (version 1)."""
-
-    v: int
-    job_id: str
-    tenant: str
-    kind: str
-    method: str
-    forgers: list[str]
-    targets: list[str] | None = None
-    eps: float
-    core_eps: float
-    params: dict[str, Any] = {}
-    output_format: str = "png"
-    min_success: float | None = None
-    escalation: list[float] = []  # stronger core eps, weakest first, tried while min_success is unmet
-    previews: bool = False
-    keep_metadata: bool = False
-    input: InputRef
-    output_bucket: str | None = None
-    output_prefix: str
-    webhook: dict[str, Any] | None = None
-    created_at: float | None = None
-    expires_at: float | None = None
-
-
 class JobError(Exception):
     """The job cannot succeed: fail it with this code and message."""
 
@@ -104,12 +79,12 @@ class JobError(Exception):
 # ---- helpers ---------------------------------------------------------------------------------------
 
 
-def parse_payload(payload: Any) -> Payload:
+def parse_payload(payload: Any) -> TaskPayload:
     version = payload.get("v") if isinstance(payload, dict) else None
-    if version != 1:
+    if version != PAYLOAD_VERSION:
         raise JobError("invalid_payload", f"unsupported task payload version {version!r}")
     try:
-        return Payload.model_validate(payload)
+        return TaskPayload.model_validate(payload)
     except ValidationError as exc:
         raise JobError("invalid_payload", f"invalid task payload: {exc.errors()[:3]}") from None
 
@@ -140,14 +115,14 @@ def ext_and_type(output_format: str) -> tuple[str, str]:
     return fmt[1], fmt[2]
 
 
-def output_key(p: Payload, ext: str) -> str:
+def output_key(p: TaskPayload, ext: str) -> str:
     """The photo job's output: ``<output_prefix><input stem><ext>`` (deterministic)."""
     name = safe_filename(p.input.filename, default="photo")
     stem = name.rsplit(".", 1)[0] if "." in name else name
     return f"{p.output_prefix}{stem or 'photo'}{ext}"
 
 
-def work_prefix(p: Payload) -> str:
+def work_prefix(p: TaskPayload) -> str:
     return f"tenants/{p.tenant}/work/{p.job_id}/"
 
 
@@ -244,7 +219,7 @@ def job_errors(task: Task, ctx: Context, job_id: str, counter: str) -> Iterator[
         fail_job(ctx, job_id, "internal_error", f"{type(exc).__name__}: {exc}")
 
 
-def prelude(ctx: Context, payload: Any, counter: str) -> tuple[Payload, JobRecord] | None:
+def prelude(ctx: Context, payload: Any, counter: str) -> tuple[TaskPayload, JobRecord] | None:
     """Parse, load the job, count the delivery; None when there is nothing (more) to do."""
     try:
         p = parse_payload(payload)
@@ -287,7 +262,7 @@ def protect(self: Task, payload: dict[str, Any]) -> str:
     return "failed"
 
 
-def protect_photo(ctx: Context, p: Payload) -> str:
+def protect_photo(ctx: Context, p: TaskPayload) -> str:
     ext, ctype = ext_and_type(p.output_format)
     data = read_object(ctx, p.input.key, settings.max_image_bytes, "input photo")
     if ctx.store.is_canceled(p.job_id):
@@ -321,7 +296,7 @@ def protect_photo(ctx: Context, p: Payload) -> str:
 
 
 def put_previews(
-    ctx: Context, p: Payload, name: str, previews: dict[str, bytes], outputs: list[OutputRef]
+    ctx: Context, p: TaskPayload, name: str, previews: dict[str, bytes], outputs: list[OutputRef]
 ) -> dict[str, str]:
     """Write ``previews/<stem>-<kind>.png`` next to the output (deterministic keys); their names by kind."""
     stem = name.rsplit(".", 1)[0]
@@ -334,14 +309,14 @@ def put_previews(
     return names
 
 
-def run_protect(p: Payload, protection: Any, images: list[Any], previews: bool = False) -> list[models.PhotoResult]:
+def run_protect(p: TaskPayload, protection: Any, images: list[Any], previews: bool = False) -> list[models.PhotoResult]:
     """models.protect with the job's options; ``min_success`` retries with the job's stronger budgets."""
     stronger = [functools.partial(build_protection, p, eps) for eps in p.escalation]
     return models.protect(protection, images, p.output_format, p.targets, min_success=p.min_success,
                           stronger=stronger, previews=previews, keep_metadata=p.keep_metadata)
 
 
-def build_protection(p: Payload, core_eps: float | None = None) -> Any:
+def build_protection(p: TaskPayload, core_eps: float | None = None) -> Any:
     try:
         return models.build(settings, p.method, p.forgers, core_eps or p.core_eps, p.params,
                             models.job_seed(p.job_id))
@@ -388,7 +363,7 @@ def download(ctx: Context, key: str, fh: Any) -> None:
     fh.seek(0)
 
 
-def expand(ctx: Context, p: Payload) -> str:
+def expand(ctx: Context, p: TaskPayload) -> str:
     info = ctx.storage.head(p.input.key)
     if info is None:
         raise JobError("input_missing", "the archive is no longer in storage (expired or deleted)")
@@ -463,7 +438,7 @@ def expand(ctx: Context, p: Payload) -> str:
     return f"{len(groups)} groups"
 
 
-def send_pack(p: Payload) -> None:
+def send_pack(p: TaskPayload) -> None:
     pack_archive.apply_async(
         kwargs={"payload": p.model_dump(mode="json")}, queue=settings.queue_io, task_id=f"{p.job_id}-pack"
     )
@@ -487,7 +462,7 @@ def batches(items: Sequence[tuple[GroupItem, Any]]) -> Iterator[list[tuple[Group
         yield batch
 
 
-def fan_in(ctx: Context, p: Payload, group: int, groups: int) -> bool:
+def fan_in(ctx: Context, p: TaskPayload, group: int, groups: int) -> bool:
     """Count the group as done; the group that completes the set sends packing. True if it did."""
     key = ctx.keys.groups_done(p.job_id)
     with ctx.redis.pipeline(transaction=True) as pipe:
@@ -543,7 +518,7 @@ def protect_group(self: Task, payload: dict[str, Any]) -> str:
     return "failed"
 
 
-def run_group(ctx: Context, p: Payload, items: Sequence[GroupItem]) -> str:
+def run_group(ctx: Context, p: TaskPayload, items: Sequence[GroupItem]) -> str:
     ext, ctype = ext_and_type(p.output_format)
     protection = build_protection(p)
     decoded: list[tuple[GroupItem, Any]] = []
@@ -567,7 +542,7 @@ def run_group(ctx: Context, p: Payload, items: Sequence[GroupItem]) -> str:
 
 
 def protect_batch(
-    ctx: Context, p: Payload, protection: Any, batch: list[tuple[GroupItem, Any]], ext: str, ctype: str
+    ctx: Context, p: TaskPayload, protection: Any, batch: list[tuple[GroupItem, Any]], ext: str, ctype: str
 ) -> int:
     """Protect one batch (photo by photo if the batch fails as a whole) and record every entry."""
     try:
@@ -612,7 +587,7 @@ def pack_archive(self: Task, payload: dict[str, Any]) -> str:
     return "failed"
 
 
-def pack(ctx: Context, p: Payload, job: JobRecord) -> str:
+def pack(ctx: Context, p: TaskPayload, job: JobRecord) -> str:
     ext, _ctype = ext_and_type(p.output_format)
     keys = ctx.keys
     raw: dict[str, str] = ctx.redis.hgetall(keys.results(p.job_id))  # type: ignore[assignment]
@@ -679,7 +654,7 @@ def pack(ctx: Context, p: Payload, job: JobRecord) -> str:
     return outcome
 
 
-def cleanup(ctx: Context, p: Payload) -> None:
+def cleanup(ctx: Context, p: TaskPayload) -> None:
     """Remove the work objects and the fan-out keys (best effort; the lifecycle rule catches leftovers)."""
     try:
         objects = ctx.storage.list_objects(work_prefix(p))

@@ -8,7 +8,8 @@ import time
 import pytest
 import redis
 
-from service.jobs import InputRef, JobRecord, JobStore, OutputRef, decode_cursor, encode_cursor
+from service.contract import InputRef, OutputRef
+from service.jobs import JobRecord, JobStore, decode_cursor, encode_cursor
 from service.redisdb import ID_RE, new_id
 from service.states import InvalidTransition, JobStatus
 

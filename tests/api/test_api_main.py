@@ -49,6 +49,23 @@ def test_openapi_and_docs(client: TestClient) -> None:
     assert docs.status_code == 200 and "swagger" in docs.text.lower()
 
 
+def test_openapi_publishes_the_worker_contract(client: TestClient) -> None:
+    """The task payload and the resolved options (service.contract) are in components.schemas."""
+    spec = client.get("/openapi.json").json()
+    schemas = spec["components"]["schemas"]
+    payload = schemas["TaskPayload"]["properties"]
+    assert {"v", "job_id", "kind", "method", "core_eps", "escalation", "keep_metadata", "input", "webhook"} <= set(
+        payload
+    )
+    assert payload["input"] == {"$ref": "#/components/schemas/InputRef"} and "InputRef" in schemas
+    resolved = set(schemas["ResolvedOptions"]["properties"])
+    assert {"webhook_url", "webhook_events", "metadata", "keep_metadata"} <= resolved
+    # one eps maximum: the request schema's and the catalogue's
+    body = spec["paths"]["/v1/jobs"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    eps = body["properties"]["eps"]["anyOf"][0]
+    assert eps["maximum"] == client.get("/v1/methods").json()["eps_max"] == 0.1
+
+
 @pytest.fixture()
 def live_server(settings: Settings) -> Iterator[str]:
     app = create_app(settings.model_copy(update={"max_request_bytes": 100_000}))

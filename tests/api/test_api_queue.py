@@ -8,7 +8,8 @@ import redis
 from apitest import celery_messages, message_for
 
 from service.config import Settings
-from service.jobs import InputRef, JobRecord
+from service.contract import InputRef
+from service.jobs import JobRecord
 from service.queue import enqueue_job, make_celery, queue_depth
 from service.redisdb import new_id
 

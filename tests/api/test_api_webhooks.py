@@ -13,7 +13,8 @@ from apitest import Receiver
 from standardwebhooks import Webhook
 
 from service.config import Settings
-from service.jobs import InputRef, JobRecord, JobStore
+from service.contract import InputRef
+from service.jobs import JobRecord, JobStore
 from service.keys import new_webhook_secret
 from service.redisdb import new_id
 from service.webhooks import WebhookRefused, check_url, deliver, ip_refusal, resolve, send_job_event, sign

@@ -35,7 +35,8 @@ from workertest import (
     wait_ready,
 )
 
-from service.jobs import InputRef, JobRecord, JobStore
+from service.contract import InputRef
+from service.jobs import JobRecord, JobStore
 from service.queue import enqueue_job, make_celery, queue_depth
 from service.redisdb import make_redis, new_id
 from service.storage import Storage, input_key, output_prefix
