@@ -39,15 +39,13 @@ class Settings(BaseSettings):
     redis_prefix: str = Field(default="veil:", description="prefix of every key the service writes")
     redis_socket_timeout_s: float = Field(default=5.0, gt=0)
 
-    # --- Celery (tasks are sent by name; no task code is imported) ---
+    # --- Celery (tasks are sent by name, see service.queue; no task code is imported) ---
     celery_broker_url: str | None = Field(default=None, description="defaults to redis_url")
     celery_key_prefix: str = Field(
         default="", description="kombu global_keyprefix of the broker's Redis keys"
     )
     queue_gpu: str = "gpu"
     queue_io: str = "io"
-    task_protect: str = "veil.protect"
-    task_protect_archive: str = "veil.protect_archive"
     celery_visibility_timeout_s: int = Field(
         default=7200,
         ge=60,

@@ -1,14 +1,15 @@
-"""The Celery app the gateway sends tasks with (by name: no task code is imported here).
+"""The Celery app, its task names and queues, defined once: the gateway sends tasks with it (by name: no
+task code is imported here) and the workers (:mod:`worker.celery_app`) build the same app, add only their
+process settings (time limits, shutdown) and register their tasks under these names.
 
-Tasks (JSON serializer, protocol 2, one keyword argument ``payload``: a
-:class:`service.contract.TaskPayload`, see :func:`task_payload`):
+The gateway sends (JSON serializer, protocol 2, one keyword argument ``payload``: a
+:class:`service.contract.TaskPayload`, see :func:`task_payload`; the task id is the job id):
 
 * ``veil.protect`` on queue ``gpu``: a single photo.
 * ``veil.protect_archive`` on queue ``io``: a zip archive (the io worker expands it, fans the images
-  out and packs the results; see the report/README for the suggested flow).
+  out to ``veil.protect_group`` (gpu) and packs the results with ``veil.pack_archive`` (io)).
 
-The task id is the job id. Workers build the same app with :func:`make_celery` and register their
-tasks under these names.
+The workers send ``veil.protect_group``, ``veil.pack_archive`` and ``veil.deliver_webhook`` (io).
 """
 
 from __future__ import annotations
@@ -17,16 +18,32 @@ from typing import Any
 
 import redis
 from celery import Celery
+from kombu import Queue
 
 from service.config import Settings
 from service.contract import PAYLOAD_VERSION, TaskPayload, WebhookTarget
 from service.jobs import JobRecord
 
+TASK_PROTECT = "veil.protect"
+TASK_PROTECT_ARCHIVE = "veil.protect_archive"
+TASK_PROTECT_GROUP = "veil.protect_group"
+TASK_PACK_ARCHIVE = "veil.pack_archive"
+TASK_DELIVER_WEBHOOK = "veil.deliver_webhook"
+GPU_TASKS: tuple[str, ...] = (TASK_PROTECT, TASK_PROTECT_GROUP)
+IO_TASKS: tuple[str, ...] = (TASK_PROTECT_ARCHIVE, TASK_PACK_ARCHIVE, TASK_DELIVER_WEBHOOK)
+
 # kombu's Redis transport keeps priorities 3/6/9 in lists named <queue>\x06\x16<priority>.
 _PRIORITY_SUFFIXES = ("", "\x06\x163", "\x06\x166", "\x06\x169")
 
 
+def task_queue(settings: Settings, name: str) -> str:
+    """The queue a task goes to: protection on ``queue_gpu``, everything else on ``queue_io``."""
+    return settings.queue_gpu if name in GPU_TASKS else settings.queue_io
+
+
 def make_celery(settings: Settings) -> Celery:
+    """The app with the delivery guarantees: JSON only, late acks, redelivery of a lost worker's task
+    (within the Redis ``visibility_timeout``), prefetch 1, every task routed to its queue."""
     app = Celery("veil", broker=settings.broker_url, set_as_current=False)
     transport: dict[str, Any] = {
         "socket_timeout": settings.redis_socket_timeout_s,
@@ -40,13 +57,15 @@ def make_celery(settings: Settings) -> Celery:
         accept_content=["json"],
         result_serializer="json",
         task_ignore_result=True,
+        task_queues=(
+            Queue(settings.queue_gpu, routing_key=settings.queue_gpu),
+            Queue(settings.queue_io, routing_key=settings.queue_io),
+        ),
         task_default_queue=settings.queue_gpu,
-        task_routes={
-            settings.task_protect: {"queue": settings.queue_gpu},
-            settings.task_protect_archive: {"queue": settings.queue_io},
-        },
+        task_routes={name: {"queue": task_queue(settings, name)} for name in (*GPU_TASKS, *IO_TASKS)},
         task_acks_late=True,
         task_reject_on_worker_lost=True,
+        task_acks_on_failure_or_timeout=True,
         worker_prefetch_multiplier=1,
         broker_transport_options=transport,
         broker_connection_retry_on_startup=True,
@@ -75,10 +94,8 @@ def task_payload(job: JobRecord, settings: Settings) -> TaskPayload:
 
 def enqueue_job(celery_app: Celery, job: JobRecord, settings: Settings) -> tuple[str, str]:
     """Send the job's task; returns (task name, queue). Raises on broker failure (bounded retries)."""
-    if job.kind == "archive":
-        name, queue = settings.task_protect_archive, settings.queue_io
-    else:
-        name, queue = settings.task_protect, settings.queue_gpu
+    name = TASK_PROTECT_ARCHIVE if job.kind == "archive" else TASK_PROTECT
+    queue = task_queue(settings, name)
     celery_app.send_task(
         name,
         kwargs={"payload": task_payload(job, settings).model_dump(mode="json")},

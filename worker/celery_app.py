@@ -1,4 +1,5 @@
-"""The workers' Celery app: the gateway's app (:func:`service.queue.make_celery`) plus the worker side.
+"""The workers' Celery app: the one app of :func:`service.queue.make_celery` (task names, queues, routes,
+delivery guarantees) plus the worker process's own settings (time limits, shutdown).
 
 Run (``-A worker.celery_app`` finds ``app``)::
 
@@ -30,46 +31,16 @@ killed) are enforced by the prefork pool only; ``--pool=solo`` and ``threads`` d
 from __future__ import annotations
 
 import celery
-from kombu import Queue
 
 from service.queue import make_celery
 from worker.config import get_worker_settings
 
-TASK_PROTECT_GROUP = "veil.protect_group"
-TASK_PACK_ARCHIVE = "veil.pack_archive"
-TASK_DELIVER_WEBHOOK = "veil.deliver_webhook"
-
 settings = get_worker_settings()
-app = make_celery(settings)
-
-_transport = dict(app.conf.broker_transport_options or {})
-_transport["visibility_timeout"] = settings.celery_visibility_timeout_s
-
+app = make_celery(settings)  # queues, routes, serialization and delivery guarantees: service.queue
 app.conf.update(
     include=["worker.tasks"],
-    task_queues=(
-        Queue(settings.queue_gpu, routing_key=settings.queue_gpu),
-        Queue(settings.queue_io, routing_key=settings.queue_io),
-    ),
-    task_default_queue=settings.queue_gpu,
-    task_routes={
-        settings.task_protect: {"queue": settings.queue_gpu},
-        settings.task_protect_archive: {"queue": settings.queue_io},
-        TASK_PROTECT_GROUP: {"queue": settings.queue_gpu},
-        TASK_PACK_ARCHIVE: {"queue": settings.queue_io},
-        TASK_DELIVER_WEBHOOK: {"queue": settings.queue_io},
-    },
-    task_serializer="json",
-    result_serializer="json",
-    accept_content=["json"],
-    task_ignore_result=True,
-    task_acks_late=True,
-    task_reject_on_worker_lost=True,
-    task_acks_on_failure_or_timeout=True,
-    worker_prefetch_multiplier=1,
     task_time_limit=settings.task_time_limit_s,
     task_soft_time_limit=settings.task_soft_time_limit_s,
-    broker_transport_options=_transport,
     # A prefork child loads torch and the forgers in worker_process_init: give it time.
     worker_proc_alive_timeout=120.0,
     worker_cancel_long_running_tasks_on_connection_loss=True,

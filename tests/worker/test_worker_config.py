@@ -46,7 +46,8 @@ def test_settings_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_celery_app_delivery_guarantees() -> None:
-    from worker.celery_app import TASK_DELIVER_WEBHOOK, TASK_PACK_ARCHIVE, TASK_PROTECT_GROUP, app, settings
+    from service.queue import TASK_DELIVER_WEBHOOK, TASK_PACK_ARCHIVE, TASK_PROTECT_GROUP
+    from worker.celery_app import app, settings
 
     conf = app.conf
     assert conf.task_acks_late is True and conf.task_reject_on_worker_lost is True

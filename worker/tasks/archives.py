@@ -1,20 +1,4 @@
-"""The Celery tasks: one photo, archives (expand, fan out, fan in, pack) and webhook deliveries.
-
-Every task follows the job protocol of ``api/README.md`` through :class:`service.jobs.JobStore`:
-
-* a job that is missing, terminal or canceled is acknowledged and left alone (a redelivered task of a
-  finished job does nothing);
-* a redelivered task finds its job ``running`` (its worker died): it requeues it (``running -> queued``)
-  and starts it again; a per-job delivery counter in Redis (``VEIL_TASK_MAX_DELIVERIES``) makes a poison
-  input that kills its worker every time fail the job (``too_many_attempts``) instead of looping;
-* outputs go to deterministic keys (a redelivery overwrites, it never adds a second output), then
-  ``succeed`` / ``fail``; a False answer means the job was canceled meanwhile: nothing more is done;
-* a bad photo fails a photo job with a clear reason (``invalid_image``); in an archive it is one entry's
-  error in report.json/report.csv;
-* S3/Redis outages are retried (``VEIL_TASK_TRANSIENT_RETRIES``, exponential backoff), then fail the job;
-  any other exception fails the job (``internal_error``): never a crash loop;
-* webhooks (``job.started``, ``job.progress`` (throttled), ``job.completed``, ``job.failed``) are sent as
-  ``veil.deliver_webhook`` tasks on the io queue with a snapshot of the job.
+"""Archive jobs: ``veil.protect_archive`` (io), ``veil.protect_group`` (gpu), ``veil.pack_archive`` (io).
 
 Archives: ``veil.protect_archive`` (io) downloads the zip to a temporary file, checks every entry
 (:mod:`worker.archive`), stores the good photos under ``tenants/<t>/work/<job>/in/`` and sends groups of
@@ -27,304 +11,45 @@ a multipart upload) with report.json and report.csv, completes the job and remov
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import tempfile
-import time
 import zipfile
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from typing import Any
 
-import redis
 from botocore.exceptions import BotoCoreError, ClientError
 from celery import Task
-from celery.exceptions import SoftTimeLimitExceeded
-from pydantic import ValidationError
 
-from service.contract import PAYLOAD_VERSION, OutputRef, TaskPayload
+from service.contract import OutputRef, TaskPayload
 from service.jobs import JobRecord
-from service.keys import get_webhook_secret
-from service.redisdb import new_id
-from service.states import InvalidTransition, JobStatus
+from service.queue import TASK_PACK_ARCHIVE, TASK_PROTECT_ARCHIVE, TASK_PROTECT_GROUP
+from service.states import JobStatus
 from service.storage import StorageError, is_missing, safe_filename
-from service.views import job_out
-from service.webhooks import deliver
 from worker import archive as arc
 from worker import models
-from worker.celery_app import TASK_DELIVER_WEBHOOK, TASK_PACK_ARCHIVE, TASK_PROTECT_GROUP, app, settings
+from worker.celery_app import app, settings
 from worker.context import Context, get_context
-
-log = logging.getLogger(__name__)
-
-TRANSIENT: tuple[type[Exception], ...] = (
-    StorageError,
-    redis.ConnectionError,
-    redis.TimeoutError,
-    BotoCoreError,
+from worker.tasks.protocol import (
+    JobError,
+    begin,
+    build_protection,
+    count_delivery,
+    emit,
+    ext_and_type,
+    fail_job,
+    job_errors,
+    job_ttl,
+    maybe_progress,
+    parse_payload,
+    prelude,
+    read_object,
+    run_protect,
+    work_prefix,
 )
 
-
-class JobError(Exception):
-    """The job cannot succeed: fail it with this code and message."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-
-
-# ---- helpers ---------------------------------------------------------------------------------------
-
-
-def parse_payload(payload: Any) -> TaskPayload:
-    version = payload.get("v") if isinstance(payload, dict) else None
-    if version != PAYLOAD_VERSION:
-        raise JobError("invalid_payload", f"unsupported task payload version {version!r}")
-    try:
-        return TaskPayload.model_validate(payload)
-    except ValidationError as exc:
-        raise JobError("invalid_payload", f"invalid task payload: {exc.errors()[:3]}") from None
-
-
-def job_ttl(ctx: Context, job_id: str) -> int:
-    ttl = ctx.redis.ttl(ctx.store.keys.job(job_id))
-    return int(ttl) if isinstance(ttl, int) and ttl > 0 else 7 * 86400
-
-
-def count_delivery(ctx: Context, job_id: str, task: str) -> int:
-    """This delivery's number (1 for the first); a finished or retried delivery gives its count back."""
-    key = ctx.keys.deliveries(job_id, task)
-    with ctx.redis.pipeline(transaction=True) as pipe:
-        pipe.incr(key)
-        pipe.expire(key, job_ttl(ctx, job_id))
-        n, _ = pipe.execute()
-    return int(n)
-
-
-def uncount_delivery(ctx: Context, job_id: str, task: str) -> None:
-    ctx.redis.decr(ctx.keys.deliveries(job_id, task))
-
-
-def ext_and_type(output_format: str) -> tuple[str, str]:
-    fmt = models.OUTPUT_FORMATS.get(output_format.lower())
-    if fmt is None:
-        raise JobError("invalid_options", f"unsupported output format {output_format!r}")
-    return fmt[1], fmt[2]
-
-
-def output_key(p: TaskPayload, ext: str) -> str:
-    """The photo job's output: ``<output_prefix><input stem><ext>`` (deterministic)."""
-    name = safe_filename(p.input.filename, default="photo")
-    stem = name.rsplit(".", 1)[0] if "." in name else name
-    return f"{p.output_prefix}{stem or 'photo'}{ext}"
-
-
-def work_prefix(p: TaskPayload) -> str:
-    return f"tenants/{p.tenant}/work/{p.job_id}/"
-
-
-def emit(ctx: Context, job: JobRecord | None, event: str) -> None:
-    """Queue a webhook event (a snapshot of the job) if the job subscribed to it."""
-    if job is None or not job.webhook_url or event not in job.webhook_events or job.webhook_disabled:
-        return
-    data = job_out(job).model_dump(mode="json")
-    try:
-        deliver_webhook.apply_async(
-            kwargs={"job_id": job.id, "event": event, "data": data, "msg_id": new_id("msg")},
-            queue=settings.queue_io,
-            retry=True,
-            retry_policy={"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5},
-        )
-    except Exception as exc:  # webhooks are best effort: never fail a job for them
-        log.warning("cannot queue webhook %s for %s: %s", event, job.id, exc)
-
-
-def maybe_progress(ctx: Context, job_id: str) -> None:
-    """job.progress, at most once per ``progress_webhook_interval_s`` per job."""
-    job = ctx.store.get(job_id)
-    if job is None or "job.progress" not in job.webhook_events:
-        return
-    interval_ms = int(settings.progress_webhook_interval_s * 1000)
-    if interval_ms <= 0 or ctx.redis.set(ctx.keys.progress_sent(job_id), "1", nx=True, px=interval_ms):
-        emit(ctx, job, "job.progress")
-
-
-def begin(ctx: Context, job: JobRecord, total: int) -> JobRecord | None:
-    """Start the job (requeuing it first when a lost worker left it running); None when canceled."""
-    first = job.started_at is None
-    if job.status == JobStatus.RUNNING:  # a redelivery (the previous worker was lost) or a retry
-        log.warning("job %s found running (last worker %s): requeue and start again", job.id, job.worker)
-        with suppress(InvalidTransition):
-            ctx.store.transition(job.id, JobStatus.QUEUED)
-    if not ctx.store.start(job.id, total=total, worker=ctx.worker_id):
-        return None
-    started = ctx.store.get(job.id)
-    if first:
-        emit(ctx, started, "job.started")
-    return started
-
-
-def fail_job(ctx: Context, job_id: str, code: str, message: str, report: dict[str, Any] | None = None) -> None:
-    log.info("job %s failed: %s: %s", job_id, code, message)
-    if ctx.store.fail(job_id, code, message, report=report):
-        emit(ctx, ctx.store.get(job_id), "job.failed")
-
-
-def give_up(ctx: Context, job_id: str, task: str, attempts: int) -> None:
-    fail_job(
-        ctx,
-        job_id,
-        "too_many_attempts",
-        f"gave up after {attempts} attempts: the worker processing this job ({task}) stopped every time "
-        "(the input may be too large or malformed for the service)",
-    )
-
-
-def read_object(ctx: Context, key: str, max_bytes: int, what: str) -> bytes:
-    info = ctx.storage.head(key)
-    if info is None:
-        raise JobError("input_missing", f"the {what} is no longer in storage (expired or deleted)")
-    if info.size > max_bytes:
-        raise JobError("input_too_large", f"the {what} has {info.size} bytes, limit {max_bytes}")
-    try:
-        return ctx.storage.get_bytes(key)
-    except StorageError as exc:
-        cause = exc.__cause__
-        if isinstance(cause, ClientError) and is_missing(cause):
-            raise JobError("input_missing", f"the {what} is no longer in storage (expired or deleted)") from None
-        raise
-
-
-@contextmanager
-def job_errors(task: Task, ctx: Context, job_id: str, counter: str) -> Iterator[None]:
-    """Map a task's exceptions to job outcomes: JobError fails, outages retry, anything else fails."""
-    try:
-        yield
-    except JobError as exc:
-        fail_job(ctx, job_id, exc.code, exc.message)
-    except SoftTimeLimitExceeded:
-        fail_job(ctx, job_id, "timeout", f"the task ran over its time limit of {settings.task_soft_time_limit_s} s")
-    except TRANSIENT as exc:
-        retries = task.request.retries or 0
-        if retries < settings.task_transient_retries:
-            log.warning("job %s: %s; retry %d", job_id, exc, retries + 1)
-            uncount_delivery(ctx, job_id, counter)
-            raise task.retry(countdown=settings.task_retry_backoff_s * 2**retries, max_retries=None) from exc
-        fail_job(ctx, job_id, "unavailable", f"storage or Redis unavailable after {retries} retries: {exc}")
-    except Exception as exc:
-        log.exception("job %s: unexpected error", job_id)
-        fail_job(ctx, job_id, "internal_error", f"{type(exc).__name__}: {exc}")
-
-
-def prelude(ctx: Context, payload: Any, counter: str) -> tuple[TaskPayload, JobRecord] | None:
-    """Parse, load the job, count the delivery; None when there is nothing (more) to do."""
-    try:
-        p = parse_payload(payload)
-    except JobError as exc:
-        job_id = payload.get("job_id") if isinstance(payload, dict) else None
-        log.error("rejecting task for job %s: %s", job_id, exc.message)
-        if isinstance(job_id, str) and ctx.store.get(job_id) is not None:
-            fail_job(ctx, job_id, exc.code, exc.message)
-        return None
-    job = ctx.store.get(p.job_id)
-    if job is None:
-        log.warning("job %s not found (expired or deleted): dropping its task", p.job_id)
-        return None
-    if job.terminal:
-        log.info("job %s already %s: nothing to do", job.id, job.status)
-        return None
-    n = count_delivery(ctx, job.id, counter)
-    if n > settings.task_max_deliveries:
-        give_up(ctx, job.id, counter, n - 1)
-        return None
-    return p, job
-
-
-# ---- one photo ---------------------------------------------------------------------------------------
-
-
-@app.task(name=settings.task_protect, bind=True, max_retries=None)
-def protect(self: Task, payload: dict[str, Any]) -> str:
-    """``veil.protect``: read the photo, protect it, write ``<output_prefix><stem>.png``, complete the job."""
-    ctx = get_context()
-    ready = prelude(ctx, payload, "protect")
-    if ready is None:
-        return "skipped"
-    p, job = ready
-    started = begin(ctx, job, total=1)
-    if started is None:
-        return "canceled"
-    with job_errors(self, ctx, job.id, "protect"):
-        return protect_photo(ctx, p)
-    return "failed"
-
-
-def protect_photo(ctx: Context, p: TaskPayload) -> str:
-    ext, ctype = ext_and_type(p.output_format)
-    data = read_object(ctx, p.input.key, settings.max_image_bytes, "input photo")
-    if ctx.store.is_canceled(p.job_id):
-        return "canceled"
-    try:
-        image = models.decode(data, settings.max_image_pixels)
-    except models.BadPhoto as exc:
-        raise JobError("invalid_image", f"{p.input.filename}: {exc}") from None
-    protection = build_protection(p)
-    try:
-        [result] = run_protect(p, protection, [image], previews=p.previews)
-    except models.BadOptions as exc:
-        raise JobError("invalid_options", str(exc)) from None
-    if ctx.store.is_canceled(p.job_id):
-        return "canceled"
-    if result.error:
-        raise JobError("min_success_not_met", f"{p.input.filename}: {result.error}")
-    key = output_key(p, ext)
-    ctx.storage.put_bytes(key, result.data, ctype)
-    name = key[len(p.output_prefix) :]
-    entry = {"index": 0, "name": p.input.filename, "status": "ok", "output": name, **result.report}
-    outputs = [OutputRef(key=key, size=len(result.data), content_type=ctype, source=p.input.filename)]
-    if result.previews:
-        entry["previews"] = {**entry.get("previews", {}), **put_previews(ctx, p, name, result.previews, outputs)}
-    report = {"summary": {"entries": 1, "protected": 1, "errors": 0}, "photos": [entry]}
-    ctx.store.set_progress(p.job_id, 1)
-    if not ctx.store.succeed(p.job_id, outputs, report):
-        return "canceled"
-    emit(ctx, ctx.store.get(p.job_id), "job.completed")
-    return "succeeded"
-
-
-def put_previews(
-    ctx: Context, p: TaskPayload, name: str, previews: dict[str, bytes], outputs: list[OutputRef]
-) -> dict[str, str]:
-    """Write ``previews/<stem>-<kind>.png`` next to the output (deterministic keys); their names by kind."""
-    stem = name.rsplit(".", 1)[0]
-    names = {}
-    for kind, data in sorted(previews.items()):
-        names[kind] = f"previews/{stem}-{kind}.png"
-        key = f"{p.output_prefix}{names[kind]}"
-        ctx.storage.put_bytes(key, data, "image/png")
-        outputs.append(OutputRef(key=key, size=len(data), content_type="image/png", source=p.input.filename))
-    return names
-
-
-def run_protect(p: TaskPayload, protection: Any, images: list[Any], previews: bool = False) -> list[models.PhotoResult]:
-    """models.protect with the job's options; ``min_success`` retries with the job's stronger budgets."""
-    stronger = [functools.partial(build_protection, p, eps) for eps in p.escalation]
-    return models.protect(protection, images, p.output_format, p.targets, min_success=p.min_success,
-                          stronger=stronger, previews=previews, keep_metadata=p.keep_metadata)
-
-
-def build_protection(p: TaskPayload, core_eps: float | None = None) -> Any:
-    try:
-        return models.build(settings, p.method, p.forgers, core_eps or p.core_eps, p.params,
-                            models.job_seed(p.job_id))
-    except models.ModelUnavailable as exc:
-        raise JobError("model_unavailable", str(exc)) from None
-    except models.BadOptions as exc:
-        raise JobError("invalid_options", str(exc)) from None
-
+log = logging.getLogger(__name__)
 
 # ---- archives: expand and fan out ------------------------------------------------------------------------
 
@@ -336,7 +61,7 @@ class GroupItem:
     key: str
 
 
-@app.task(name=settings.task_protect_archive, bind=True, max_retries=None)
+@app.task(name=TASK_PROTECT_ARCHIVE, bind=True, max_retries=None)
 def protect_archive(self: Task, payload: dict[str, Any]) -> str:
     """``veil.protect_archive``: check and extract the entries, send the photo groups."""
     ctx = get_context()
@@ -664,61 +389,3 @@ def cleanup(ctx: Context, p: TaskPayload) -> None:
     except (StorageError, ClientError, BotoCoreError) as exc:
         log.warning("job %s: work objects not removed: %s", p.job_id, exc)
     ctx.redis.delete(*ctx.keys.all_for(p.job_id))
-
-
-# ---- webhooks (io) ----------------------------------------------------------------------------------------
-
-
-@app.task(name=TASK_DELIVER_WEBHOOK, bind=True, max_retries=None)
-def deliver_webhook(self: Task, job_id: str, event: str, data: dict[str, Any], msg_id: str) -> str:
-    """One signed attempt (:func:`service.webhooks.deliver`); retried after ``webhook_retry_schedule_s[n]``.
-
-    Every attempt is logged on the job; 410 Gone disables the job's webhook; a refused destination or a
-    redirect is not retried; the message id stays the same across attempts.
-    """
-    ctx = get_context()
-    job = ctx.store.get(job_id)
-    if job is None or not job.webhook_url:
-        return "no job"
-    if ctx.store.webhook_disabled(job_id):
-        return "disabled"
-    secret = get_webhook_secret(job.tenant, r=ctx.redis, settings=settings)
-    if secret is None:
-        log.warning("tenant %s has no webhook secret: %s of %s not sent", job.tenant, event, job_id)
-        return "no secret"
-    attempt = (self.request.retries or 0) + 1
-    started = time.monotonic()
-    result = deliver(
-        job.webhook_url,
-        event,
-        data,
-        secret,
-        [],
-        allow_hosts=settings.webhook_allow_hosts,
-        require_https=settings.webhook_require_https,
-        timeout_s=settings.webhook_timeout_s,
-        msg_id=msg_id,
-    )
-    ctx.store.log_webhook_attempt(
-        job_id,
-        {
-            "event": event,
-            "msg_id": msg_id,
-            "attempt": attempt,
-            "at": time.time(),
-            "status_code": result.status_code,
-            "error": result.error,
-            "duration_ms": round((time.monotonic() - started) * 1000, 1),
-        },
-    )
-    if result.delivered:
-        return "delivered"
-    if result.status_code == 410:
-        ctx.store.disable_webhook(job_id)
-        return "disabled"
-    if result.error and (result.error.startswith("refused") or result.error == "redirect refused"):
-        return "refused"
-    schedule = settings.webhook_retry_schedule_s
-    if attempt <= len(schedule):
-        raise self.retry(countdown=float(schedule[attempt - 1]), max_retries=None)
-    return "gave up"
