@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: setup weights demo test lint bench clean run compose-check
+.PHONY: setup weights demo test test-fast lint bench clean run compose-check
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -25,8 +25,13 @@ weights: $(STAMP)
 demo: setup
 	$(BIN)/veil demo
 
+# Everything (what CI runs): datasets when present, the whole stack, Chromium.
 test: setup
 	$(BIN)/python -m pytest
+
+# The unit tier, a minute or two: tiny models, Redis only; no S3 server, workers, browser, dataset or slow test.
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow and not dataset and not stack and not browser"
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -61,3 +61,19 @@ def tiny_checkpoints(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     ckpt = tmp_path / "checkpoints"
     monkeypatch.setenv("VEIL_CHECKPOINTS", str(ckpt))
     return write_tiny_checkpoints(ckpt)
+
+
+# ---- test tiers: `make test-fast` deselects these markers (see pyproject.toml) ----------------------------
+
+STACK_FIXTURES = frozenset({"s3_server", "workers", "api_url"})  # a real S3 server, Celery workers, uvicorn
+BROWSER_FIXTURES = frozenset({"page"})  # tests/api/test_app_page.py: headless Chromium
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark by what a test needs (directly or through another fixture): ``stack``, ``browser``."""
+    for item in items:
+        needs = set(getattr(item, "fixturenames", ()))
+        if needs & STACK_FIXTURES:
+            item.add_marker(pytest.mark.stack)
+        if needs & BROWSER_FIXTURES:
+            item.add_marker(pytest.mark.browser)

@@ -20,6 +20,7 @@ def separable(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     return x, c
 
 
+@pytest.mark.slow  # more than 5 s: not in `make test-fast`
 def test_learns_separable_attributes_and_round_trips(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("VEIL_CHECKPOINTS", str(tmp_path))
     tx, tc = separable(256, 0)

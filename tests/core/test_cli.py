@@ -31,6 +31,7 @@ def run(*args: str):
     return runner.invoke(app, list(args), catch_exceptions=False)
 
 
+@pytest.mark.slow  # more than 5 s: not in `make test-fast`
 def test_protect_writes_pngs_and_report(tiny_checkpoints: Path, photos: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
     # synthetic blobs hold no face a detector finds: --whole-image protects them whole
@@ -136,6 +137,7 @@ def test_eval_measures_transfer_to_forgers_it_does_not_target(
     assert "| pgd | stargan | clean |" in table and "| pgd | fpgan (transfer) | clean |" in table
 
 
+@pytest.mark.slow  # more than 5 s: not in `make test-fast`
 def test_same_stems_do_not_overwrite(tiny_checkpoints: Path, tmp_path: Path) -> None:
     folder = tmp_path / "in"
     (folder / "a").mkdir(parents=True)
@@ -155,6 +157,7 @@ def test_bad_device_is_a_clear_error(tiny_checkpoints: Path, photos: Path) -> No
     assert "CUDA" in result.output or "cuda" in result.output
 
 
+@pytest.mark.slow  # more than 5 s: not in `make test-fast`
 def test_protect_method_options(tiny_checkpoints: Path, photos: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
     ok = run("protect", str(photos), "-o", str(out), "--method", "dwt-pgd", "--steps", "1", "--whole-image",

@@ -186,6 +186,7 @@ def test_protect_a_face_at_full_resolution(protection: Protection) -> None:
     json.dumps(rep)
 
 
+@pytest.mark.slow  # more than 5 s: not in `make test-fast`
 def test_two_faces_in_one_photo_and_a_batch(protection: Protection) -> None:
     two = LoadedImage(from_uint8(canvas(1200, 620, [(astronaut(), 40, 60), (astronaut(), 640, 40)])), None, "PNG")
     one = LoadedImage(from_uint8(canvas(700, 560, [(astronaut(), 150, 30)])), None, "PNG")
@@ -199,6 +200,7 @@ def test_two_faces_in_one_photo_and_a_batch(protection: Protection) -> None:
     assert first.report["faces_found"] == 2 and first.report["faces_skipped"] == 1
 
 
+@pytest.mark.slow  # more than 5 s: not in `make test-fast`
 def test_no_face_is_reported_and_left_alone_unless_asked(protection: Protection) -> None:
     plain = LoadedImage(from_uint8(canvas(300, 200, [])), None, "PNG")
     face = LoadedImage(from_uint8(data.astronaut()), None, "PNG")
@@ -267,6 +269,7 @@ def test_celeba_faces_in_a_canvas(celeba_root: Path, protection: Protection) -> 
 # ----- command line --------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # more than 5 s: not in `make test-fast`
 def test_cli_protects_faces_and_skips_faceless_photos(tiny_checkpoints: Path, tmp_path: Path) -> None:
     photos = tmp_path / "in"
     photos.mkdir()
@@ -317,6 +320,7 @@ def test_a_12_megapixel_phone_photo_through_the_cli(
     check_phone_result(upright, Path(report["output"]).read_bytes(), report)
 
 
+@pytest.mark.slow  # more than 5 s: not in `make test-fast`
 def test_refine_protects_the_framing_an_attacker_finds(protection: Protection) -> None:
     """A refinement round may only help: the delivered photo is the better of the two protections, as seen
     through a fresh detection of its faces; it stays within the budget and outside the faces untouched."""
@@ -336,6 +340,7 @@ def test_refine_protects_the_framing_an_attacker_finds(protection: Protection) -
     assert (refined.x_adv - image.tensor).abs().max() <= protection.linf_cap() + 1e-6
 
 
+@pytest.mark.slow  # more than 5 s: not in `make test-fast`
 def test_cli_keeps_metadata_only_when_asked_and_measures_a_jpeg_as_delivered(
     tiny_checkpoints: Path, tmp_path: Path
 ) -> None:

@@ -34,6 +34,7 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return fake_celeba(tmp_path_factory.mktemp("data") / "celeba")
 
 
+@pytest.mark.slow  # more than 5 s: not in `make test-fast`
 @pytest.mark.parametrize("method", ["retentive", "dwt-chroma"])
 def test_training_reduces_the_loss(tmp_path: Path, root: Path, method: str) -> None:
     trainer = GeneratorTrainer(config(tmp_path, root, "r", method, iters=12, targets_per_step=2))

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import io
+import json
 import os
 import secrets
 import signal
@@ -27,8 +29,24 @@ from PIL import Image
 
 from service.config import Settings
 from service.heartbeat import live_workers
+from service.queue import TASK_DELIVER_WEBHOOK
 
 REPO = Path(__file__).resolve().parents[2]
+
+
+def deliveries_idle(r: redis.Redis, settings: Settings, job_id: str) -> bool:
+    """No webhook delivery of ``job_id`` waits on the io queue or is being processed: kombu keeps a delivered
+    message in its ``unacked`` hash until the task finishes (late acks), a retry waiting out its countdown too."""
+    prefix = settings.celery_key_prefix
+    messages = [json.loads(raw) for raw in r.lrange(f"{prefix}{settings.queue_io}", 0, -1)]
+    messages += [json.loads(raw)[0] for raw in r.hvals(f"{prefix}unacked")]
+    for msg in messages:
+        if msg.get("headers", {}).get("task") != TASK_DELIVER_WEBHOOK:
+            continue
+        _args, kwargs, _embed = json.loads(base64.b64decode(msg["body"]))
+        if kwargs.get("job_id") == job_id:
+            return False
+    return True
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float, interval: float = 0.1) -> Any:
