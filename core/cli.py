@@ -332,7 +332,8 @@ def demo(
 @friendly_errors
 def train_forger(
     forger: Annotated[str, typer.Option("--forger", "-f", help="stargan, fpgan or attgan.")] = "stargan",
-    config: Annotated[str, typer.Option(help="Model config: compact64 (CPU) or celeba128 (GPU).")] = "compact64",
+    config: Annotated[str, typer.Option(
+        help="Model config: compact64, compact128 (CPU) or celeba128 (GPU).")] = "compact64",
     data: Annotated[Path | None, typer.Option(help="CelebA root (default: the shared dataset).")] = None,
     run_dir: Annotated[Path | None, typer.Option(help="Run folder (default runs/<forger>-<config>).")] = None,
     iters: Annotated[int | None, typer.Option(help="Total iterations (default: the recipe's).")] = None,
@@ -341,11 +342,14 @@ def train_forger(
     threads: Annotated[int | None, typer.Option(help="torch CPU threads.")] = None,
     device: DeviceOpt = "cpu",
     init_from: Annotated[str | None, typer.Option(help="Warm start from an exported manifest entry.")] = None,
+    recipe: Annotated[str, typer.Option(
+        help="published (the paper's: WGAN-GP, 5 critic steps) or cpu (non-saturating + lazy R1, 1 critic "
+             "step, generator EMA: more per CPU-hour).")] = "published",
 ) -> None:
     """Train a forger on CelebA; resumes from RUN_DIR/state.pt; Ctrl-C saves and stops."""
     from core.workflows import train_forger as run
 
-    run(forger, config, data, run_dir, iters, max_minutes, batch_size, threads, device, init_from)
+    run(forger, config, data, run_dir, iters, max_minutes, batch_size, threads, device, init_from, recipe)
 
 
 @train_app.command("generator")
@@ -404,18 +408,21 @@ def train_classifier_cmd(
     epochs: Annotated[int, typer.Option()] = 6,
     cache: Annotated[Path, typer.Option(help="Folder for the preprocessed face packs.")] = Path("runs/cache"),
     hardware: Annotated[str, typer.Option(help="What it was trained on, for the card.")] = "CPU",
+    size: Annotated[int, typer.Option(help="Input size: 64 (targets for unknown faces) or 128 (the judge).")] = 64,
+    name: Annotated[str | None, typer.Option(
+        help="Manifest entry (default attribute-classifier, or attribute-classifier-128 at --size 128).")] = None,
 ) -> None:
     """Train the CelebA-5 attribute classifier and export it into checkpoints/."""
-    from core.classifier import export_classifier, train_classifier
+    from core.classifier import CLASSIFIER_NAME, JUDGE_NAME, export_classifier, train_classifier
     from core.data import FacePack, celeba_available, default_celeba_dir
 
     root = data or default_celeba_dir()
     if not celeba_available(root):
         raise FileNotFoundError(f"no CelebA layout in {root}; pass --data or set VEIL_CELEBA")
-    train, val = FacePack.load(root, "train", 64, cache), FacePack.load(root, "val", 64, cache)
+    train, val = FacePack.load(root, "train", size, cache), FacePack.load(root, "val", size, cache)
     model, facts = train_classifier(train.images, train.attrs, val.images, val.attrs, epochs=epochs,
-                                    log=console.print)
-    entry = export_classifier(model, facts, hardware)
+                                    image_size=size, log=console.print)
+    entry = export_classifier(model, facts, hardware, name or (JUDGE_NAME if size == 128 else CLASSIFIER_NAME))
     console.print(f"exported {entry.name} -> checkpoints/{entry.file}: {facts['val_accuracy']}")
 
 

@@ -103,16 +103,14 @@ def measure(
     forgers: Sequence[Forger],
     conditions: Sequence[str] = ("clean",),
     tally: Tally | None = None,
+    quality: bool = True,
 ) -> Tally:
-    """Add imperceptibility and per forger x condition effect of a delivered x_adv to ``tally``."""
+    """Add imperceptibility (unless ``quality`` is False) and per forger x condition effect of a delivered
+    x_adv to ``tally``."""
     tally = tally or Tally()
     tally.add("faces", float(x.shape[0]), count=x.shape[0])
-    tally.add("psnr", metrics.psnr(x_adv, x).clamp(max=PSNR_CAP))
-    tally.add("ssim", metrics.ssim(x_adv, x))
-    tally.track_max("linf", (x_adv - x).abs().flatten(1).amax(1))
-    lp = _lpips_or_none(x_adv, x)
-    if lp is not None:
-        tally.add("lpips", lp)
+    if quality:
+        _add_quality(tally, x, x_adv)
     for forger in forgers:
         for cond in conditions:
             eff = forger_effect(forger, x, x_adv, targets, cond)
@@ -122,6 +120,15 @@ def measure(
             tally.add(f"{key}/nullification", eff["nullification"])
             tally.add(f"{key}/edit_strength", eff["edit_strength"])
     return tally
+
+
+def _add_quality(tally: Tally, x: torch.Tensor, x_adv: torch.Tensor) -> None:
+    tally.add("psnr", metrics.psnr(x_adv, x).clamp(max=PSNR_CAP))
+    tally.add("ssim", metrics.ssim(x_adv, x))
+    tally.track_max("linf", (x_adv - x).abs().flatten(1).amax(1))
+    lp = _lpips_or_none(x_adv, x)
+    if lp is not None:
+        tally.add("lpips", lp)
 
 
 def summarize(

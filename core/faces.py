@@ -215,6 +215,40 @@ def detect_faces(
     return kept
 
 
+# Faces are protected where one detector frames them and checked where another does: the receipt's held-out
+# detector (benchmarks/results/detectors.md: MTCNN finds 495 of 500 UTKFace faces, the Haar cascades 330; on
+# CelebA the two frame a face within about 1 % of its side in centre, 7 % in scale and 2 degrees).
+DETECTORS = ("mtcnn", "haar")
+MTCNN_MIN_SCORE = 0.9  # O-Net face probability a protected face needs
+
+
+def default_detector() -> str:
+    """MTCNN when its weights (the facenet-pytorch wheel's) are installed, else the Haar cascades."""
+    from core.detectors.mtcnn import weights_dir
+
+    return "mtcnn" if weights_dir() is not None else "haar"
+
+
+def held_out_detector(detector: str) -> str:
+    """The detector a receipt re-detects faces with: not the one the protection used, where another exists."""
+    other = "haar" if detector == "mtcnn" else "mtcnn"
+    return other if other == "haar" or default_detector() == "mtcnn" else detector
+
+
+def find_faces(image: Any, max_faces: int | None = None, detector: str | None = None) -> list[Face]:
+    """Faces in a photo with ``detector`` (``mtcnn`` or ``haar``; default :func:`default_detector`), surest
+    first; each face's :meth:`Face.frame` is its CelebA framing under that detector's calibration."""
+    name = detector or default_detector()
+    if name == "haar":
+        return detect_faces(image, max_faces)
+    if name == "mtcnn":
+        from core.detectors.mtcnn import detect_faces as mtcnn_faces
+
+        found: list[Face] = [f for f in mtcnn_faces(image) if f.score >= MTCNN_MIN_SCORE]
+        return found[:max_faces] if max_faces is not None else found
+    raise ValueError(f"unknown face detector {name!r}; known: {', '.join(DETECTORS)}")
+
+
 def _eyes(grey: np.ndarray, box: Box) -> dict[str, Point] | None:
     """Both eye centres inside a face box (photo pixels), or None when no plausible pair is found."""
     import cv2

@@ -10,7 +10,6 @@ is left alone unless the whole-photo protection (:func:`protect_many`'s way) is 
 
 from __future__ import annotations
 
-import copy
 import math
 import time
 from collections.abc import Sequence
@@ -21,13 +20,25 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from core.channel import AttackerChannel, ChannelSpec
 from core.device import resolve_device
 from core.evaluate import PSNR_CAP, Tally, measure, summarize
-from core.faces import DEFAULT_MAX_FACES, Face, Frame, RoundTrip, align_crop, box_iou, detect_faces, paste_back
+from core.faces import (
+    DEFAULT_MAX_FACES,
+    Face,
+    Frame,
+    RoundTrip,
+    align_crop,
+    box_iou,
+    default_detector,
+    find_faces,
+    held_out_detector,
+    paste_back,
+)
 from core.forgers import Forger, create_forger
 from core.image import SUFFIX_FORMATS, LoadedImage, encode_image, load_image, quantize, save_image
 from core.methods import Protection, create_method
-from core.receipt import RECEIPT_CONDITIONS, attacker_crops, forger_numbers, photo_receipt
+from core.receipt import RECEIPT_CONDITIONS, attacker_crops, face_window, forger_numbers, photo_receipt
 from core.targets import fixed_targets, select_edits, targets_for
 from core.transforms import EoT
 
@@ -160,6 +171,8 @@ class _Job:
     seconds: float = 0.0
     encoded: bytes | None = None
     frames: list[Face] | None = None  # the faces as an attacker finds them on the delivered photo
+    detector: str = "haar"  # the detector the faces were found (and protected) with
+    held_out: list[bool] | None = None  # per face: the receipt's frame is the held-out detector's
 
     @property
     def mode(self) -> str:
@@ -180,6 +193,8 @@ def protect_images(
     receipt_conditions: Sequence[str] = RECEIPT_CONDITIONS,
     refine: int = 1,
     keep_metadata: bool = False,
+    channel: ChannelSpec | None = None,
+    detector: str | None = None,
 ) -> list[Protected]:
     """Protect the faces of decoded photos in one batch; measure each photo as delivered, at full size.
 
@@ -213,11 +228,12 @@ def protect_images(
     if only is not None:  # unknown attribute names fail before any work, whether or not faces are found
         select_edits(fixed_targets(protection.attributes)[None], protection.attributes, only)
 
+    detector = detector or default_detector()
     start = time.perf_counter()
     jobs = []
     for image in images:
-        found = detect_faces(image.tensor)
-        jobs.append(_Job(image, image.tensor.to(device), found[:max_faces], len(found)))
+        found = find_faces(image.tensor, detector=detector)
+        jobs.append(_Job(image, image.tensor.to(device), found[:max_faces], len(found), detector=detector))
     for job in jobs:
         if job.faces:
             job.crops = torch.cat([quantize(align_crop(job.x, face, size)) for face in job.faces])
@@ -227,10 +243,18 @@ def protect_images(
             job.targets = select_edits(targets_for(job.crops, protection.attributes, classifier=classifier),
                                        protection.attributes, only)
     busy = [job for job in jobs if job.crops is not None]
+    at_photo = channel is not None and not protection.one_pass
+    if at_photo:
+        assert channel is not None
+        for job in busy:
+            if job.faces:
+                _protect_windows(protection, job, channel)
+        busy = [job for job in busy if not job.faces]
     _protect_crops(protection, busy)
-    for job in jobs:
+    for job in busy if at_photo else jobs:
         job.x_adv, job.within_budget = _deliver(protection, job)
-    _refine(protection, [job for job in busy if job.faces], max_faces, refine)
+    if not at_photo:
+        _refine(protection, [job for job in busy if job.faces], max_faces, refine)
     for job in jobs:
         if output_format.upper() != "PNG" and job.crops is not None and job.x_adv is not None:
             # Lossy output: measure (and deliver) the pixels a reader of the file will decode.
@@ -253,6 +277,40 @@ def protect_images(
     return out
 
 
+# A face is protected at the photo's own resolution up to this many times the forgers' input size; a larger
+# face is protected at that size and its perturbation upsampled (a forger sees it downscaled far more anyway).
+WINDOW_SCALE = 4
+
+
+def _protect_windows(protection: Protection, job: _Job, spec: ChannelSpec) -> None:
+    """Protect each face of ``job`` on its window of the photo, at the photo's resolution, through the
+    attacker's channel (:mod:`core.channel`); set the delivered photo (only the faces' squares change)."""
+    assert job.targets is not None
+    size = work_size(protection)
+    h, w = job.x.shape[-2:]
+    total = torch.zeros_like(job.x)
+    for face, targets in zip(job.faces, job.targets, strict=True):
+        frame = face.frame()
+        x0, y0, x1, y1 = face_window(frame, w, h)
+        window = job.x[..., y0:y1, x0:x1]
+        k = min(1.0, WINDOW_SCALE * size / frame.side)
+        local = Frame((frame.cx - x0) * k, (frame.cy - y0) * k, frame.side * k, frame.angle)
+        work = window if k == 1.0 else quantize(F.interpolate(
+            window, scale_factor=k, mode="bilinear", antialias=True, align_corners=False))
+        channel = AttackerChannel(work, local, size, spec)
+        adv = protection.with_eot(channel)(work, targets=targets[None])
+        delta = channel.mask * (adv - work)
+        if k != 1.0:
+            delta = F.interpolate(delta, size=window.shape[-2:], mode="bilinear", align_corners=False)
+        total[..., y0:y1, x0:x1] += delta
+    changed = total.abs().amax(dim=1, keepdim=True) > 0
+    x_adv = torch.where(changed, protection.finalize(job.x, (job.x + total).clamp(-1, 1)), job.x)
+    job.x_adv = x_adv
+    job.within_budget = bool(((x_adv - job.x).abs().amax() <= protection.linf_cap() + 1e-6).item())
+    # the crops as the forgers see them at the faces' own framing: for the per-face report
+    job.advs = torch.cat([quantize(align_crop(x_adv, face, size)) for face in job.faces])
+
+
 def _protect_crops(protection: Protection, jobs: Sequence[_Job]) -> None:
     """Protect the crops of all ``jobs`` in one batch (sets ``job.advs``)."""
     if not jobs:
@@ -263,17 +321,18 @@ def _protect_crops(protection: Protection, jobs: Sequence[_Job]) -> None:
     for job in jobs:
         frames += [(face.frame(), job.image.size) for face in job.faces] if job.faces else [None]
     # optimise what an attacker's crop of the delivered photo will hold, not the crop itself
-    through = copy.copy(protection)
-    through.eot = RoundTrip(crops, frames, then=protection.eot)
+    through = protection.with_eot(RoundTrip(crops, frames, then=protection.eot))
     advs = through(crops, targets=targets)
     for job, adv in zip(jobs, advs.split([len(job.crops) for job in jobs if job.crops is not None]), strict=True):
         job.advs = adv
 
 
-def _attacker_frames(job: _Job, max_faces: int) -> tuple[list[Face], list[bool]]:
-    """The faces as detected again on the protected photo (matched to ours by overlap), and which matched."""
+def _attacker_frames(job: _Job, max_faces: int, detector: str | None = None) -> tuple[list[Face], list[bool]]:
+    """The faces as detected again on the protected photo (by ``detector``, default the job's own), matched to
+    ours by overlap, and which matched."""
     assert job.x_adv is not None
-    again = detect_faces(job.x_adv.cpu(), max_faces=max(max_faces, len(job.faces)) * 2)
+    again = find_faces(job.x_adv.cpu(), max_faces=max(max_faces, len(job.faces)) * 2,
+                       detector=detector or job.detector)
     frames: list[Face] = []
     matched: list[bool] = []
     for face in job.faces:
@@ -282,6 +341,18 @@ def _attacker_frames(job: _Job, max_faces: int) -> tuple[list[Face], list[bool]]
         frames.append(best if hit and best is not None else face)
         matched.append(hit)
     return frames, matched
+
+
+def _receipt_frames(job: _Job, max_faces: int) -> tuple[list[Face], list[bool], list[bool]]:
+    """The faces as the receipt's attacker finds them: by the held-out detector where it finds them, else by
+    the protection's own detector again; (frames, redetected, held_out)."""
+    other = held_out_detector(job.detector)
+    frames, matched = _attacker_frames(job, max_faces, other)
+    if other == job.detector or all(matched):
+        return frames, matched, [m and other != job.detector for m in matched]
+    own, own_matched = _attacker_frames(job, max_faces)
+    return ([f if m else o for f, m, o in zip(frames, matched, own, strict=True)],
+            [m or om for m, om in zip(matched, own_matched, strict=True)], matched)
 
 
 def _attacker_success(protection: Protection, job: _Job, frames: Sequence[Face]) -> float:
@@ -375,6 +446,7 @@ def photo_report(
         "seconds": job.seconds,
         "protection": job.mode,
         "faces_found": job.found,
+        "detector": job.detector,
     }
     if job.found > len(job.faces):
         report["faces_skipped"] = job.found - len(job.faces)
@@ -405,7 +477,16 @@ def photo_report(
     if verify and job.targets is not None and job.mode != "no_face":
         report["receipt"] = photo_receipt(protection.forgers, x, x_adv, job.frames, job.targets,
                                           work_size(protection), receipt_conditions)
+        report["receipt"]["scope"] = "faces" if job.mode == "faces" else "whole_photo"
+        if job.mode == "whole_image":
+            report["receipt"]["note"] = WHOLE_PHOTO_NOTE
     return report
+
+
+# What a receipt of a photo protected whole must say, so that nobody reads it as "my face is protected".
+WHOLE_PHOTO_NOTE = ("No face was found in this photo, so it was protected as one whole picture. These numbers are "
+                    "for the forgers' edits of the whole picture shrunk to their size, not of a face: they do not "
+                    "show that a face in this photo is protected.")
 
 
 def _quality(protection: Protection, x: torch.Tensor, x_adv: torch.Tensor) -> dict[str, Any]:
@@ -452,7 +533,10 @@ def _face_reports(
     """Per face: where, within budget, and the forgers' numbers on the attacker's crops; and over all faces."""
     assert job.crops is not None and job.advs is not None and job.targets is not None and job.x_adv is not None
     size = job.crops.shape[-1]
-    frames, matched = _attacker_frames(job, max_faces) if verify else (list(job.faces), [False] * len(job.faces))
+    if verify:
+        frames, matched, job.held_out = _receipt_frames(job, max_faces)
+    else:
+        frames, matched = list(job.faces), [False] * len(job.faces)
     job.frames = frames
     if verify:
         clean, seen = attacker_crops(job.x, frames, size), attacker_crops(job.x_adv, frames, size)
@@ -472,8 +556,10 @@ def _face_reports(
             "success_rate": sum(rates) / len(rates) if rates else None,
             "forgers": numbers,
         }
-        if verify:
+        if verify and job.held_out is not None:
             entry["redetected"] = matched[i]
+            # the attacker's detector: the held-out one (which the protection never saw) where it found the face
+            entry["receipt_detector"] = held_out_detector(job.detector) if job.held_out[i] else job.detector
         reports.append(entry)
     return reports, forger_numbers(overall, protection.forgers)
 

@@ -30,7 +30,7 @@ from core.image import quantize
 from core.metrics import SUCCESS_THRESHOLD
 from core.transforms.conditions import apply_condition
 
-RECEIPT_CONDITIONS: tuple[str, ...] = ("clean", "jpeg90", "jpeg75", "resize0.5")
+RECEIPT_CONDITIONS: tuple[str, ...] = ("clean", "jpeg90", "jpeg75", "webp80", "resize0.5", "blur1", "noise")
 # Conditions are applied to a window around each face rather than to a whole (12-megapixel) photo: a window
 # starting on JPEG's 16 px 4:2:0 blocks is coded in the very blocks the whole photo is, and a margin keeps the
 # face's square beyond the reach of the decoder's chroma upsampling and of the resize's kernels.
@@ -122,7 +122,8 @@ def photo_receipt(
         seen = conditioned_crops(cond, x_adv, frames, size)
         if clean.shape[0] != targets.shape[0]:
             raise ValueError(f"{clean.shape[0]} crops but targets for {targets.shape[0]}")
-        numbers = forger_numbers(measure(clean, seen, targets, forgers, ("clean",)), forgers)
+        # forger effect only: the photo's quality is measured once, by the report, not per condition
+        numbers = forger_numbers(measure(clean, seen, targets, forgers, ("clean",), quality=False), forgers)
         per[cond] = {"success_rate": _mean_rate(numbers), "forgers": numbers}
     known = {c: v["success_rate"] for c, v in per.items() if v["success_rate"] is not None}
     weakest = min(known, key=lambda c: known[c]) if known else None

@@ -97,4 +97,4 @@ def check_phone_result(upright: np.ndarray, delivered: bytes, report: dict) -> N
     for (cx, cy), (left, top, scale) in zip(centres, sorted(PHONE_FACES), strict=True):
         ex, ey, width = expected_face(left, top, scale)
         assert abs(cx - ex) < 0.2 * width and abs(cy - ey) < 0.2 * width
-    assert set(report["receipt"]["conditions"]) == {"clean", "jpeg90", "jpeg75", "resize0.5"}
+    assert set(report["receipt"]["conditions"]) == {"clean", "jpeg90", "jpeg75", "webp80", "resize0.5", "blur1", "noise"}

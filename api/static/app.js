@@ -13,7 +13,10 @@
     clean: "as delivered",
     jpeg90: "JPEG quality 90",
     jpeg75: "JPEG quality 75",
+    webp80: "WebP quality 80",
     "resize0.5": "resized to 0.5× and back",
+    blur1: "blurred (sigma 1 px)",
+    noise: "with mild noise",
   };
 
   const el = (id) => document.getElementById(id);
@@ -374,6 +377,14 @@
     const conditions = receipt?.conditions;
     const names = Object.keys(conditions ?? {});
     if (!names.length) return;
+    if (receipt.scope === "whole_photo") {
+      // A whole-picture receipt must never read as "my face is protected".
+      const note = document.createElement("p");
+      note.className = "warning";
+      note.setAttribute("role", "note");
+      note.textContent = receipt.note ?? "No face was found: the whole picture was protected and measured.";
+      el("conditions").append(note);
+    }
     const forgerNames = [...new Set(names.flatMap((c) => Object.keys(conditions[c]?.forgers ?? {})))];
     const rows = names.map((c) => [
       CONDITION_LABELS[c] ?? c,

@@ -9,6 +9,7 @@ is not an RGB L-infinity ball).
 
 from __future__ import annotations
 
+import copy
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
@@ -45,6 +46,9 @@ class Protection(ABC):
     budget_units: ClassVar[str] = "L-inf on [-1, 1]"
     defaults: ClassVar[dict[str, Any]] = {}
     eps_range: ClassVar[tuple[float, float]] = (0.0, 0.5)
+    # One-pass generators (core.generators) work at the forgers' size and ignore ``eot``; iterative methods
+    # optimise through whatever they are given, at any resolution.
+    one_pass: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -81,6 +85,7 @@ class Protection(ABC):
         if self.objective not in OBJECTIVES:
             raise ValueError(f"unknown objective {self.objective!r}; known: {', '.join(OBJECTIVES)}")
         self.random_start = bool(random_start if random_start is not None else d.get("random_start", True))
+        self.momentum = float(d.get("momentum", 0.0))
         self.eot = eot
         self.eot_samples = max(1, int(eot_samples))
         self.seed = seed
@@ -112,6 +117,12 @@ class Protection(ABC):
         under = delta < -self.linf_cap() - 1e-6
         q = torch.where(over, q - QUANT_STEP, torch.where(under, q + QUANT_STEP, q))
         return q.clamp(-1, 1)
+
+    def with_eot(self, eot: Callable[..., torch.Tensor] | None) -> Protection:
+        """The same protection (same forgers, budget and seed) optimised through ``eot`` instead."""
+        other = copy.copy(self)
+        other.eot = eot
+        return other
 
     def linf_cap(self) -> float:
         """RGB L-inf bound enforced on the delivered image; methods with other budgets may widen it."""
@@ -150,17 +161,25 @@ class Protection(ABC):
     ) -> torch.Tensor:
         """The quantity to maximise, summed over forgers, targets and images (mean over pixels)."""
         total = x_adv.new_zeros(())
+        n_t = targets.shape[1]
+        # A channel (core.channel) sends protected and clean faces through one shared draw: the edits are
+        # then compared as the receipt compares them, under the same condition and framing.
+        pair = getattr(self.eot, "pair", None)
         for _ in range(self.eot_samples):
-            seen = self.eot(x_adv, generator=gen) if self.eot is not None else x_adv
+            goal = x
+            if pair is not None:
+                seen, goal = pair(x_adv, x, generator=gen)
+                with torch.no_grad():
+                    refs = [forger(*expand_targets(goal, targets)) for forger in self.forgers]
+            else:
+                seen = self.eot(x_adv, generator=gen) if self.eot is not None else x_adv
             xs, cs = expand_targets(seen, targets)
-            n_t = targets.shape[1]
             for forger, ref in zip(self.forgers, refs, strict=True):
                 out = forger(xs, cs)
                 if self.objective == "distort":
                     per = (out - ref).pow(2).flatten(1).mean(1)
                 else:
-                    goal = x.repeat_interleave(n_t, dim=0)
-                    per = -(out - goal).pow(2).flatten(1).mean(1)
+                    per = -(out - goal.repeat_interleave(n_t, dim=0)).pow(2).flatten(1).mean(1)
                 total = total + per.sum()
         return total / self.eot_samples
 
@@ -177,11 +196,19 @@ class Protection(ABC):
         ``render(deltas)`` turns the perturbations (in the method's own domain: RGB, Lab a/b, subbands)
         into the image the forgers see. Starts from ``deltas`` (zeros, or a random start).
         """
-        refs = self.clean_outputs(x, targets)
+        # Through a channel the references are drawn with each step (see :meth:`loss`).
+        refs = [] if hasattr(self.eot, "pair") else self.clean_outputs(x, targets)
+        velocity: list[torch.Tensor] | None = None
         for _ in range(self.steps):
             deltas = [d.detach().requires_grad_(True) for d in deltas]
             loss = self.loss(render(deltas), x, targets, refs, gen)
             grads = torch.autograd.grad(loss, deltas)
+            if self.momentum > 0:
+                # MI-FGSM (Dong et al. 2018): an average of L1-normalised gradients steadies the direction
+                # when every step sees another random draw of the channel.
+                velocity = [self.momentum * v + g / g.abs().mean().clamp(min=1e-12)
+                            for v, g in zip(velocity or [torch.zeros_like(g) for g in grads], grads, strict=True)]
+                grads = tuple(velocity)
             deltas = [(d + self.step_size * g.sign()).clamp(-self.eps, self.eps) for d, g in zip(deltas, grads,
                                                                                                     strict=True)]
         return [d.detach() for d in deltas]

@@ -17,7 +17,7 @@ from torch import Tensor
 from core.image import quantize
 from core.transforms.color import rgb_to_ycbcr, ycbcr_to_rgb
 from core.transforms.filters import box_blur, gaussian_blur, rescale
-from core.transforms.jpeg import jpeg
+from core.transforms.jpeg import jpeg, webp
 
 Condition = Callable[[Tensor], Tensor]
 
@@ -32,6 +32,16 @@ def chroma_subsample(x: Tensor) -> Tensor:
     return quantize(out.clamp(0, 1) * 2 - 1)
 
 
+NOISE_SIGMA = 0.02  # on [-1, 1]: about 2.5 levels of 255, a phone sensor's or a re-upload's mild noise
+
+
+def mild_noise(x: Tensor) -> Tensor:
+    """Gaussian noise of :data:`NOISE_SIGMA`, seeded (the same noise for the clean and the protected photo,
+    so that the noise alone never counts as protection), on the 8-bit grid."""
+    gen = torch.Generator().manual_seed(0)
+    return quantize(x + NOISE_SIGMA * torch.randn(x.shape, generator=gen).to(x))
+
+
 # A plain dict (not core.registry.Registry, whose unknown-name error is a KeyError): the set is small
 # and fixed, and an unknown condition name is a bad argument, i.e. a ValueError.
 CONDITIONS: dict[str, Condition] = {
@@ -39,10 +49,12 @@ CONDITIONS: dict[str, Condition] = {
     "jpeg75": lambda x: jpeg(x, 75),
     "jpeg90": lambda x: jpeg(x, 90),
     "jpeg75-444": lambda x: jpeg(x, 75, subsampling="4:4:4"),  # no chroma subsampling
+    "webp80": lambda x: webp(x, 80),
     "chroma420": chroma_subsample,
     "resize0.5": lambda x: quantize(rescale(x, 0.5)),
     "blur1": lambda x: quantize(gaussian_blur(x, 1.0)),
     "avgblur3": lambda x: quantize(box_blur(x, 3)),
+    "noise": mild_noise,
 }
 
 
@@ -56,7 +68,7 @@ def apply_condition(name: str, x: Tensor) -> Tensor:
 
     Args:
         name: one of :func:`condition_names` (``"clean"``, ``"jpeg75"``, ``"jpeg90"``, ``"jpeg75-444"``,
-            ``"chroma420"``, ``"resize0.5"``, ``"blur1"``, ``"avgblur3"``).
+            ``"chroma420"``, ``"webp80"``, ``"resize0.5"``, ``"blur1"``, ``"avgblur3"``, ``"noise"``).
         x: ``(N, 3, H, W)`` in [-1, 1], expected to be on the 8-bit grid already (see
             :func:`core.image.quantize`); ``"clean"`` returns it unchanged (detached).
 

@@ -95,10 +95,21 @@ def jpeg(x: Tensor, quality: int, subsampling: str = "4:2:0") -> Tensor:
     _check_quality(quality)
     if subsampling not in ("4:2:0", "4:2:2", "4:4:4"):
         raise ValueError(f"jpeg: subsampling must be '4:2:0', '4:2:2' or '4:4:4', got {subsampling!r}")
+    return _round_trip(x, "JPEG", quality=quality, subsampling=subsampling)
+
+
+def webp(x: Tensor, quality: int) -> Tensor:
+    """A real lossy WebP round trip through Pillow (libwebp, 4:2:0 chroma), as :func:`jpeg`."""
+    _check_images(x, "webp")
+    _check_quality(quality)
+    return _round_trip(x, "WEBP", quality=quality)
+
+
+def _round_trip(x: Tensor, fmt: str, **options: object) -> Tensor:
     out = []
     for img in x.detach():
         buf = io.BytesIO()
-        Image.fromarray(to_uint8(img), "RGB").save(buf, "JPEG", quality=quality, subsampling=subsampling)
+        Image.fromarray(to_uint8(img), "RGB").save(buf, fmt, **options)
         with Image.open(io.BytesIO(buf.getvalue())) as decoded:
             out.append(torch.from_numpy(np.asarray(decoded.convert("RGB")).transpose(2, 0, 1).copy()))
     # Scale in the target dtype (as core.image.from_uint8 / quantize do in float32), so the result lies

@@ -73,6 +73,8 @@ def test_protect_images_attaches_the_receipt_and_measures_the_jpeg_it_delivers(f
     [png] = protect_images(protection, [image], whole_image=True)
     receipt = png.report["receipt"]
     assert list(receipt["conditions"]) == list(RECEIPT_CONDITIONS) and png.encoded is None
+    # a photo protected whole says so in words, so that nobody reads it as a protected face
+    assert receipt["scope"] == "whole_photo" and "No face was found" in receipt["note"]
     assert receipt["conditions"]["clean"]["forgers"]["stargan"] == png.report["forgers"]["stargan"]
     [jpg] = protect_images(protection, [image], whole_image=True, output_format="JPEG")
     assert jpg.encoded is not None and jpg.encoded[:3] == b"\xff\xd8\xff"

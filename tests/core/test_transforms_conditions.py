@@ -20,8 +20,8 @@ def _image() -> torch.Tensor:
 
 
 def test_names() -> None:
-    assert condition_names() == ["clean", "jpeg75", "jpeg90", "jpeg75-444", "chroma420", "resize0.5", "blur1",
-                                 "avgblur3"]
+    assert condition_names() == ["clean", "jpeg75", "jpeg90", "jpeg75-444", "webp80", "chroma420", "resize0.5",
+                                 "blur1", "avgblur3", "noise"]
 
 
 @pytest.mark.parametrize("name", condition_names())
@@ -50,7 +50,7 @@ def test_conditions_are_the_real_operations() -> None:
 
 def test_unknown_condition_lists_known_ones() -> None:
     with pytest.raises(
-        ValueError, match=r"unknown condition 'jpeg50'.*clean, jpeg75, jpeg90, jpeg75-444, chroma420, resize0\.5"
+        ValueError, match=r"unknown condition 'jpeg50'.*clean, jpeg75, jpeg90, jpeg75-444, webp80, chroma420"
     ):
         apply_condition("jpeg50", _image())
 
@@ -71,3 +71,13 @@ def test_chroma420_is_what_jpeg_subsampling_does_to_chroma() -> None:
     # Chroma already constant over 2x2 blocks passes through (up to 8-bit rounding).
     smooth = quantize(torch.nn.functional.interpolate(_image()[:, :, ::2, ::2], scale_factor=2, mode="nearest"))
     assert (apply_condition("chroma420", smooth) - smooth).abs().max() <= 2 / 255 + 1e-6
+
+
+def test_webp_is_a_lossy_round_trip_and_noise_is_seeded() -> None:
+    x = _image()
+    w = apply_condition("webp80", x)
+    assert 0 < float((w - x).abs().mean()) < 0.1  # lossy, but the same picture
+    n1, n2 = apply_condition("noise", x), apply_condition("noise", x)
+    assert torch.equal(n1, n2) and not torch.equal(n1, x)
+    # about NOISE_SIGMA of Gaussian noise (before clipping and 8-bit rounding)
+    assert 0.01 < float((n1 - x).std()) < 0.03

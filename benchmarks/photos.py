@@ -1,0 +1,192 @@
+"""Real photos through Veil as a user sends them: seconds per photo, the receipt per condition, and the
+quality of the face regions, for each method at its defaults.
+
+Photos: the UTKFace photos in ``../shared/datasets/utkface/images`` (200x200, all ages and origins), CelebA
+validation images as the 178x218 photos they are, scikit-image's astronaut (512 px, public domain) and two
+larger photos built from it (2 MP and 12 MP). Datasets are read in place and never written out: the results
+name dataset photos by set and index only, and the 400 % zoom PNG shows the astronaut alone.
+
+    python benchmarks/photos.py --utkface 40 --celeba 20 --method pgd --method dwt-chroma
+Writes ``benchmarks/results/photos-<name>.json`` and ``.md`` (and ``photos-<name>-zoom.png``), prints a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from core.data import default_celeba_dir, read_index
+from core.image import LoadedImage, load_image, quantize, save_image
+from core.protect import build_protection, protect_images
+from core.receipt import RECEIPT_CONDITIONS
+from core.workflows import demo_image
+
+RESULTS = Path(__file__).parent / "results"
+UTKFACE = Path(__file__).resolve().parent.parent.parent / "shared" / "datasets" / "utkface" / "images"
+
+
+def _loaded(x: torch.Tensor) -> LoadedImage:
+    return LoadedImage(tensor=x, alpha=None, format=None)
+
+
+def _resized(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    return quantize(F.interpolate(x, size=(height, width), mode="bicubic", align_corners=False))
+
+
+def photo_set(n_utk: int, n_celeba: int, large: bool) -> list[tuple[str, str, LoadedImage]]:
+    """(set, id, photo): the astronaut first, then the datasets' photos (sorted by file name)."""
+    astronaut = load_image(demo_image(Path("out/bench-photos")))
+    out: list[tuple[str, str, LoadedImage]] = [("astronaut", "512px", astronaut)]
+    if large:
+        x = astronaut.tensor
+        out.append(("astronaut", "2MP", _loaded(_resized(x, 1448, 1448))))
+        big = _resized(x, 3000, 3000)  # 12 MP: the portrait at 3000 px, widened by mirroring its sides
+        out.append(("astronaut", "12MP", _loaded(F.pad(big, (500, 500, 0, 0), mode="reflect"))))
+    if UTKFACE.is_dir():
+        for i, path in enumerate(sorted(UTKFACE.iterdir())[:n_utk]):
+            out.append(("utkface", str(i), load_image(path)))
+    root = default_celeba_dir()
+    if n_celeba and (root / "list_attr_celeba.txt").is_file():
+        for i, name in enumerate(read_index(root, "val").files[:n_celeba]):
+            out.append(("celeba-val", str(i), load_image(root / "img_align_celeba" / name)))
+    return out
+
+
+def run_photo(protection: Any, image: LoadedImage) -> tuple[dict[str, Any], torch.Tensor]:
+    start = time.perf_counter()
+    result = protect_images(protection, [image])[0]
+    total = time.perf_counter() - start
+    r = result.report
+    receipt = r.get("receipt") or {}
+    row = {
+        "width": r["width"], "height": r["height"], "protection": r["protection"], "faces": len(r["faces"]),
+        "seconds": round(total, 3), "report_seconds": round(r["report_seconds"], 3),
+        "psnr": r["psnr"], "lpips": r["lpips"] if isinstance(r["lpips"], float) else None,
+        "receipt": {c: v["success_rate"] for c, v in receipt.get("conditions", {}).items()},
+        "min_success_rate": receipt.get("min_success_rate"),
+    }
+    return row, result.x_adv
+
+
+def _pct(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    values = sorted(values)
+    return values[min(len(values) - 1, int(q * len(values)))]
+
+
+def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    faces = [r for r in rows if r["protection"] == "faces"]
+    out: dict[str, Any] = {"photos": len(rows), "with_faces": len(faces),
+                           "no_face": sum(r["protection"] == "no_face" for r in rows)}
+    for cond in RECEIPT_CONDITIONS:
+        vals = [r["receipt"][cond] for r in faces if r["receipt"].get(cond) is not None]
+        out[f"median_{cond}"] = statistics.median(vals) if vals else None
+        out[f"mean_{cond}"] = statistics.mean(vals) if vals else None
+    worst = [r["min_success_rate"] for r in faces if r["min_success_rate"] is not None]
+    out["median_min_success"] = statistics.median(worst) if worst else None
+    out["worst_decile_min_success"] = _pct(worst, 0.1)
+    for key in ("psnr", "lpips"):
+        vals = [r[key] for r in faces if r[key] is not None]
+        out[f"median_{key}"] = statistics.median(vals) if vals else None
+    for label, test in (("512px", lambda r: r["width"] * r["height"] <= 512 * 512),
+                        ("2MP", lambda r: 512 * 512 < r["width"] * r["height"] <= 3_000_000),
+                        ("12MP", lambda r: r["width"] * r["height"] > 3_000_000)):
+        secs = [r["seconds"] for r in rows if test(r) and r["protection"] == "faces"]
+        out[f"median_seconds_{label}"] = statistics.median(secs) if secs else None
+    return out
+
+
+def zoom_pair(x: torch.Tensor, x_adv: torch.Tensor, box: tuple[int, int, int, int]) -> torch.Tensor:
+    """The same 64 px square of the original and the protected photo, each at 400 % (nearest), side by side."""
+    x0, y0, x1, y1 = box
+    a = F.interpolate(x[..., y0:y1, x0:x1], scale_factor=4, mode="nearest")
+    b = F.interpolate(x_adv[..., y0:y1, x0:x1], scale_factor=4, mode="nearest")
+    gap = torch.ones_like(a[..., :8])
+    return torch.cat([a, gap, b], dim=-1)
+
+
+def write_markdown(path: Path, info: dict[str, Any], summaries: dict[str, dict[str, Any]]) -> None:
+    conds = list(RECEIPT_CONDITIONS)
+    lines = [f"# Photo benchmark ({info['forgers']}, {info['photos']} photos)", "",
+             f"Command: `{info['command']}`", "",
+             f"Machine: {info['machine']}; torch threads {info['threads']}; load average (1 min) "
+             f"{info['load_average_1min_start']} at the start, {info['load_average_1min_end']} at the end.", "",
+             "Median receipt (share of the forgers' edits defeated) per condition, over the photos with faces; "
+             "`worst 10 %`: the 10th percentile of each photo's lowest condition.", "",
+             "| method | faces/photos | " + " | ".join(conds) + " | median min | worst 10 % | PSNR dB | LPIPS | "
+             "s (512 px) | s (2 MP) | s (12 MP) |",
+             "|---" * (len(conds) + 9) + "|"]
+
+    def f(v: Any, pct: bool = False, digits: int = 1) -> str:
+        if v is None:
+            return "-"
+        return f"{100 * v:.0f} %" if pct else f"{v:.{digits}f}"
+
+    for method, s in summaries.items():
+        cells = [f(s[f"median_{c}"], pct=True) for c in conds]
+        lines.append(f"| {method} | {s['with_faces']}/{s['photos']} | " + " | ".join(cells) +
+                     f" | {f(s['median_min_success'], pct=True)} | {f(s['worst_decile_min_success'], pct=True)} | "
+                     f"{f(s['median_psnr'])} | {f(s['median_lpips'], digits=4)} | {f(s['median_seconds_512px'])} | "
+                     f"{f(s['median_seconds_2MP'])} | {f(s['median_seconds_12MP'])} |")
+    path.write_text("\n".join(lines) + "\n")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--method", "-m", action="append", help="methods (default: pgd)")
+    ap.add_argument("--forger", action="append", help="forgers (default: stargan)")
+    ap.add_argument("--utkface", type=int, default=40)
+    ap.add_argument("--celeba", type=int, default=20)
+    ap.add_argument("--no-large", action="store_true", help="skip the 2 MP and 12 MP photos")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--name", default="compact64")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    methods = args.method or ["pgd"]
+    forgers = args.forger or ["stargan"]
+    photos = photo_set(args.utkface, args.celeba, not args.no_large)
+    info: dict[str, Any] = {
+        "command": "python benchmarks/photos.py " + " ".join(
+            [*(f"-m {m}" for m in methods), f"--utkface {args.utkface}", f"--celeba {args.celeba}",
+             *(["--no-large"] if args.no_large else []), f"--threads {args.threads}", f"--name {args.name}"]),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores", "threads": args.threads,
+        "forgers": ", ".join(forgers), "photos": len(photos), "conditions": list(RECEIPT_CONDITIONS),
+        "load_average_1min_start": round(os.getloadavg()[0], 2),
+    }
+    rows: dict[str, list[dict[str, Any]]] = {}
+    zooms = []
+    for method in methods:
+        protection = build_protection(method, forgers)
+        rows[method] = []
+        for kind, ident, image in photos:
+            row, x_adv = run_photo(protection, image)
+            rows[method].append({"set": kind, "id": ident, **row})
+            print(f"{method:12s} {kind:10s} {ident:5s} {row['protection']:10s} {row['seconds']:6.2f} s "
+                  f"min {row['min_success_rate']} {row['receipt']}", flush=True)
+            if kind == "astronaut" and ident == "512px":
+                zooms.append(zoom_pair(image.tensor, x_adv, (216, 80, 280, 144)))  # the eyes and brows
+    info["load_average_1min_end"] = round(os.getloadavg()[0], 2)
+    summaries = {m: summarize(r) for m, r in rows.items()}
+    for m, s in summaries.items():
+        print(m, json.dumps({k: (round(v, 3) if isinstance(v, float) else v) for k, v in s.items()}))
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    stem = RESULTS / f"photos-{args.name}"
+    stem.with_suffix(".json").write_text(json.dumps({"info": info, "summary": summaries, "photos": rows}, indent=1))
+    write_markdown(stem.with_suffix(".md"), info, summaries)
+    if zooms:
+        save_image(torch.cat(zooms, dim=-2), stem.parent / f"{stem.name}-zoom.png")
+    print(f"wrote {stem}.json, .md")
+
+
+if __name__ == "__main__":
+    main()
