@@ -35,9 +35,7 @@ test-fast: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/mypy core service api worker scripts
-	# apart: benchmarks/service.py is a top-level module named like the service/ package
-	$(BIN)/mypy benchmarks
+	$(BIN)/mypy core service api worker scripts benchmarks
 
 # The whole service on loopback (Redis, MiniStack S3, API, gpu + io workers); Ctrl-C stops it.
 # No shipped StarGAN weights yet? make run RUN_ARGS=--tiny-forger

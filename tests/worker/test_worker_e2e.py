@@ -463,7 +463,8 @@ def test_previews_and_min_success_through_the_api(http: httpx.Client) -> None:
     assert body["status"] == "succeeded", body
     [photo] = body["report"]["photos"]
     assert photo["min_success"]["met"] is True and photo["min_success"]["attempts"] == 1
-    assert set(photo["receipt"]["conditions"]) == {"clean", "jpeg90", "jpeg75", "webp80", "resize0.5", "blur1", "noise"}
+    assert set(photo["receipt"]["conditions"]) == {"clean", "jpeg90", "jpeg75", "webp80", "resize0.5", "blur1",
+                                                   "noise"}
     previews = photo["previews"]
     assert previews["perturbation"] == "previews/face-perturbation.png"
     assert previews["edits"] == "previews/face-edits.png" and previews["columns"][0] == "input"

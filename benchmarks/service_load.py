@@ -13,8 +13,8 @@ Measures, in one run:
    (``VEIL_PROTECT_BATCH_SIZE``), with the same method, options, forger weights and torch threads
    (the gpu worker runs ``--pool=solo``: one process). Target: archive >= 90 % of raw.
 
-    python benchmarks/service.py --checkpoints /tmp/ckpt_try --jobs 30 --archive-photos 200
-    python benchmarks/service.py --tiny-forger --jobs 10 --archive-photos 40 --steps 2
+    python benchmarks/service_load.py --checkpoints /tmp/ckpt_try --jobs 30 --archive-photos 200
+    python benchmarks/service_load.py --tiny-forger --jobs 10 --archive-photos 40 --steps 2
 
 The stack uses its own Redis key prefix (and Celery key prefix), removed at the end; every process it
 started is stopped at the end, errors included. ``--steps`` is applied through a copy of the method
@@ -138,7 +138,7 @@ def methods_file(data_dir: Path, method: str, steps: int | None) -> Path | None:
     """A copy of the API's method catalogue with ``steps`` as the method's default (None: the shipped one)."""
     if steps is None:
         return None
-    from api.config import DEFAULT_METHODS_FILE
+    from api.methods import DEFAULT_METHODS_FILE
 
     catalog = json.loads(Path(DEFAULT_METHODS_FILE).read_text())
     for m in catalog["methods"]:
@@ -193,8 +193,8 @@ def start_stack(stack: rs.Stack, redis_url: str, folder: Path, prefix: str,
     if not rs.wait_for(lambda: worker_threads(gpu.tail(1_000_000)) is not None or not gpu.alive(), timeout=180):
         raise rs.StackError(f"the gpu worker never loaded its models (see {gpu.log})")
 
-    from api.config import Settings
-    from api.keys import create_key
+    from service.config import Settings
+    from service.keys import create_key
 
     settings = Settings(redis_url=redis_url, redis_prefix=prefix)
     key = create_key("bench", settings=settings)
