@@ -14,6 +14,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from service.errors import (
     EmptyInput,
     InvalidArchive,
+    InvalidJSON,
     ServiceError,
     TooLarge,
     TooManyEntries,
@@ -97,6 +98,7 @@ SERVICE_ERRORS: dict[type[ServiceError], tuple[int, str]] = {
     TooManyEntries: (413, "Too many archive entries"),
     UnsupportedMediaType: (415, "Unsupported media type"),
     InvalidArchive: (422, "Invalid archive"),
+    InvalidJSON: (422, "Validation error"),
 }
 
 

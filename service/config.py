@@ -83,6 +83,9 @@ class Settings(BaseSettings):
     multipart_threshold_bytes: int = Field(default=100 * MiB, ge=5 * MiB)
     multipart_part_bytes: int = Field(default=16 * MiB, ge=5 * MiB, le=5 * 1024 * MiB)
     max_metadata_bytes: int = Field(default=4096, ge=2)
+    max_json_depth: int = Field(
+        default=32, ge=2, le=500, description="nesting of client JSON (bodies, metadata/targets fields)"
+    )
 
     # --- API keys and rate limiting ---
     rate_limit_requests: int = Field(default=120, ge=0, description="per key and window; 0 disables")

@@ -49,3 +49,9 @@ class UnsupportedMediaType(InputRejected):
 
 class InvalidArchive(InputRejected):
     code = "invalid-archive"
+
+
+class InvalidJSON(ServiceError):
+    """Client JSON refused before (or while) parsing: nested too deep, or not JSON. ``errors`` lists where."""
+
+    code = "validation-error"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import math
 import time
 from datetime import UTC, datetime, timedelta
@@ -17,13 +16,17 @@ from starlette.datastructures import FormData, UploadFile
 
 from api.deps import PrincipalDep, ServicesDep
 from api.problems import PROBLEM_JSON, Problem, validation_problem
+from api.routing import BoundedJSONRoute
 from api.schemas import JobCreate, JobList, JobOptions, JobOutputs, OutputItem
 from api.submit import Submitted, parse_prefer_wait, submit_file, submit_upload
+from service.config import Settings
+from service.errors import InvalidJSON
 from service.jobs import JobRecord
+from service.jsonlimits import loads_bounded
 from service.states import InvalidTransition, JobStatus
 from service.views import Job, job_out
 
-router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"], route_class=BoundedJSONRoute)
 
 LIST_FIELDS = {"forgers", "targets", "webhook_events"}
 JSON_FIELDS = {"metadata"}
@@ -59,8 +62,9 @@ CREATE_BODY = {
 }
 
 
-def _form_values(form: FormData) -> tuple[dict[str, Any], UploadFile | None]:
-    """Form fields -> option dict (lists from repeated fields, commas or a JSON array; metadata JSON)."""
+def _form_values(form: FormData, settings: Settings) -> tuple[dict[str, Any], UploadFile | None]:
+    """Form fields -> option dict (lists from repeated fields, commas or a JSON array; metadata JSON, its
+    size and nesting bounded before it is parsed)."""
     data: dict[str, Any] = {}
     upload: UploadFile | None = None
     errors: list[dict[str, Any]] = []
@@ -76,13 +80,19 @@ def _form_values(form: FormData) -> tuple[dict[str, Any], UploadFile | None]:
             errors.append({"loc": [name], "msg": "expected a text field", "type": "value_error"})
             continue
         texts = [str(v) for v in values]
+
+        def loads(text: str, name: str = name) -> Any:
+            return loads_bounded(
+                text, max_depth=settings.max_json_depth, max_bytes=settings.max_json_bytes, loc=name
+            )
+
         try:
             if name in LIST_FIELDS:
                 items: list[Any] = []
                 for text in texts:
                     text = text.strip()
                     if text.startswith("["):
-                        parsed = json.loads(text)
+                        parsed = loads(text)
                         items += parsed if isinstance(parsed, list) else [parsed]
                     elif text:
                         items += [t.strip() for t in text.split(",") if t.strip()]
@@ -90,12 +100,14 @@ def _form_values(form: FormData) -> tuple[dict[str, Any], UploadFile | None]:
             elif name in JSON_FIELDS:
                 if len(texts) != 1:
                     raise ValueError("repeated field")
-                data[name] = json.loads(texts[0]) if texts[0].strip() else None
+                data[name] = loads(texts[0]) if texts[0].strip() else None
             else:
                 if len(texts) != 1:
                     raise ValueError("repeated field")
                 data[name] = texts[0]
-        except ValueError as exc:  # JSONDecodeError too
+        except InvalidJSON as exc:
+            errors += exc.extensions["errors"]
+        except ValueError as exc:
             errors.append({"loc": [name], "msg": f"invalid value: {exc}", "type": "value_error"})
     if errors:
         raise validation_problem(errors)
@@ -151,7 +163,7 @@ async def create_job(
     if ctype in ("multipart/form-data", "application/x-www-form-urlencoded"):
         form = await request.form(max_files=1, max_fields=64, max_part_size=64 * 1024)
         try:
-            data, upload = _form_values(form)
+            data, upload = _form_values(form, settings)
             upload_id = data.pop("upload_id", None)
             if (upload is None) == (upload_id is None):
                 raise validation_problem(
@@ -180,16 +192,7 @@ async def create_job(
             await form.close()
     elif ctype == "application/json" or ctype.endswith("+json"):
         body = await request.body()
-        if len(body) > settings.max_json_bytes:
-            raise Problem(
-                413, "too-large", f"JSON body over {settings.max_json_bytes} bytes", title="Content too large"
-            )
-        try:
-            payload = json.loads(body)
-        except ValueError:
-            raise validation_problem(
-                [{"loc": ["body"], "msg": "invalid JSON", "type": "json_invalid"}]
-            ) from None
+        payload = loads_bounded(body, max_depth=settings.max_json_depth, max_bytes=settings.max_json_bytes)
         if not isinstance(payload, dict):
             raise validation_problem(
                 [{"loc": ["body"], "msg": "expected a JSON object", "type": "dict_type"}]

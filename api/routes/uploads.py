@@ -12,6 +12,7 @@ from fastapi import APIRouter
 from api.deps import PrincipalDep, ServicesDep
 from api.problems import Problem, validation_problem
 from api.routes.jobs import ERRORS
+from api.routing import BoundedJSONRoute
 from api.schemas import (
     CompleteRequest,
     MultipartInfo,
@@ -28,7 +29,7 @@ from service.redisdb import new_id
 from service.storage import safe_filename, upload_key
 from service.views import ts
 
-router = APIRouter(prefix="/v1/uploads", tags=["uploads"])
+router = APIRouter(prefix="/v1/uploads", tags=["uploads"], route_class=BoundedJSONRoute)
 S3_MAX_PARTS = 10_000
 S3_MAX_POST_BYTES = 5 * 1024**3
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import http.client
+import json
 import subprocess
 import sys
 import threading
@@ -106,3 +108,25 @@ def test_real_server_round_trip(live_server: str, tenant: Tenant) -> None:
         assert "content-length" not in r.request.headers
         body = assert_problem(r, 413, "too-large")
         assert "limit" in body["detail"] and time.monotonic() - start < 5
+
+
+def test_deeply_nested_json_keeps_the_connection(live_server: str, tenant: Tenant) -> None:
+    """A JSON body nested 5,000 deep is a 422 problem on a kept-alive connection (it was an uncaught
+    RecursionError: a 500 and a dropped connection)."""
+    host, port = live_server.removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=10)
+    try:
+        deep = ('{"a":' * 5000 + "1" + "}" * 5000).encode()
+        headers = {**tenant.headers, "Content-Type": "application/json"}
+        conn.request("POST", "/v1/jobs", body=deep, headers=headers)
+        resp = conn.getresponse()
+        body = json.loads(resp.read())
+        assert resp.status == 422 and body["type"] == "/problems/validation-error", body
+        assert resp.getheader("connection") != "close" and conn.sock is not None
+        sock = conn.sock
+        conn.request("GET", "/healthz")
+        again = conn.getresponse()
+        assert again.status == 200 and json.loads(again.read()) == {"status": "ok"}
+        assert conn.sock is sock  # the same connection answered
+    finally:
+        conn.close()

@@ -11,7 +11,8 @@ from apitest import image_bytes, zip_bytes
 
 from api.problems import problem_for
 from service.config import Settings
-from service.errors import InputRejected
+from service.errors import InputRejected, InvalidJSON, TooLarge
+from service.jsonlimits import json_depth, loads_bounded
 from service.validation import inspect, sniff, webp_size, zip_entry_count
 
 LIMITS = Settings(
@@ -98,3 +99,40 @@ def test_entry_count_read_before_parsing_directory() -> None:
     eocd = data.rfind(b"PK\x05\x06")
     struct.pack_into("<H", data, eocd + 10, 60_000)  # claims 60,000 entries
     assert status(bytes(data)) == (413, "too-many-entries")
+
+
+# ---- client JSON: size and nesting bounded before parsing (service.jsonlimits) ----------------
+
+
+@pytest.mark.parametrize(
+    ("text", "depth"),
+    [
+        ("1", 0),
+        ("[]", 1),
+        ('{"a": [1, {"b": 2}]}', 3),
+        ('"[[[{{{"', 0),  # brackets inside strings do not count
+        (r'["\"[", [1]]', 2),  # nor after an escaped quote
+        (r'["\\", [1]]', 2),  # an escaped backslash ends before the quote
+        ('{"a":' * 5000 + "1" + "}" * 5000, 5000),
+        ("[" * 100_000, 100_000),  # unclosed: still measured, never recursed into
+        ('"' + "[" * 1000, 0),  # an unterminated string
+    ],
+)
+def test_json_depth(text: str, depth: int) -> None:
+    assert json_depth(text) == depth
+    assert json_depth(text.encode()) == depth
+
+
+def test_loads_bounded_refuses_deep_large_and_invalid_json() -> None:
+    assert loads_bounded('{"a": [1, 2]}', max_depth=2, max_bytes=100) == {"a": [1, 2]}
+    with pytest.raises(InvalidJSON) as deep:
+        loads_bounded('{"a": [[1]]}', max_depth=2, max_bytes=100, loc="metadata")
+    assert deep.value.extensions["errors"] == [
+        {"loc": ["metadata"], "msg": "JSON nested 3 deep, limit 2", "type": "json_too_deep"}
+    ]
+    assert problem_for(deep.value).status == 422
+    with pytest.raises(TooLarge):
+        loads_bounded("[" + "1," * 100 + "1]", max_depth=2, max_bytes=100)
+    with pytest.raises(InvalidJSON) as bad:
+        loads_bounded("{not json", max_depth=2, max_bytes=100)
+    assert bad.value.extensions["errors"][0]["type"] == "json_invalid"

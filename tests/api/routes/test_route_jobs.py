@@ -452,3 +452,31 @@ def test_min_success_sets_the_retry_budgets_and_previews_are_echoed(
     for bad in ("1.5", "-0.1", "often"):
         r = submit(client, tenant, image_bytes(), fields={"min_success": bad})
         assert r.status_code == 422 and r.headers["content-type"].startswith("application/problem+json")
+
+
+DEEP = '{"a":' * 5000 + "1" + "}" * 5000  # Python's JSON decoder recurses once per level
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"metadata": DEEP},
+        {"targets": "[" * 5000 + "]" * 5000},
+        {"metadata": '{"ok": ' + "[" * 40 + "]" * 40 + "}"},  # over the depth limit (32), far from recursion
+    ],
+    ids=["metadata", "targets", "metadata-over-limit"],
+)
+def test_deeply_nested_json_form_fields_are_422(client: TestClient, tenant: Tenant, fields: dict[str, str]) -> None:
+    body = assert_problem(submit(client, tenant, image_bytes(), fields=fields), 422, "validation-error")
+    assert body["errors"][0]["type"] == "json_too_deep" and body["errors"][0]["loc"] == [next(iter(fields))]
+
+
+def test_deeply_nested_json_bodies_are_422(client: TestClient, tenant: Tenant) -> None:
+    json_headers = {**tenant.headers, "content-type": "application/json"}
+    deep_metadata = '{"upload_id": "upl_x", "metadata": ' + DEEP + "}"
+    for raw in (DEEP, deep_metadata, "[" * 100_000):
+        body = assert_problem(client.post("/v1/jobs", headers=json_headers, content=raw), 422, "validation-error")
+        assert body["errors"][0]["type"] == "json_too_deep"
+    # Nesting within the limit still parses (and then fails on the unknown upload).
+    shallow = {"upload_id": "upl_nothere", "metadata": {"a": {"b": {"c": [1, [2, {"d": "[[[[{{{{"}]]}}}}
+    assert_problem(client.post("/v1/jobs", headers=tenant.headers, json=shallow), 404, "not-found")

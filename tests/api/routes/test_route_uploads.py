@@ -146,3 +146,12 @@ def test_uploads_are_tenant_scoped(client: TestClient, new_tenant: Callable[[], 
     assert_problem(client.get(f"/v1/uploads/{up['id']}", headers=bob.headers), 404)
     assert_problem(client.post("/v1/jobs", headers=bob.headers, json={"upload_id": up["id"]}), 404)
     assert_problem(client.post(f"/v1/uploads/{up['id']}/complete", headers=bob.headers, json={}), 404)
+
+
+def test_deeply_nested_json_bodies_are_422(client: TestClient, tenant: Tenant) -> None:
+    """Every route with a JSON body bounds the nesting before parsing (no RecursionError, no 400/500)."""
+    deep = '{"a":' * 5000 + "1" + "}" * 5000
+    headers = {**tenant.headers, "content-type": "application/json"}
+    for path in ("/v1/uploads", "/v1/uploads/upl_x/parts", "/v1/uploads/upl_x/complete"):
+        body = assert_problem(client.post(path, headers=headers, content=deep), 422, "validation-error")
+        assert body["errors"][0]["type"] == "json_too_deep", path
