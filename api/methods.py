@@ -38,6 +38,9 @@ class MethodInfo(BaseModel):
     description: str
     core_units: str
     core_eps_scale: float = Field(gt=0)
+    core_eps_range: tuple[float, float] = Field(
+        description="(lo, hi]: the core method's accepted budgets; eps * core_eps_scale must lie in it"
+    )
     eps: EpsPresets
     defaults: dict[str, Any] = Field(default_factory=dict)
 
@@ -64,7 +67,14 @@ class Catalog(BaseModel):
             for name, value in m.eps.model_dump().items():
                 if value > self.eps_max:
                     raise ValueError(f"{m.name}: eps {name}={value} over eps_max {self.eps_max}")
+            lo, hi = m.core_eps_range
+            if self.core_eps(m, self.eps_max) > hi:
+                raise ValueError(f"{m.name}: eps_max {self.eps_max} over the core range ({lo}, {hi}]")
         return self
+
+    def core_eps(self, method: MethodInfo, eps: float) -> float:
+        """``eps`` in the core method's units, as the gateway hands it to the worker."""
+        return round(eps * method.core_eps_scale, 10)
 
     def method(self, name: str) -> MethodInfo | None:
         return next((m for m in self.methods if m.name == name), None)

@@ -95,6 +95,20 @@ def resolve_options(opts: JobOptions, catalog: Catalog, settings: Settings) -> R
         raise validation_problem(
             [{"loc": ["eps"], "msg": f"eps over {catalog.eps_max}", "type": "value_error"}]
         )
+    # In the units the worker enforces (core's ``lo < eps <= hi``): a tiny eps rounds to core eps 0.
+    core_eps = catalog.core_eps(method, eps)
+    lo, hi = method.core_eps_range
+    if not lo < core_eps <= hi:
+        raise validation_problem(
+            [
+                {
+                    "loc": ["eps"],
+                    "msg": f"eps {eps:g} is {core_eps:g} in {method.name}'s units ({method.core_units}), "
+                    f"out of range ({lo:g}, {hi:g}]",
+                    "type": "value_error",
+                }
+            ]
+        )
     events = (
         [str(e) for e in opts.webhook_events]
         if opts.webhook_events is not None
@@ -107,12 +121,12 @@ def resolve_options(opts: JobOptions, catalog: Catalog, settings: Settings) -> R
         forgers=list(opts.forgers),
         targets=list(opts.targets) if opts.targets is not None else None,
         eps=eps,
-        core_eps=round(eps * method.core_eps_scale, 10),
+        core_eps=core_eps,
         strength=opts.strength,
         params=dict(method.defaults),
         output_format=opts.output_format,
         min_success=opts.min_success,
-        escalation=[round(v * method.core_eps_scale, 10) for v in stronger],
+        escalation=[catalog.core_eps(method, v) for v in stronger],
         previews=opts.previews,
         keep_metadata=opts.keep_metadata,
         webhook_url=opts.webhook_url,

@@ -36,5 +36,6 @@ def test_default_budget_and_steps_match(name: str) -> None:
     assert entry["defaults"]["steps"] == cls.defaults["steps"]
     assert entry["defaults"]["objective"] == cls.defaults["objective"]
     lo, hi = cls.eps_range
+    assert entry["core_eps_range"] == [lo, hi]  # what the gateway checks eps * core_eps_scale against
     for level in ("low", "medium", "high"):
         assert lo < entry["eps"][level] * entry["core_eps_scale"] <= hi

@@ -111,6 +111,8 @@ def _bomb_png() -> bytes:
         ("unknown-method", "png", {"method": "magic"}, 422, "validation-error"),
         ("eps-zero", "png", {"eps": "0"}, 422, "validation-error"),
         ("eps-too-big", "png", {"eps": "0.2"}, 422, "validation-error"),
+        ("eps-underflows-core-units", "png", {"eps": "1e-300"}, 422, "validation-error"),  # core eps 0.0
+        ("eps-rounds-to-zero", "png", {"eps": "1e-12"}, 422, "validation-error"),
         ("eps-and-strength", "png", {"eps": "0.01", "strength": "low"}, 422, "validation-error"),
         ("unknown-forger", "png", {"forgers": "stargan,deepnude"}, 422, "validation-error"),
         ("unknown-target", "png", {"targets": "Bald"}, 422, "validation-error"),
