@@ -24,6 +24,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from core.channel import ChannelSpec
 from core.data import default_celeba_dir, read_index
 from core.image import LoadedImage, load_image, quantize, save_image
 from core.protect import build_protection, protect_images
@@ -61,9 +62,9 @@ def photo_set(n_utk: int, n_celeba: int, large: bool) -> list[tuple[str, str, Lo
     return out
 
 
-def run_photo(protection: Any, image: LoadedImage) -> tuple[dict[str, Any], torch.Tensor]:
+def run_photo(protection: Any, image: LoadedImage, channel: ChannelSpec | None) -> tuple[dict[str, Any], torch.Tensor]:
     start = time.perf_counter()
-    result = protect_images(protection, [image])[0]
+    result = protect_images(protection, [image], channel=channel)[0]
     total = time.perf_counter() - start
     r = result.report
     receipt = r.get("receipt") or {}
@@ -150,6 +151,9 @@ def main() -> None:
     ap.add_argument("--no-large", action="store_true", help="skip the 2 MP and 12 MP photos")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--name", default="compact64")
+    ap.add_argument("--steps", type=int, default=None, help="iterative methods' steps (default: theirs)")
+    ap.add_argument("--at", choices=("forger", "photo"), default="forger",
+                    help="protect faces at the forgers' resolution (round trip) or at the photo's (channel)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     methods = args.method or ["pgd"]
@@ -158,18 +162,19 @@ def main() -> None:
     info: dict[str, Any] = {
         "command": "python benchmarks/photos.py " + " ".join(
             [*(f"-m {m}" for m in methods), f"--utkface {args.utkface}", f"--celeba {args.celeba}",
-             *(["--no-large"] if args.no_large else []), f"--threads {args.threads}", f"--name {args.name}"]),
+             *(["--no-large"] if args.no_large else []), f"--threads {args.threads}", f"--name {args.name}",
+             f"--at {args.at}", *([f"--steps {args.steps}"] if args.steps else [])]),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores", "threads": args.threads,
-        "forgers": ", ".join(forgers), "photos": len(photos), "conditions": list(RECEIPT_CONDITIONS),
+        "forgers": ", ".join(forgers), "photos": len(photos), "at": args.at, "conditions": list(RECEIPT_CONDITIONS),
         "load_average_1min_start": round(os.getloadavg()[0], 2),
     }
     rows: dict[str, list[dict[str, Any]]] = {}
     zooms = []
     for method in methods:
-        protection = build_protection(method, forgers)
+        protection = build_protection(method, forgers, steps=args.steps)
         rows[method] = []
         for kind, ident, image in photos:
-            row, x_adv = run_photo(protection, image)
+            row, x_adv = run_photo(protection, image, ChannelSpec() if args.at == "photo" else None)
             rows[method].append({"set": kind, "id": ident, **row})
             print(f"{method:12s} {kind:10s} {ident:5s} {row['protection']:10s} {row['seconds']:6.2f} s "
                   f"min {row['min_success_rate']} {row['receipt']}", flush=True)

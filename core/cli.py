@@ -103,6 +103,10 @@ def protect(
     keep_metadata: Annotated[bool, typer.Option(help="Write the photos' EXIF (camera, date, GPS) into the "
                                                 "outputs; by default none is written.")] = False,
     option: OptionOpt = None,
+    at: Annotated[str, typer.Option(
+        "--at", help="forger: protect each face at the forgers' resolution through a simulated paste-back "
+        "(fast); photo: at the photo's own resolution through the attacker's channel (detector framing, "
+        "JPEG, resize, blur, noise; iterative methods; slower, and more robust with --steps 50).")] = "forger",
 ) -> None:
     """Protect the faces in photos: writes OUT/<name>.png and OUT/report.json (quality and forger success
     per photo and per face).
@@ -113,12 +117,15 @@ def protect(
     again on the protected photo and cropped. A photo with no face is not written (its report says
     "protection": "no_face") unless --whole-image asks to protect it whole.
     """
+    from core.channel import ChannelSpec
     from core.image import ImageError
     from core.methods import parse_options
     from core.protect import build_protection, protect_file
 
     if fmt.lower() not in {"png", "jpeg", "jpg", "webp"}:
         raise ValueError(f"unsupported format {fmt!r}; use png, jpeg or webp")
+    if at not in ("forger", "photo"):
+        raise ValueError(f"--at must be forger or photo, got {at!r}")
     files = _collect_images(inputs)
     protection = build_protection(method, forger, device=device, eps=eps, steps=steps, objective=objective,
                                   seed=seed, eot=eot, eot_samples=eot_samples, **parse_options(option or []))
@@ -132,7 +139,8 @@ def protect(
             dst = _output_path(out, src, suffix, used)
             try:
                 results.append(protect_file(protection, src, dst, whole_image=whole_image, max_faces=max_faces,
-                                            refine=refine, keep_metadata=keep_metadata))
+                                            refine=refine, keep_metadata=keep_metadata,
+                                            channel=ChannelSpec() if at == "photo" else None))
                 if results[-1]["protection"] == "no_face":
                     no_face += 1
                     err_console.print(f"[yellow]no face found[/yellow] in {src}: not protected, not written "

@@ -298,7 +298,7 @@ def _protect_windows(protection: Protection, job: _Job, spec: ChannelSpec) -> No
         work = window if k == 1.0 else quantize(F.interpolate(
             window, scale_factor=k, mode="bilinear", antialias=True, align_corners=False))
         channel = AttackerChannel(work, local, size, spec)
-        adv = protection.with_eot(channel)(work, targets=targets[None])
+        adv = protection.with_eot(channel, samples=spec.samples, momentum=spec.momentum)(work, targets=targets[None])
         delta = channel.mask * (adv - work)
         if k != 1.0:
             delta = F.interpolate(delta, size=window.shape[-2:], mode="bilinear", align_corners=False)
@@ -566,7 +566,7 @@ def _face_reports(
 
 def protect_file(
     protection: Protection, src: Path, dst: Path, whole_image: bool = False, max_faces: int = DEFAULT_MAX_FACES,
-    refine: int = 1, keep_metadata: bool = False,
+    refine: int = 1, keep_metadata: bool = False, channel: ChannelSpec | None = None,
 ) -> dict[str, Any]:
     """Load ``src``, protect its faces, write ``dst`` (PNG unless its suffix asks otherwise); return the report.
 
@@ -575,7 +575,7 @@ def protect_file(
     """
     fmt = SUFFIX_FORMATS.get(dst.suffix.lower(), "PNG")
     result = protect_image(protection, load_image(src), whole_image=whole_image, max_faces=max_faces, refine=refine,
-                           output_format=fmt, keep_metadata=keep_metadata)
+                           output_format=fmt, keep_metadata=keep_metadata, channel=channel)
     if result.report["protection"] == "no_face":
         return {"input": str(src), "output": None, **result.report}
     if result.encoded is not None:

@@ -46,8 +46,8 @@ class Protection(ABC):
     budget_units: ClassVar[str] = "L-inf on [-1, 1]"
     defaults: ClassVar[dict[str, Any]] = {}
     eps_range: ClassVar[tuple[float, float]] = (0.0, 0.5)
-    # One-pass generators (core.generators) work at the forgers' size and ignore ``eot``; iterative methods
-    # optimise through whatever they are given, at any resolution.
+    # One-pass methods (core.methods.one_pass) work at the forgers' size and ignore ``eot``; iterative
+    # methods optimise through whatever they are given, at any resolution.
     one_pass: ClassVar[bool] = False
 
     def __init__(
@@ -118,10 +118,16 @@ class Protection(ABC):
         q = torch.where(over, q - QUANT_STEP, torch.where(under, q + QUANT_STEP, q))
         return q.clamp(-1, 1)
 
-    def with_eot(self, eot: Callable[..., torch.Tensor] | None) -> Protection:
-        """The same protection (same forgers, budget and seed) optimised through ``eot`` instead."""
+    def with_eot(self, eot: Callable[..., torch.Tensor] | None, samples: int | None = None,
+                 momentum: float | None = None) -> Protection:
+        """The same protection (same forgers, budget and seed) optimised through ``eot`` instead (with
+        ``samples`` draws per step and MI-FGSM ``momentum``, when given)."""
         other = copy.copy(self)
         other.eot = eot
+        if samples is not None:
+            other.eot_samples = max(1, int(samples))
+        if momentum is not None:
+            other.momentum = float(momentum)
         return other
 
     def linf_cap(self) -> float:

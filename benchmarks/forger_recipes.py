@@ -1,0 +1,122 @@
+"""Forger quality per CPU-hour, one line per recipe: the forger campaign's snapshots measured by the judge.
+
+Every snapshot the campaign (``scripts/forger_campaign.py``) wrote carries its iteration and the CPU seconds
+spent to reach it. Each is measured here on the first ``--faces`` CelebA validation faces with the 128 px
+evaluation classifier (``attribute-classifier-128``, never a training signal): target accuracy, edit strength
+MSE(G(x, c_trg), x) and identity error MSE(G(x, c_org), x). Measurements are cached next to the snapshots,
+so a rerun measures only new ones.
+
+    python benchmarks/forger_recipes.py                 # the campaign's state (see scripts/forger_campaign.py)
+Writes ``benchmarks/results/forger-recipes.json`` and ``forger-recipes.png``, prints a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
+
+from forger_campaign import default_state
+
+from core.checkpoints import load_weights
+from core.classifier import load_judge
+from core.data import FacePack, default_celeba_dir
+from core.forger_eval import measure_forger
+from core.forgers import arch, create_forger
+
+RESULTS = Path(__file__).parent / "results"
+KEYS = ("target_accuracy", "edit_strength", "identity_mse", "reconstruction_mse")
+
+
+def measure_snapshot(path: Path, faces: torch.Tensor, attrs: torch.Tensor, judge: Any) -> dict[str, Any]:
+    _, meta = load_weights(path)
+    forger = create_forger(meta["forger"], path, config=meta["config"])
+    m = measure_forger(forger, faces, attrs, judge)
+    return {"iteration": int(meta["iterations"]), "cpu_hours": float(meta["cpu_seconds"]) / 3600,
+            **{k: m[k] for k in KEYS}}
+
+
+def collect(state: Path, n_faces: int) -> dict[str, list[dict[str, Any]]]:
+    judge = load_judge()
+    out: dict[str, list[dict[str, Any]]] = {}
+    packs: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+    for run in sorted((state / "runs").iterdir()):
+        snaps = sorted((run / "snapshots").glob("*.safetensors")) if run.is_dir() else []
+        if not snaps:
+            continue
+        cache_path = run / "measured.json"
+        cache = json.loads(cache_path.read_text()) if cache_path.is_file() else {}
+        key = f"{n_faces}:{judge.image_size}"
+        for snap in snaps:
+            if f"{key}:{snap.name}" in cache:
+                continue
+            meta = load_weights(snap)[1]
+            size = int(arch(meta["forger"]).config(meta["config"])["image_size"])
+            if size not in packs:
+                val = FacePack.load(default_celeba_dir(), "val", size, state / "runs" / "cache")
+                packs[size] = val[torch.arange(min(n_faces, len(val)))]
+            cache[f"{key}:{snap.name}"] = measure_snapshot(snap, *packs[size], judge)
+            print(f"{run.name} {snap.name}: {cache[f'{key}:{snap.name}']}", flush=True)
+            cache_path.write_text(json.dumps(cache, indent=1))
+        out[run.name] = sorted((v for k, v in cache.items() if k.startswith(key + ":")), key=lambda r: r["iteration"])
+    return out
+
+
+def plot(curves: dict[str, list[dict[str, Any]]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    for name, rows in curves.items():
+        hours = [r["cpu_hours"] for r in rows]
+        axes[0].plot(hours, [100 * r["target_accuracy"] for r in rows], marker="o", label=name)
+        axes[1].plot(hours, [r["edit_strength"] for r in rows], marker="o", label=name)
+        axes[2].plot(hours, [r["identity_mse"] / max(r["edit_strength"], 1e-9) for r in rows], marker="o", label=name)
+    axes[0].axhline(85, color="grey", linestyle="--", linewidth=1)
+    axes[1].axhline(0.03, color="grey", linestyle="--", linewidth=1)
+    axes[2].axhline(1 / 3, color="grey", linestyle="--", linewidth=1)
+    for ax, title in zip(axes, ("target accuracy (%), goal 85", "edit strength MSE, goal >= 0.03",
+                                "identity error / edit strength, goal <= 1/3"), strict=True):
+        ax.set_title(title)
+        ax.set_xlabel("CPU-hours (one thread)")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--state", type=Path, default=default_state())
+    ap.add_argument("--faces", type=int, default=500)
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    load = round(os.getloadavg()[0], 2)
+    curves = collect(args.state, args.faces)
+    for name, rows in curves.items():
+        print(f"\n{name}")
+        print("  iteration  CPU-h  target acc  edit    identity  id/edit")
+        for r in rows:
+            print(f"  {r['iteration']:9d}  {r['cpu_hours']:5.2f}  {100 * r['target_accuracy']:9.1f}%  "
+                  f"{r['edit_strength']:.4f}  {r['identity_mse']:.4f}    {r['identity_mse'] / r['edit_strength']:.2f}")
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    info = {"faces": args.faces, "judge": "attribute-classifier-128 (the 64 px classifier where it is absent)",
+            "load_average_1min_start": load, "load_average_1min_end": round(os.getloadavg()[0], 2),
+            "command": f"python benchmarks/forger_recipes.py --faces {args.faces}"}
+    (RESULTS / "forger-recipes.json").write_text(json.dumps({"info": info, "curves": curves}, indent=1))
+    plot(curves, RESULTS / "forger-recipes.png")
+    print("wrote benchmarks/results/forger-recipes.json, .png")
+
+
+if __name__ == "__main__":
+    main()
