@@ -19,7 +19,7 @@ from pydantic.json_schema import models_json_schema
 from api.methods import load_catalog
 from api.metrics import Metrics
 from api.middleware import BodyLimitMiddleware, MetricsMiddleware
-from api.problems import PROBLEM_TYPES, Problem, install_problem_handlers, problem_response
+from api.problems import BAD_REQUEST, PROBLEM_TYPES, Problem, install_problem_handlers, problem_response
 from api.ratelimit import RateLimiter
 from api.routes import app as app_page
 from api.routes import health, jobs, methods, uploads
@@ -105,6 +105,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
         docs_url="/docs",
         redoc_url=None,
+        responses={400: BAD_REQUEST},
     )
     services = build_services(settings)
     app.state.services = services

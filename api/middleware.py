@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from typing import TYPE_CHECKING
 
@@ -9,18 +10,31 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.problems import Problem, problem_response
+from api.schemas import COMPLETE_MAX_BYTES
 from service.config import Settings
 
 if TYPE_CHECKING:
     from api.metrics import Metrics
 
 
+_COMPLETE = re.compile(r"^/v1/uploads/[^/]+/complete/?$")
+
+
+def body_limit(settings: Settings, method: str, path: str) -> int:
+    """The byte limit of a request body: ``max_request_bytes`` for ``POST /v1/jobs`` (direct uploads),
+    the schema's largest body for ``POST /v1/uploads/{id}/complete`` (10,000 parts), else ``max_json_bytes``."""
+    if method == "POST" and path.rstrip("/") == "/v1/jobs":
+        return settings.max_request_bytes
+    if method == "POST" and _COMPLETE.match(path):
+        return max(settings.max_json_bytes, COMPLETE_MAX_BYTES)
+    return settings.max_json_bytes
+
+
 class BodyLimitMiddleware:
     """413 before the body is read when Content-Length is over the limit; otherwise count the bytes as
     they stream in and fail the read (an HTTPException, answered as problem+json) once over it.
 
-    The limit is ``max_request_bytes`` for ``POST /v1/jobs`` (direct uploads) and ``max_json_bytes``
-    for everything else.
+    The limit is :func:`body_limit`'s.
     """
 
     def __init__(self, app: ASGIApp, settings: Settings) -> None:
@@ -28,9 +42,7 @@ class BodyLimitMiddleware:
         self.settings = settings
 
     def limit_for(self, scope: Scope) -> int:
-        if scope["method"] == "POST" and scope["path"].rstrip("/") == "/v1/jobs":
-            return self.settings.max_request_bytes
-        return self.settings.max_json_bytes
+        return body_limit(self.settings, scope["method"], scope["path"])
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":

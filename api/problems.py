@@ -10,6 +10,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from service.errors import (
     EmptyInput,
@@ -73,6 +74,7 @@ def problem_response(
 
 # Problem types the gateway answers (documented in the OpenAPI description).
 PROBLEM_TYPES: dict[str, str] = {
+    "bad-request": "an invalid Content-Length, or a body that cannot be read (400)",
     "validation-error": "the request is malformed or a field is out of range (422)",
     "unauthorized": "missing or unknown API key (401)",
     "not-found": "no such resource for this tenant (404)",
@@ -87,7 +89,11 @@ PROBLEM_TYPES: dict[str, str] = {
     "rate-limited": "too many requests for this key; see Retry-After (429)",
     "unavailable": "a dependency (Redis, S3, the queue) is unavailable (503)",
     "not-ready": "a readiness check failed (503)",
+    "internal-error": "an unexpected error (500)",
 }
+
+# Any operation can answer a 400 (BodyLimitMiddleware: an invalid Content-Length; a body that cannot be read).
+BAD_REQUEST = {"content": {PROBLEM_JSON: {}}, "description": "problem details (RFC 9457): bad request"}
 
 
 # The service layer's exceptions as HTTP: status and title (the slug is the exception's ``code``).
@@ -127,6 +133,27 @@ def validation_problem(errors: Any, detail: str | None = None) -> Problem:
     return Problem(422, "validation-error", detail, title="Validation error", errors=errs)
 
 
+HTTP_METHODS = ("DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT")
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """Every method some route of the request's path answers: the ``Allow`` of a 405 (Starlette's names
+    only the first route of the path, e.g. ``POST`` for ``/v1/jobs``, whose ``GET`` is another route)."""
+    allowed = []
+    for method in HTTP_METHODS:
+        scope = {
+            "type": "http",
+            "method": method,
+            "path": request.scope["path"],
+            "root_path": request.scope.get("root_path", ""),
+            "headers": [],
+            "query_string": b"",
+        }
+        if any(route.matches(scope)[0] == Match.FULL for route in request.app.router.routes):
+            allowed.append(method)
+    return allowed
+
+
 def install_problem_handlers(app: FastAPI) -> None:
     async def on_problem(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, Problem)
@@ -146,7 +173,10 @@ def install_problem_handlers(app: FastAPI) -> None:
             if isinstance(exc.detail, str) and exc.detail != HTTPStatus(exc.status_code).phrase
             else None
         )
-        problem = Problem(exc.status_code, slug, detail, headers=dict(exc.headers or {}))
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:
+            headers["Allow"] = ", ".join(allowed_methods(request))
+        problem = Problem(exc.status_code, slug, detail, headers=headers)
         if exc.status_code == 400 and detail:
             problem = Problem(400, "bad-request", detail)
         return problem_response(problem, request)

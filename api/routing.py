@@ -8,6 +8,7 @@ from typing import Any
 from fastapi import Request, Response
 from fastapi.routing import APIRoute
 
+from api.middleware import body_limit
 from service.config import Settings
 from service.jsonlimits import check_bounds
 
@@ -34,7 +35,8 @@ class BoundedJSONRoute(APIRoute):
                 body = await request.body()  # cached on the request: FastAPI reads it again
                 if body:
                     settings: Settings = request.app.state.services.settings
-                    check_bounds(body, max_depth=settings.max_json_depth, max_bytes=settings.max_json_bytes)
+                    limit = body_limit(settings, request.method, request.url.path)
+                    check_bounds(body, max_depth=settings.max_json_depth, max_bytes=limit)
             return await handler(request)
 
         return bounded

@@ -6,7 +6,7 @@ import json
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator
 
 from service.contract import DEFAULT_WEBHOOK_EVENTS, EPS_MAX, WebhookEvent
 from service.states import JobStatus
@@ -44,10 +44,10 @@ class JobOptions(BaseModel):
         description="success rate the receipt must show under every condition (clean, JPEG q90/q75, 0.5x "
         "resize); below it the worker retries with the method's stronger presets, then fails the photo",
     )
-    keep_metadata: bool = Field(
+    keep_metadata: StrictBool = Field(
         default=False, description="write the photo's EXIF (camera, date, GPS) into the output; none by default"
     )
-    previews: bool = Field(
+    previews: StrictBool = Field(
         default=False,
         description="also write previews/<stem>-perturbation.png (amplified) and previews/<stem>-edits.png "
         "(the forger's edits of the original and of the protected face) for photo jobs",
@@ -101,7 +101,7 @@ class UploadCreate(BaseModel):
     filename: str = Field(min_length=1, max_length=255)
     content_type: UploadContentType
     size: int = Field(gt=0, description="bytes the client will upload")
-    multipart: bool | None = Field(
+    multipart: StrictBool | None = Field(
         default=None, description="force (true) or forbid (false) a multipart upload"
     )
 
@@ -151,15 +151,25 @@ class PartsResponse(BaseModel):
     parts: list[PartUrl]
 
 
+S3_MAX_PARTS = 10_000
+ETAG_MAX_CHARS = 128  # an S3 part's ETag is a quoted MD5 in hex: 34 characters
+
+
 class CompletedPart(BaseModel):
-    part_number: int = Field(ge=1, le=10_000)
-    etag: str = Field(min_length=1, max_length=200)
+    part_number: int = Field(ge=1, le=S3_MAX_PARTS)
+    etag: str = Field(min_length=1, max_length=ETAG_MAX_CHARS, pattern=r"^[\x20-\x7e]+$")
 
 
 class CompleteRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    parts: list[CompletedPart] = Field(default_factory=list, max_length=10_000)
+    parts: list[CompletedPart] = Field(default_factory=list, max_length=S3_MAX_PARTS)
+
+
+# The body limit of POST /v1/uploads/{id}/complete: the largest body the schema allows, S3_MAX_PARTS parts
+# with the longest ETags, pretty-printed (a part takes under 100 bytes besides its ETag, which takes at most
+# twice its length escaped), and a KiB to spare.
+COMPLETE_MAX_BYTES = 1024 + S3_MAX_PARTS * (100 + 2 * ETAG_MAX_CHARS)
 
 
 def metadata_size(metadata: dict[str, Any] | None) -> int:

@@ -11,7 +11,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
-from pydantic import ValidationError
+from pydantic import TypeAdapter, ValidationError
 from starlette.datastructures import FormData, UploadFile
 
 from api.deps import PrincipalDep, ServicesDep
@@ -30,6 +30,9 @@ router = APIRouter(prefix="/v1/jobs", tags=["jobs"], route_class=BoundedJSONRout
 
 LIST_FIELDS = {"forgers", "targets", "webhook_events"}
 JSON_FIELDS = {"metadata"}
+# Strict in JSON (true/false only); a form's text ("true", "false", "on", "1", ...) is read here.
+BOOL_FIELDS = {name for name, field in JobCreate.model_fields.items() if field.annotation is bool}
+_FORM_BOOL: TypeAdapter[bool] = TypeAdapter(bool)
 _PROBLEM = {"content": {PROBLEM_JSON: {}}, "description": "problem details (RFC 9457)"}
 ERRORS: dict[int | str, dict[str, Any]] = {
     code: _PROBLEM for code in (401, 404, 409, 413, 415, 422, 429, 503)
@@ -97,6 +100,13 @@ def _form_values(form: FormData, settings: Settings) -> tuple[dict[str, Any], Up
                     elif text:
                         items += [t.strip() for t in text.split(",") if t.strip()]
                 data[name] = items
+            elif name in BOOL_FIELDS:
+                if len(texts) != 1:
+                    raise ValueError("repeated field")
+                try:
+                    data[name] = _FORM_BOOL.validate_python(texts[0].strip())
+                except ValidationError:
+                    raise ValueError("expected true or false") from None
             elif name in JSON_FIELDS:
                 if len(texts) != 1:
                     raise ValueError("repeated field")

@@ -14,6 +14,8 @@ from api.problems import Problem, validation_problem
 from api.routes.jobs import ERRORS
 from api.routing import BoundedJSONRoute
 from api.schemas import (
+    COMPLETE_MAX_BYTES,
+    S3_MAX_PARTS,
     CompleteRequest,
     MultipartInfo,
     PartsRequest,
@@ -30,7 +32,6 @@ from service.storage import safe_filename, upload_key
 from service.views import ts
 
 router = APIRouter(prefix="/v1/uploads", tags=["uploads"], route_class=BoundedJSONRoute)
-S3_MAX_PARTS = 10_000
 S3_MAX_POST_BYTES = 5 * 1024**3
 
 
@@ -174,12 +175,14 @@ def presign_parts(
     response_model=Upload,
     responses=ERRORS,
     summary="Finish an upload and check the object",
+    description="Multipart: completes the S3 upload with the parts' ETags. Either mode: checks the object "
+    "(size, type, pixels or zip directory); a bad object is deleted and answered with its problem.\n\n"
+    f"The body lists up to {S3_MAX_PARTS:,} parts; its limit, {COMPLETE_MAX_BYTES:,} bytes, fits the largest "
+    "body the schema allows, pretty-printed.",
 )
 def complete_upload(
     upload_id: str, body: CompleteRequest, principal: PrincipalDep, services: ServicesDep
 ) -> Upload:
-    """Multipart: completes the S3 upload with the parts' ETags. Either mode: checks the object (size,
-    type, pixels or zip directory); a bad object is deleted and answered with its problem."""
     upload = _get(services, principal, upload_id)
     if upload.status == "ready":
         return upload_out(upload)

@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 import uvicorn
-from apitest import Tenant, assert_problem, free_port, image_bytes, wait_until
+from apitest import PROBLEM, Tenant, assert_problem, free_port, image_bytes, wait_until
 from fastapi.testclient import TestClient
 
 from api.main import create_app
@@ -130,3 +130,22 @@ def test_deeply_nested_json_keeps_the_connection(live_server: str, tenant: Tenan
         assert conn.sock is sock  # the same connection answered
     finally:
         conn.close()
+
+
+def test_openapi_documents_400_on_every_operation(client: TestClient) -> None:
+    """A bad Content-Length or an unparsable body is a 400 problem on any route: documented."""
+    spec = client.get("/openapi.json").json()
+    for path, item in spec["paths"].items():
+        for method, op in item.items():
+            assert "400" in op["responses"], f"{method.upper()} {path}"
+            assert PROBLEM in op["responses"]["400"]["content"], f"{method.upper()} {path}"
+    assert "/problems/bad-request" in spec["info"]["description"]
+
+
+def test_405_lists_every_method_of_the_path(client: TestClient, tenant: Tenant) -> None:
+    r = client.put("/v1/jobs", headers=tenant.headers)
+    assert_problem(r, 405)
+    assert set(r.headers["allow"].replace(" ", "").split(",")) == {"GET", "POST"}
+    r = client.delete("/v1/jobs/job_00000000000000000000000000", headers=tenant.headers)
+    assert_problem(r, 405)
+    assert r.headers["allow"].replace(" ", "").split(",") == ["GET"]

@@ -3,6 +3,7 @@ presigned URL signatures and expiry), then jobs referencing them."""
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable
 
@@ -155,3 +156,44 @@ def test_deeply_nested_json_bodies_are_422(client: TestClient, tenant: Tenant) -
     for path in ("/v1/uploads", "/v1/uploads/upl_x/parts", "/v1/uploads/upl_x/complete"):
         body = assert_problem(client.post(path, headers=headers, content=deep), 422, "validation-error")
         assert body["errors"][0]["type"] == "json_too_deep", path
+
+
+def test_booleans_are_strict(client: TestClient, tenant: Tenant) -> None:
+    """JSON booleans are true/false only: 0, 1 or "yes" are 422 (0 used to pass as false)."""
+    for value in (0, 1, "false", "yes"):
+        r = client.post(
+            "/v1/uploads",
+            headers=tenant.headers,
+            json={"filename": "a.png", "content_type": "image/png", "size": 10, "multipart": value},
+        )
+        body = assert_problem(r, 422, "validation-error")
+        assert body["errors"][0]["loc"] == ["multipart"], body
+    for field in ("previews", "keep_metadata"):
+        r = client.post("/v1/jobs", headers=tenant.headers, json={"upload_id": "upl_nothere", field: 0})
+        body = assert_problem(r, 422, "validation-error")
+        assert body["errors"][0]["loc"] == [field], body
+
+
+def test_largest_complete_body_the_schema_allows_fits_the_body_limit(client: TestClient, tenant: Tenant) -> None:
+    """The schema allows 10,000 parts: a body of 10,000 parts with the longest ETags, pretty-printed, gets
+    past the body limit (to the 404 of an unknown upload) instead of a 413."""
+    schemas = client.get("/openapi.json").json()["components"]["schemas"]
+    max_parts = schemas["CompleteRequest"]["properties"]["parts"]["maxItems"]
+    part = schemas["CompletedPart"]["properties"]
+    etag = '"' + "f" * (part["etag"]["maxLength"] - 2) + '"'
+    parts = [{"part_number": part["part_number"]["maximum"], "etag": etag}] * max_parts
+    raw = json.dumps({"parts": parts}, indent=2)
+    assert len(raw) > 1 * MiB  # over the general JSON body limit
+    r = client.post(
+        "/v1/uploads/upl_nothere/complete",
+        headers={**tenant.headers, "content-type": "application/json"},
+        content=raw,
+    )
+    assert_problem(r, 404, "not-found")
+    too_many = json.dumps({"parts": parts + parts[:1]})
+    r = client.post(
+        "/v1/uploads/upl_nothere/complete",
+        headers={**tenant.headers, "content-type": "application/json"},
+        content=too_many,
+    )
+    assert_problem(r, 422, "validation-error")
