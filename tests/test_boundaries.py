@@ -78,3 +78,15 @@ def test_api_imports_no_torch() -> None:
     mods = {line.split(".")[0] for line in out.stdout.splitlines()}
     assert "fastapi" in mods and "service" in mods
     assert "torch" not in mods and "core" not in mods
+
+
+def test_generator_networks_sit_below_the_methods() -> None:
+    """core.generators (the one-pass methods' networks and helpers) imports no core.methods module: the
+    registry (core.methods) registers every method without an import circle."""
+    violations = [
+        f"{path.relative_to(ROOT).as_posix()}: import {module}"
+        for path in sources("core/generators")
+        for module in imports(path.read_text(encoding="utf-8"), path.relative_to(ROOT).parts[:-1])
+        if module == "core.methods" or module.startswith("core.methods.")
+    ]
+    assert not violations, "\n".join(violations)

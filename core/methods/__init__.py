@@ -1,19 +1,27 @@
-"""Protection methods, by registry name: ``create_method(name, forgers, **options)``."""
+"""Protection methods, by registry name: ``create_method(name, forgers, **options)``.
+
+Iterative methods (``pgd``, ``anti-forgery``, ``dwt-pgd``) optimise each photo; one-pass methods
+(``retentive``, ``dwt-chroma``, ``initiative``; base :class:`~core.methods.one_pass.GeneratorMethod`) run
+a trained generator network once (:mod:`core.generators` holds the networks).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from typing import Any
 
-import core.generators  # noqa: F401  (registers the one-pass methods: retentive, dwt-chroma, initiative)
 from core.forgers import Forger
 from core.methods import anti_forgery as _anti_forgery  # noqa: F401  (registers)
+from core.methods import dwt_chroma as _dwt_chroma  # noqa: F401  (registers)
 from core.methods import dwt_pgd as _dwt_pgd  # noqa: F401  (registers)
+from core.methods import initiative as _initiative  # noqa: F401  (registers)
 from core.methods import pgd as _pgd  # noqa: F401  (registers)
+from core.methods import retentive as _retentive  # noqa: F401  (registers)
 from core.methods.base import METHODS, OBJECTIVES, Protection, expand_targets, parse_options
+from core.methods.one_pass import GeneratorMethod
 
-__all__ = ["METHODS", "OBJECTIVES", "Protection", "create_method", "expand_targets", "method_names",
-           "parse_options"]
+__all__ = ["METHODS", "OBJECTIVES", "GeneratorMethod", "Protection", "create_method", "expand_targets",
+           "method_names", "parse_options"]
 
 
 def method_names() -> list[str]:

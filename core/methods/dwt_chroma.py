@@ -7,11 +7,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from core.generators.base import GeneratorMethod
 from core.generators.nets import PerturbationUNet
 from core.generators.saliency import SALIENCY_KINDS, saliency_mask
 from core.methods.base import METHODS
 from core.methods.dwt_pgd import DWTPGD
+from core.methods.one_pass import GeneratorMethod
 from core.transforms import dwt, rgb_to_ycbcr
 
 SUBBANDS = 4  # LL, LH, HL, HH

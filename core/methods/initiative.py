@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 
 from core.forgers import Forger, create_forger
-from core.generators.base import RGBGeneratorMethod
 from core.methods.base import METHODS, expand_targets
+from core.methods.one_pass import RGBGeneratorMethod
 
 
 @METHODS.register("initiative")

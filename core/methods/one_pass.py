@@ -21,9 +21,10 @@ must beat), else the unchanged image. Any other ``steps`` value means the one pa
 
 from __future__ import annotations
 
+import inspect
 import logging
 from abc import abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -84,6 +85,9 @@ def locate_generator(
     return path, None
 
 
+# The keyword arguments of Protection.__init__ (eps, steps, ..., seed), told apart from a method's options.
+PROTECTION_ARGS = frozenset(inspect.signature(Protection.__init__).parameters) - {"self", "forgers"}
+
 _WEIGHTS: dict[tuple[str, int, int], tuple[dict[str, torch.Tensor], dict[str, Any]]] = {}
 
 
@@ -113,20 +117,15 @@ class GeneratorMethod(Protection):
     def __init__(
         self,
         forgers: Forger | Sequence[Forger],
-        eps: float | None = None,
-        steps: int | None = None,
-        step_size: float | None = None,
-        objective: str | None = None,
-        random_start: bool | None = None,
-        eot: Callable[..., torch.Tensor] | None = None,
-        eot_samples: int = 1,
-        seed: int = 0,
         *,
         checkpoint: str | Path | None = None,
         pretrained: bool = True,
         config: str | dict[str, Any] | None = None,
-        **options: Any,
+        **kwargs: Any,
     ) -> None:
+        # Protection's own arguments (eps, steps, objective, seed, ...) pass through; the rest are the
+        # method's options.
+        options = {k: kwargs.pop(k) for k in list(kwargs) if k not in PROTECTION_ARGS}
         unknown = set(options) - set(self.option_defaults)
         if unknown:
             known = ", ".join(sorted(self.option_defaults)) or "none"
@@ -144,9 +143,11 @@ class GeneratorMethod(Protection):
         if config is None:
             config = meta.get("config") or (entry.config if entry else None)
         self.config = generator_config(config, self.default_config)
-        eps = eps if eps is not None else meta.get("eps")
-        objective = objective or meta.get("objective")
-        super().__init__(forgers, eps, steps, step_size, objective, random_start, eot, eot_samples, seed)
+        # A checkpoint's budget and objective apply unless given.
+        if kwargs.get("eps") is None:
+            kwargs["eps"] = meta.get("eps")
+        kwargs["objective"] = kwargs.get("objective") or meta.get("objective")
+        super().__init__(forgers, **kwargs)
         self.options: dict[str, Any] = {**self.option_defaults, **meta.get("options", {}), **options}
         self.trained_against: list[str] = list(meta.get("forgers", []))
         with torch.random.fork_rng(devices=[]):  # random weights follow `seed`, not the global RNG

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import torch
 
-from core.generators.base import RGBGeneratorMethod
 from core.methods.base import METHODS
+from core.methods.one_pass import RGBGeneratorMethod
 
 
 @METHODS.register("retentive")

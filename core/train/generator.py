@@ -3,7 +3,7 @@ CelebA faces.
 
 The forgers are frozen (shipped weights by default, any checkpoint, or - for smoke tests only - random
 weights); only the generator learns, end to end through the method's own
-:meth:`~core.generators.GeneratorMethod.training_loss` over every single-attribute target edit of each
+:meth:`~core.methods.one_pass.GeneratorMethod.training_loss` over every single-attribute target edit of each
 face (or a random subset of ``targets_per_step`` of them per iteration, for CPU runs). Adam, optional
 linear learning-rate decay, optional EoT (random JPEG / blur / resize between generator and forgers).
 A method with an auxiliary network (``initiative``'s surrogate forger) has it updated by its own Adam
@@ -32,9 +32,9 @@ from core.data import FacePack
 from core.device import resolve_device
 from core.evaluate import measure_batch, summarize
 from core.forgers import Forger, create_forger
-from core.generators import ROLE, GeneratorMethod
 from core.image import make_grid, save_image
 from core.methods import create_method, method_class
+from core.methods.one_pass import ROLE, GeneratorMethod
 from core.targets import targets_for
 from core.train.loop import ResumableTrainer
 from core.transforms import EoT

@@ -11,8 +11,8 @@ import torch
 
 from core.checkpoints import CheckpointError, Manifest, load_weights
 from core.forgers import create_forger
-from core.generators import Initiative
 from core.methods import create_method, parse_options
+from core.methods.initiative import Initiative
 from core.train.generator import (
     GeneratorTrainConfig,
     GeneratorTrainer,
