@@ -3,6 +3,8 @@
 Veil's own checkpoints are ``.safetensors`` files whose metadata names the architecture and config, each
 listed in ``checkpoints/manifest.json`` with its sha256 and the facts of its training. Reference pickles
 (``200000-G.ckpt``) load only through ``torch.load(weights_only=True)``, which cannot run code.
+:func:`resolve_weights` is the one way every model (forgers, generator methods, the classifier) turns the
+weights it is given into a file.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import fcntl
 import hashlib
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -186,3 +189,61 @@ class Manifest:
             tmp.replace(self.path)
         self.entries = merged
         self._loaded = {e.name: e.to_json() for e in merged}
+
+
+def resolve_weights(
+    checkpoint: str | Path | None,
+    kind: str,
+    role: str,
+    *,
+    default: str | None = None,
+    prefer: Callable[[ManifestEntry], Any] | None = None,
+    hint: str = "",
+    manifest: Manifest | None = None,
+) -> tuple[Path, ManifestEntry | None]:
+    """The weights file ``checkpoint`` names, and its manifest entry when the manifest lists it.
+
+    Weights are named one of three ways (as timm's one resolver names a model's weights):
+
+    * a manifest entry name: that entry, which must hold weights of ``kind`` (its ``forger`` field: a
+      forger, a generator method, ``classifier``) for ``role`` (``generator``, ``discriminator``,
+      ``generator-method``, ``classifier``); its file is checked against its sha256;
+    * a file path: that file (with its manifest entry when one lists the same file);
+    * None: the shipped entry for (``kind``, ``role``): the entry named ``default`` when given, else among
+      the entries of that kind and role the one ranked highest by ``prefer`` (then the default entry, then
+      the first listed).
+
+    ``hint`` (what to do instead: train, pass a file, use random weights) ends the error raised when no
+    shipped weights exist.
+    """
+    manifest = manifest or Manifest()
+
+    def fits(entry: ManifestEntry) -> bool:
+        return entry.forger == kind and entry.role == role
+
+    def missing(what: str) -> CheckpointError:
+        return CheckpointError(f"no shipped {what} in {manifest.path}" + (f"; {hint}" if hint else ""))
+
+    if checkpoint is None:
+        if default is not None:
+            entry = manifest.find(default)
+            if entry is None or not fits(entry):
+                raise missing(f"{role} weights {default!r}")
+            return manifest.resolve(entry), entry
+        entries = [e for e in manifest.entries if fits(e)]
+        if not entries:
+            raise missing(f"{role} weights for {kind!r}")
+        entry = max(entries, key=lambda e: (prefer(e) if prefer else 0, e.default))  # max keeps the first of ties
+        return manifest.resolve(entry), entry
+    found = manifest.find(str(checkpoint))
+    if found is not None:
+        if not fits(found):
+            raise CheckpointError(f"manifest entry {found.name!r} is a {found.forger} {found.role}, "
+                                  f"not {kind} {role} weights")
+        return manifest.resolve(found), found
+    path = Path(checkpoint)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {checkpoint} (neither a file nor a manifest entry)")
+    listed = next((e for e in manifest.entries
+                   if fits(e) and (manifest.directory / e.file).resolve() == path.resolve()), None)
+    return path, listed

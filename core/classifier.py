@@ -15,7 +15,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from core.checkpoints import CheckpointError, Manifest, ManifestEntry, checkpoints_dir, load_weights, save_weights
+from core.checkpoints import (
+    CheckpointError,
+    Manifest,
+    ManifestEntry,
+    checkpoints_dir,
+    load_weights,
+    resolve_weights,
+    save_weights,
+)
 from core.forgers.base import CELEBA5
 
 CLASSIFIER_NAME = "attribute-classifier"
@@ -52,15 +60,9 @@ class AttributeClassifier(nn.Module):
 
 
 def load_classifier(checkpoint: str | Path | None = None, name: str = CLASSIFIER_NAME) -> AttributeClassifier:
-    """The shipped classifier ``name`` (or a given file), frozen in eval mode."""
-    manifest = Manifest()
-    if checkpoint is None:
-        entry = manifest.find(name)
-        if entry is None:
-            raise CheckpointError(f"no {name} in the manifest; train one with `veil train classifier`")
-        path = manifest.resolve(entry)
-    else:
-        path = Path(checkpoint)
+    """The shipped classifier ``name`` (or ``checkpoint``: a file or another manifest entry), frozen in eval mode."""
+    path, _ = resolve_weights(checkpoint, "classifier", "classifier", default=name,
+                              hint="train one with `veil train classifier`")
     state, meta = load_weights(path)
     cfg = meta.get("config", {})
     model = AttributeClassifier(cfg.get("image_size", 64), cfg.get("width", 32))

@@ -11,7 +11,7 @@ from typing import Any
 
 from torch import nn
 
-from core.checkpoints import CheckpointError, Manifest, ManifestEntry, load_weights
+from core.checkpoints import CheckpointError, load_weights, resolve_weights
 from core.forgers import attgan as _attgan  # noqa: F401  (registers)
 from core.forgers import stargan as _stargan  # noqa: F401  (registers)
 from core.forgers.base import CELEBA5, FORGERS, ArchSpec, Forger, InstanceNorm
@@ -36,27 +36,6 @@ def arch(name: str) -> ArchSpec:
     return FORGERS.get(name)()
 
 
-def _locate(
-    name: str, checkpoint: str | Path | None, role: str, manifest: Manifest
-) -> tuple[Path, ManifestEntry | None]:
-    if checkpoint is None:
-        entry = manifest.default_for(name, role)
-        if entry is None:
-            raise CheckpointError(
-                f"no shipped {role} weights for forger {name!r} in {manifest.path}; train one with "
-                f"`veil train forger`, pass a checkpoint path, or use pretrained=False for random weights"
-            )
-        return manifest.resolve(entry), entry
-    entry = manifest.find(str(checkpoint))
-    if entry is not None:
-        return manifest.resolve(entry), entry
-    path = Path(checkpoint)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint not found: {checkpoint} (neither a file nor a manifest entry)")
-    listed = next((e for e in manifest.entries if (manifest.directory / e.file).resolve() == path.resolve()), None)
-    return path, listed
-
-
 def _build(
     name: str, checkpoint: str | Path | None, role: str, config: str | dict[str, Any] | None, pretrained: bool
 ) -> tuple[nn.Module, dict[str, Any], str]:
@@ -70,7 +49,10 @@ def _build(
     if not pretrained and checkpoint is None:
         cfg = spec.config(config)
         return build(cfg, len(spec.attributes)), cfg, "random init"
-    path, entry = _locate(name, checkpoint, role, Manifest())
+    path, entry = resolve_weights(
+        checkpoint, name, role,
+        hint="train one with `veil train forger`, pass a checkpoint path, or use pretrained=False for random weights",
+    )
     state, meta = load_weights(path)
     if config is None:
         config = meta.get("config") or (entry.config if entry else None)

@@ -31,7 +31,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from core.checkpoints import CheckpointError, Manifest, ManifestEntry, load_weights
+from core.checkpoints import CheckpointError, ManifestEntry, load_weights, resolve_weights
 from core.forgers import Forger
 from core.generators.features import FeatureDistance, feature_distance
 from core.generators.nets import PerturbationUNet, generator_config
@@ -47,42 +47,27 @@ def _forger_names(forgers: Forger | Sequence[Forger]) -> list[str]:
 
 
 def locate_generator(
-    method: str, forgers: Sequence[str], checkpoint: str | Path | None, manifest: Manifest | None = None
+    method: str, forgers: Sequence[str], checkpoint: str | Path | None
 ) -> tuple[Path, ManifestEntry | None]:
     """The weights file of a generator method, and its manifest entry when it has one.
 
     With no ``checkpoint``: the manifest's ``generator-method`` entries of ``method``, preferring one
     trained against exactly ``forgers``, then the default entry, then the first listed.
     """
-    manifest = manifest or Manifest()
-    if checkpoint is None:
-        entries = [e for e in manifest.entries if e.role == ROLE and e.forger == method]
-        if not entries:
-            raise CheckpointError(
-                f"no shipped weights for the generator method {method!r} in {manifest.path}: train them with "
-                f"`veil train generator --method {method}`, pass checkpoint=<file or manifest entry>, or use "
-                f"pretrained=False for random (untrained) weights"
-            )
-        wanted = sorted(forgers)
+    wanted = sorted(forgers)
 
-        def rank(e: ManifestEntry) -> tuple[bool, bool]:
-            return sorted(e.info.get("forgers", [])) == wanted, e.default
+    def trained_against(entry: ManifestEntry) -> list[str]:
+        return sorted(entry.info.get("forgers", []))
 
-        entry = max(entries, key=rank)  # max keeps the first of equal ranks
-        if sorted(entry.info.get("forgers", [])) != wanted:
-            log.warning("%s: no %s weights trained against %s; using %s (trained against %s)", method, ROLE,
-                        ", ".join(wanted), entry.name, ", ".join(entry.info.get("forgers", [])) or "?")
-        return manifest.resolve(entry), entry
-    found = manifest.find(str(checkpoint))
-    if found is not None:
-        if found.role != ROLE or found.forger != method:
-            raise CheckpointError(f"manifest entry {found.name!r} is a {found.forger} {found.role}, "
-                                  f"not {method} generator-method weights")
-        return manifest.resolve(found), found
-    path = Path(checkpoint)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint not found: {checkpoint} (neither a file nor a manifest entry)")
-    return path, None
+    path, entry = resolve_weights(
+        checkpoint, method, ROLE, prefer=lambda e: trained_against(e) == wanted,
+        hint=f"train them with `veil train generator --method {method}`, pass checkpoint=<file or manifest "
+             f"entry>, or use pretrained=False for random (untrained) weights",
+    )
+    if checkpoint is None and entry is not None and trained_against(entry) != wanted:
+        log.warning("%s: no %s weights trained against %s; using %s (trained against %s)", method, ROLE,
+                    ", ".join(wanted), entry.name, ", ".join(trained_against(entry)) or "?")
+    return path, entry
 
 
 # The keyword arguments of Protection.__init__ (eps, steps, ..., seed), told apart from a method's options.
