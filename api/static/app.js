@@ -145,6 +145,26 @@
     el("error").hidden = false;
   }
 
+  /** The status line and bar of a new submission: its text, no job status (not the last job's green), an
+   *  indeterminate bar while the file uploads. */
+  function resetStatus(text) {
+    el("status-panel").hidden = false;
+    el("status").textContent = text;
+    delete el("status").dataset.status;
+    el("progress").max = 1;
+    el("progress").removeAttribute("value");
+  }
+
+  /** The error state of the status line; without a job (the submission was refused) the bar is emptied. */
+  function showFailedStatus(text, jobCreated) {
+    if (text) el("status").textContent = text;
+    el("status").dataset.status = "error";
+    if (!jobCreated) {
+      el("progress").max = 1;
+      el("progress").value = 0;
+    }
+  }
+
   function showJob(job) {
     const done = job.progress?.done ?? 0;
     const total = job.progress?.total ?? 0;
@@ -274,10 +294,11 @@
     }
     setBusy(true);
     setPhase("submitting");
-    el("status").textContent = `Uploading ${state.file.name}…`;
-    el("status-panel").hidden = false;
+    const name = state.file.name;
+    resetStatus(`Uploading ${name}…`);
+    let job = null;
     try {
-      const job = await api("/v1/jobs", { method: "POST", body: formFor(state.file), timeoutS: 600 });
+      job = await api("/v1/jobs", { method: "POST", body: formFor(state.file), timeoutS: 600 });
       state.jobId = job.id;
       document.body.dataset.jobId = job.id;
       showJob(job);
@@ -286,6 +307,7 @@
       if (finished) await finish(finished);
     } catch (err) {
       showError(err.message);
+      showFailedStatus(job ? null : `${name} was not submitted.`, job !== null);
       setPhase("error");
     } finally {
       setBusy(false);

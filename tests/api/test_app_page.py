@@ -273,6 +273,7 @@ class FakeApi:
         self.requests: list[tuple[str, str, dict[str, str], bytes]] = []
         self.canceled = False
         self.served = 0  # index of the snapshot last answered
+        self.post_status = 202  # 401: POST /v1/jobs answers a problem (a revoked key)
 
     def install(self, page: Page) -> None:
         page.route(f"{FAKE_API}/**", self.api)
@@ -288,7 +289,12 @@ class FakeApi:
                                                                       "Content-Type": ctype})
         elif path == "/v1/methods":
             route.fulfill(json=json.loads((REPO / "api" / "methods.json").read_text()))
+        elif path == "/v1/jobs" and request.method == "POST" and self.post_status == 401:
+            problem = {"type": "/problems/unauthorized", "title": "Unauthorized", "status": 401,
+                       "detail": "unknown or revoked API key", "instance": "/v1/jobs"}
+            route.fulfill(status=401, json=problem, headers={"Content-Type": "application/problem+json"})
         elif path == "/v1/jobs" and request.method == "POST":
+            self.served = 0
             route.fulfill(status=202, json=self.snapshots[0])
         elif path.endswith("/cancel"):
             self.canceled = True
@@ -359,6 +365,36 @@ def test_page_shows_why_a_job_failed(page: Page) -> None:
     assert wait_until_finished(page) == "failed"
     assert "face.png: not a photo" in page.inner_text("#error")
     assert page.is_hidden("#photo-result") and page.is_hidden("#cancel")
+
+
+def status_shown(page: Page) -> dict[str, Any]:
+    return dict(page.evaluate("""() => {
+        const s = document.getElementById('status'), p = document.getElementById('progress');
+        return { text: s.textContent, status: s.dataset.status || '', color: getComputedStyle(s).color,
+                 value: p.value, max: p.max }; }"""))
+
+
+@pytest.mark.slow
+def test_page_shows_a_refused_submission_as_an_error(page: Page) -> None:
+    """A 401 on submit after a finished job: the status line shows the error (not a green 'Uploading
+    face.png…') and the progress bar is reset (not left full)."""
+    api = FakeApi([fake_job("queued"), fake_job("succeeded", 1, report={"photos": [SPARSE_PHOTO]})],
+                  outputs=["face.png"])
+    open_fake(page, api)
+    page.click("#submit")
+    assert wait_until_finished(page) == "succeeded"
+    green = status_shown(page)
+    assert green["status"] == "succeeded" and green["value"] == green["max"] == 1
+
+    api.post_status = 401
+    page.click("#submit")
+    page.wait_for_function("() => document.body.dataset.phase === 'error'", timeout=10_000)
+    shown = status_shown(page)
+    assert "unknown or revoked API key" in page.inner_text("#error")
+    assert "Uploading" not in shown["text"] and "face.png" in shown["text"], shown
+    assert shown["status"] == "error" and shown["color"] != green["color"], shown
+    assert shown["value"] == 0, shown
+    assert page.is_hidden("#photo-result") and page.is_enabled("#submit") and page.is_hidden("#cancel")
 
 
 @pytest.mark.slow
