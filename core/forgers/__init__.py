@@ -13,6 +13,7 @@ from torch import nn
 
 from core.checkpoints import CheckpointError, load_weights, resolve_weights
 from core.forgers import attgan as _attgan  # noqa: F401  (registers)
+from core.forgers import fpgan as _fpgan  # noqa: F401  (registers)
 from core.forgers import stargan as _stargan  # noqa: F401  (registers)
 from core.forgers.base import CELEBA5, FORGERS, ArchSpec, Forger, InstanceNorm
 

@@ -1,11 +1,9 @@
-"""StarGAN (Choi et al., CVPR 2018, arXiv 1711.09020) and Fixed-Point GAN (Siddiquee et al., ICCV 2019,
-arXiv 1908.06965): the same generator and discriminator, state-dict compatible with the reference release
-(``200000-G.ckpt``: see ``tests/fixtures/stargan_celeba128_*.keys.tsv``).
+"""StarGAN (Choi et al., CVPR 2018, arXiv 1711.09020): generator and discriminator, state-dict compatible
+with the reference release (``200000-G.ckpt``: see ``tests/fixtures/stargan_celeba128_*.keys.tsv``).
+Fixed-Point GAN (:mod:`core.forgers.fpgan`) reuses these networks.
 """
 
 from __future__ import annotations
-
-import functools
 
 import torch
 from torch import nn
@@ -98,14 +96,10 @@ def _discriminator(config: dict, c_dim: int) -> nn.Module:
     return StarGANDiscriminator(config["image_size"], config["d_conv_dim"], c_dim, config["d_repeat_num"])
 
 
-def _spec(name: str, paper: str) -> ArchSpec:
+def stargan_spec(name: str = "stargan", paper: str = "Choi et al., StarGAN, CVPR 2018 (arXiv 1711.09020)") -> ArchSpec:
+    """StarGAN's architecture (networks and configs), under ``name`` for the forgers that share it."""
     return ArchSpec(name=name, paper=paper, build_generator=_generator, build_discriminator=_discriminator,
                     configs=STARGAN_CONFIGS, default_config="celeba128")
 
 
-# Fixed-Point GAN differs from StarGAN only in training (its identity loss): same networks, same loader.
-for _name, _paper in (
-    ("stargan", "Choi et al., StarGAN, CVPR 2018 (arXiv 1711.09020)"),
-    ("fpgan", "Siddiquee et al., Fixed-Point GAN, ICCV 2019 (arXiv 1908.06965)"),
-):
-    FORGERS.register(_name)(functools.partial(_spec, _name, _paper))
+FORGERS.register("stargan")(stargan_spec)

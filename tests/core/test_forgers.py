@@ -82,6 +82,18 @@ def test_reference_pickle_loads_strict(tmp_path: Path) -> None:
     assert out.shape == (1, 3, 128, 128)
 
 
+def test_fpgan_is_stargans_networks_under_its_own_name() -> None:
+    """core/forgers/fpgan.py registers fpgan with StarGAN's networks and configs (it differs in training)."""
+    from core.forgers import arch
+    from core.forgers.stargan import STARGAN_CONFIGS, StarGANDiscriminator, StarGANGenerator
+
+    spec = arch("fpgan")
+    assert spec.name == "fpgan" and "Fixed-Point GAN" in spec.paper and spec.configs is STARGAN_CONFIGS
+    assert isinstance(create_forger("fpgan", config="tiny", pretrained=False).generator, StarGANGenerator)
+    assert isinstance(create_discriminator("fpgan", config="tiny", pretrained=False), StarGANDiscriminator)
+    assert arch("stargan").name == "stargan"
+
+
 def test_instance_norm_ignores_running_stats_in_eval() -> None:
     """Like the reference (never switched to eval), outputs use the input's own statistics."""
     forger = create_forger("stargan", config="tiny", pretrained=False, frozen=False)
