@@ -175,20 +175,10 @@ class ForgerTrainer(ResumableTrainer):
         val = FacePack.load(root, "val", size, cache, 64)
         self.val_batch = val[torch.arange(min(8, len(val)))]
 
-    # ----- schedule ---------------------------------------------------------------------------------
-    def lr_at(self, it: int) -> float:
-        start = int(self.cfg.iters * self.cfg.decay_from)
-        if it < start:
-            return self.cfg.lr
-        return self.cfg.lr * max(0.0, (self.cfg.iters - it) / max(1, self.cfg.iters - start))
-
     # ----- one iteration ----------------------------------------------------------------------------
     def step(self, x: torch.Tensor, c_org: torch.Tensor) -> dict[str, float]:
         cfg = self.cfg
-        lr = self.lr_at(self.iteration)
-        for opt in (self.g_opt, self.d_opt):
-            for group in opt.param_groups:
-                group["lr"] = lr
+        lr = self.set_lr(self.g_opt, self.d_opt)
         c_trg = c_org[torch.randperm(c_org.shape[0], device=c_org.device)]
         logs: dict[str, float] = {}
 
@@ -264,17 +254,12 @@ class ForgerTrainer(ResumableTrainer):
     def state_dict(self) -> dict[str, Any]:
         return {
             "config": self.cfg.to_json(),
-            "iteration": self.iteration,
-            "cpu_seconds": self.cpu_seconds,
+            **self.loop_state(),
             "G": self.G.state_dict(),
             "D": self.D.state_dict(),
             **({"G_ema": self.G_ema.state_dict()} if self.G_ema is not None else {}),
             "g_opt": self.g_opt.state_dict(),
             "d_opt": self.d_opt.state_dict(),
-            "torch_rng": torch.get_rng_state(),
-            "data_gen": self.data_gen.get_state(),
-            "perm": self.perm,
-            "pos": self.pos,
         }
 
     def resume(self) -> bool:
@@ -288,10 +273,7 @@ class ForgerTrainer(ResumableTrainer):
             self.G_ema.load_state_dict(state.get("G_ema", state["G"]))
         self.g_opt.load_state_dict(state["g_opt"])
         self.d_opt.load_state_dict(state["d_opt"])
-        torch.set_rng_state(state["torch_rng"])
-        self.data_gen.set_state(state["data_gen"])
-        self.perm, self.pos, self.iteration = state["perm"], int(state["pos"]), int(state["iteration"])
-        self.cpu_seconds = float(state.get("cpu_seconds", 0.0))
+        self.load_loop_state(state)
         return True
 
     def warm_start(self, generator: Path, discriminator: Path | None) -> None:

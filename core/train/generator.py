@@ -166,17 +166,9 @@ class GeneratorTrainer(ResumableTrainer):
             targets = targets[:, cols.to(targets.device)]
         return targets
 
-    # ----- schedule and one iteration ---------------------------------------------------------------
-    def lr_at(self, it: int) -> float:
-        start = int(self.cfg.iters * self.cfg.decay_from)
-        if it < start:
-            return self.cfg.lr
-        return self.cfg.lr * max(0.0, (self.cfg.iters - it) / max(1, self.cfg.iters - start))
-
+    # ----- one iteration ----------------------------------------------------------------------------
     def step(self, x: torch.Tensor, c_org: torch.Tensor) -> dict[str, float]:
-        lr = self.lr_at(self.iteration)
-        for group in self.opt.param_groups:
-            group["lr"] = lr
+        lr = self.set_lr(self.opt)
         logs = alternating_step(self.method, x, self.targets(x, c_org), self.noise_gen, self.opt, self.aux_opt,
                                 self.iteration)
         logs["lr"] = lr
@@ -186,14 +178,10 @@ class GeneratorTrainer(ResumableTrainer):
     def state_dict(self) -> dict[str, Any]:
         state: dict[str, Any] = {
             "config": self.cfg.to_json(),
-            "iteration": self.iteration,
+            **self.loop_state(),
             "net": self.net.state_dict(),
             "opt": self.opt.state_dict(),
-            "torch_rng": torch.get_rng_state(),
-            "data_gen": self.data_gen.get_state(),
             "noise_gen": self.noise_gen.get_state(),
-            "perm": self.perm,
-            "pos": self.pos,
             "method_config": self.method.config,
             "options": {k: v for k, v in self.method.options.items()},
             "eps": self.method.eps,
@@ -224,10 +212,8 @@ class GeneratorTrainer(ResumableTrainer):
             self.aux_opt.load_state_dict(state["aux_opt"])
         for forger, weights in zip(self.forgers, state.get("random_forgers", []), strict=False):
             forger.generator.load_state_dict(weights)
-        torch.set_rng_state(state["torch_rng"])
-        self.data_gen.set_state(state["data_gen"])
+        self.load_loop_state(state)
         self.noise_gen.set_state(state["noise_gen"])
-        self.perm, self.pos, self.iteration = state["perm"], int(state["pos"]), int(state["iteration"])
         self.last_val = json.loads(state.get("last_val", "{}"))
         return True
 

@@ -1,4 +1,5 @@
-"""The loop both trainers share: iterate, log, sample, checkpoint; a progress bar; Ctrl-C saves and stops."""
+"""What both trainers share: the loop (iterate, log, sample, checkpoint; a progress bar; Ctrl-C saves and
+stops), the loop's own state across resumes, and the learning-rate schedule (constant, then a linear decay)."""
 
 from __future__ import annotations
 
@@ -15,12 +16,20 @@ import torch
 from core.data import FacePack
 
 
+def linear_decay(lr: float, it: int, iters: int, decay_from: float) -> float:
+    """``lr`` until ``decay_from * iters``, then linearly down to 0 at ``iters`` (``decay_from`` 1: constant)."""
+    start = int(iters * decay_from)
+    if it < start:
+        return lr
+    return lr * max(0.0, (iters - it) / max(1, iters - start))
+
+
 class ResumableTrainer(ABC):
     """Subclasses provide the data, one optimisation step, the state and the periodic sample.
 
-    They set ``iteration``, ``stop_requested`` and ``cfg`` (with ``iters``, ``log_every``, ``sample_every``,
-    ``ckpt_every`` and ``run_dir``); ``name`` labels the progress bar, ``progress_keys`` picks the losses it
-    shows (None: all but the learning rate).
+    They set ``iteration``, ``stop_requested`` and ``cfg`` (with ``iters``, ``lr``, ``decay_from``,
+    ``log_every``, ``sample_every``, ``ckpt_every`` and ``run_dir``); ``name`` labels the progress bar,
+    ``progress_keys`` picks the losses it shows (None: all but the learning rate).
     """
 
     iteration: int
@@ -59,6 +68,32 @@ class ResumableTrainer(ABC):
         self.pos += bs
         x, c = self.train_data[idx]
         return x.to(self.device), c.to(self.device)
+
+    # ----- the learning-rate schedule ---------------------------------------------------------------
+    def lr_at(self, it: int) -> float:
+        """``cfg.lr``, then a linear decay to 0 over the last ``1 - cfg.decay_from`` of ``cfg.iters``."""
+        return linear_decay(self.cfg.lr, it, self.cfg.iters, self.cfg.decay_from)
+
+    def set_lr(self, *optimizers: torch.optim.Optimizer) -> float:
+        """Give every parameter group of ``optimizers`` this iteration's learning rate; return it."""
+        lr = self.lr_at(self.iteration)
+        for opt in optimizers:
+            for group in opt.param_groups:
+                group["lr"] = lr
+        return lr
+
+    # ----- state ------------------------------------------------------------------------------------
+    def loop_state(self) -> dict[str, Any]:
+        """The loop's part of a saved state: iteration, CPU seconds, the global RNG and the data order."""
+        return {"iteration": self.iteration, "cpu_seconds": self.cpu_seconds, "torch_rng": torch.get_rng_state(),
+                "data_gen": self.data_gen.get_state(), "perm": self.perm, "pos": self.pos}
+
+    def load_loop_state(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`loop_state` (RNG states and the data order live on the CPU)."""
+        torch.set_rng_state(state["torch_rng"])
+        self.data_gen.set_state(state["data_gen"])
+        self.perm, self.pos, self.iteration = state["perm"], int(state["pos"]), int(state["iteration"])
+        self.cpu_seconds = float(state.get("cpu_seconds", 0.0))
 
     @property
     def state_path(self) -> Path:

@@ -107,3 +107,10 @@ def test_signal_handlers_are_restored(tmp_path: Path) -> None:
     assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
     with pytest.raises(ValueError, match="unknown forger"):
         TrainConfig.for_forger("nope", "tiny")
+
+
+def test_linear_decay_schedule_both_trainers_use() -> None:
+    from core.train.loop import linear_decay
+
+    assert [linear_decay(1.0, it, 100, 0.5) for it in (0, 49, 50, 75, 99)] == [1.0, 1.0, 1.0, 0.5, 0.02]
+    assert linear_decay(2e-4, 99, 100, 1.0) == 2e-4  # decay_from 1: constant
