@@ -102,7 +102,9 @@ class Settings(BaseSettings):
 
     # --- webhooks ---
     webhook_allow_hosts: Annotated[list[str], NoDecode] = Field(
-        default_factory=list, description="hosts (or IPs) exempt from the SSRF guard, e.g. a test receiver"
+        default_factory=list,
+        description="URL hosts exempt from the SSRF guard (host, or host:port for that port only), e.g. a "
+        "test receiver; matched against the URL's host, never against an address it resolves to",
     )
     webhook_require_https: bool = Field(default=True, description="allow-listed hosts may still use http")
     webhook_retry_schedule_s: Annotated[list[float], NoDecode] = Field(
@@ -125,7 +127,9 @@ class Settings(BaseSettings):
     @field_validator("webhook_allow_hosts")
     @classmethod
     def _lower_hosts(cls, value: list[str]) -> list[str]:
-        return [h.strip().lower().strip("[]") for h in value if h.strip()]
+        hosts = [h.strip().lower() for h in value if h.strip()]
+        # "[::1]" -> "::1"; "host:port" and "[v6]:port" stay as written (service.webhooks.allow_entry)
+        return [h[1:-1] if h.startswith("[") and h.endswith("]") else h for h in hosts]
 
     @field_validator("webhook_retry_schedule_s")
     @classmethod

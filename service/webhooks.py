@@ -5,9 +5,10 @@ Used by the workers (and tested here). Each message is ``{"type": <event>, "time
 ``webhook-signature: v1,<base64>``); receivers verify it with ``standardwebhooks.Webhook.verify``.
 
 SSRF guard: the host is resolved once; every address must be global (no loopback, private, link-local,
-multicast, reserved, unspecified, shared or IPv4-mapped IPv6 address) unless the host (or address) is in
-``VEIL_WEBHOOK_ALLOW_HOSTS``; the request then goes to the resolved address itself (``Host`` header and
-TLS SNI/certificate check keep the original name), and redirects are never followed.
+multicast, reserved, unspecified, shared or IPv4-mapped IPv6 address) unless the URL's own host (or
+host:port), normalised, is in ``VEIL_WEBHOOK_ALLOW_HOSTS`` (an address it resolves to never is); the
+request then goes to the resolved address itself (``Host`` header and TLS SNI/certificate check keep the
+original name), and redirects are never followed.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import logging
+import re
 import socket
 import time
 from collections.abc import Callable, Sequence
@@ -93,6 +95,52 @@ def ip_refusal(ip: IPAddress) -> str | None:
     return None
 
 
+_LEGACY_IPV4 = re.compile(r"^(0x[0-9a-f]+|[0-9]+)(\.(0x[0-9a-f]+|[0-9]+)){0,3}$")
+
+
+def normalise_host(host: str) -> str:
+    """A URL host in one spelling: an IP address canonical (``127.1``, ``0x7f000001``, ``2130706433`` and
+    ``0177.0.0.1`` are all ``127.0.0.1``, as the resolver reads them), a name lower case without a final dot."""
+    host = host.strip().lower().strip("[]")
+    try:
+        return str(ipaddress.ip_address(host.split("%", 1)[0]))
+    except ValueError:
+        pass
+    if _LEGACY_IPV4.match(host):
+        try:
+            return str(ipaddress.IPv4Address(socket.inet_aton(host)))
+        except OSError:
+            pass
+    return host.rstrip(".")
+
+
+def allow_entry(entry: str) -> tuple[str, int | None]:
+    """An allow-list entry: ``host``, ``host:port``, ``[v6]:port`` or a bare IPv6 address -> (host, port)."""
+    entry = entry.strip().lower()
+    host, port = entry, None
+    if entry.startswith("[") and "]:" in entry:
+        host, _, rest = entry[1:].partition("]:")
+        port = int(rest)
+    elif entry.count(":") == 1:
+        host, _, rest = entry.partition(":")
+        port = int(rest)
+    return normalise_host(host), port
+
+
+def is_allowed(host: str, port: int, allow_hosts: Sequence[str]) -> bool:
+    """Whether the URL's own host and port (never an address it resolves to) match an allow-list entry:
+    ``host`` allows any port, ``host:port`` that port only; both sides normalised first."""
+    host = normalise_host(host)
+    for entry in allow_hosts:
+        try:
+            allowed_host, allowed_port = allow_entry(entry)
+        except ValueError:
+            continue
+        if allowed_host == host and allowed_port in (None, port):
+            return True
+    return False
+
+
 def _split(url: str, settings_allow: Sequence[str], require_https: bool) -> tuple[str, str, int, str, bool]:
     if len(url) > 2048:
         raise WebhookRefused("URL longer than 2048 characters")
@@ -109,13 +157,14 @@ def _split(url: str, settings_allow: Sequence[str], require_https: bool) -> tupl
     host = (parts.hostname or "").lower()
     if not host:
         raise WebhookRefused("the URL has no host")
-    allowed = host in {h.lower() for h in settings_allow}
+    port = port or (443 if scheme == "https" else 80)
+    allowed = is_allowed(host, port, settings_allow)
     if require_https and scheme != "https" and not allowed:
         raise WebhookRefused("the URL scheme must be https")
     target = parts.path or "/"
     if parts.query:
         target += f"?{parts.query}"
-    return scheme, host, port or (443 if scheme == "https" else 80), target, allowed
+    return scheme, host, port, target, allowed
 
 
 def check_url(url: str, allow_hosts: Sequence[str] = (), require_https: bool = True) -> None:
@@ -124,7 +173,7 @@ def check_url(url: str, allow_hosts: Sequence[str] = (), require_https: bool = T
     if allowed:
         return
     try:
-        ip = ipaddress.ip_address(host)
+        ip = ipaddress.ip_address(normalise_host(host))
     except ValueError:
         if host == "localhost" or host.endswith((".localhost", ".local", ".internal")):
             raise WebhookRefused(f"host {host!r} is not a public host") from None
@@ -154,9 +203,8 @@ def resolve(
             ips.append(ip)
     if not ips:
         raise WebhookRefused(f"{host!r} has no address")
-    allow = {h.lower() for h in allow_hosts}
     for ip in ips:
-        if allowed or str(ip) in allow:
+        if allowed:  # the URL's host:port is allow-listed; its resolved addresses never are
             continue
         reason = ip_refusal(ip)
         if reason:

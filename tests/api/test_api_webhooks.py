@@ -250,3 +250,37 @@ def test_attempt_log_is_json(store: JobStore, receiver: Receiver) -> None:
     )
     raw = store.r.lrange(store.keys.job_webhooks(job.id), 0, -1)
     assert json.loads(raw[0])["event"] == "job.completed"  # type: ignore[index]
+
+
+def _loopback(host: str, port: int, type: int = 0) -> list[Any]:
+    """A resolver for which every name is 127.0.0.1 (a rebinding attacker's, or 127.1's)."""
+    return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", port))]
+
+
+def test_allow_list_entry_with_a_port_allows_that_address_and_port_only() -> None:
+    """The dev stack allows its receiver's exact host:port; other loopback spellings and ports stay refused
+    (the allow-list used to match resolved addresses: 127.1 or any name resolving to 127.0.0.1 reached
+    every loopback port)."""
+    allow = ["127.0.0.1:9000"]
+    check_url("http://127.0.0.1:9000/veil", allow_hosts=allow)
+    assert resolve("http://127.0.0.1:9000/veil", allow_hosts=allow, resolver=_loopback).port == 9000
+    # the same address, written otherwise, normalised before the comparison
+    assert str(resolve("http://127.1:9000/veil", allow_hosts=allow, resolver=_loopback).ip) == "127.0.0.1"
+    for url in ("http://127.0.0.1:6379/", "http://127.1:6379/", "http://0x7f000001:6379/",
+                "http://2130706433:8000/", "http://0177.0.0.1:22/", "http://127.0.0.1/",
+                "https://127.1/x", "https://0x7f000001:9001/x"):
+        with pytest.raises(WebhookRefused):
+            check_url(url, allow_hosts=allow)
+        with pytest.raises(WebhookRefused):
+            resolve(url, allow_hosts=allow, resolver=_loopback)
+    for url in ("https://evil.test:9000/veil", "https://localhost:9000/veil"):  # names resolving to loopback
+        with pytest.raises(WebhookRefused):
+            resolve(url, allow_hosts=allow, resolver=_loopback)
+
+
+def test_allow_list_matches_the_url_host_never_a_resolved_address() -> None:
+    with pytest.raises(WebhookRefused, match=r"127\.0\.0\.1"):
+        resolve("https://rebind.example/hook", allow_hosts=["127.0.0.1"], resolver=_loopback)
+    assert resolve("https://127.0.0.1:8443/hook", allow_hosts=["127.0.0.1"], resolver=_loopback).port == 8443
+    assert Settings(webhook_allow_hosts="127.0.0.1:9000, [::1]:9000, [::1], Hooks.Test").webhook_allow_hosts == [
+        "127.0.0.1:9000", "[::1]:9000", "::1", "hooks.test"]
