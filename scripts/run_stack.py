@@ -12,17 +12,26 @@
 * The API (uvicorn), a gpu worker (``--pool=solo``) and an io worker (``--pool=threads``), all with the same
   ``VEIL_*`` environment. Forgers: the shipped checkpoints (``checkpoints/manifest.json``) unless
   ``--checkpoints DIR`` or ``--tiny-forger``.
-* A ``demo`` tenant's API key, the URLs and a ready-to-paste curl session are printed; Ctrl-C (or SIGTERM)
-  stops every process group it started, with bounded waits.
+* Each stack keeps to its own Redis keys and Celery queues: the key prefix (``--redis-prefix``, by default
+  one derived from the data dir) also prefixes the broker's keys, so two stacks on one Redis never take each
+  other's tasks.
+* A ``demo`` tenant's API key, the URLs and a ready-to-paste curl session are printed. The local webhook
+  receiver gets the tenant's secret through its environment (never on a command line), and the stack's
+  webhook allow-list is that receiver's exact ``127.0.0.1:port``.
+* A process that exits is restarted (after a growing pause, at most ``--max-restarts`` times in a row); only
+  then does the stack stop. Ctrl-C (or SIGTERM) stops every process group it started, with bounded waits.
 
-Logs go to ``<data dir>/logs/``; the data dir (MiniStack's objects, the demo photos) is a fresh temporary
-folder unless ``--data-dir`` is given.
+Logs go to ``<data dir>/logs/``; the data dir (the demo photos, MiniStack's objects) is a fresh temporary
+folder unless ``--data-dir`` is given, where MiniStack then keeps its objects and state (its IAM user)
+across restarts (``S3_PERSIST``, ``PERSIST_STATE``).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
+import itertools
 import json
 import os
 import shutil
@@ -47,6 +56,7 @@ if str(REPO) not in sys.path:
 BUCKET = "veil"
 IAM_USER = "veil-service"
 TENANT = "demo"
+WAIT_TRIES = 10  # the printed session's long-polls of one job (Prefer: wait=30 each): 5 minutes at most
 
 
 class StackError(RuntimeError):
@@ -121,6 +131,11 @@ class Child:
     name: str
     proc: subprocess.Popen[bytes]
     log: Path
+    cmd: list[str]
+    env: dict[str, str]
+    started: float = 0.0  # time.monotonic() of the last start
+    restarts: int = 0  # in a row (reset once it ran long enough)
+    due: float | None = None  # when an exited child is started again
 
     def alive(self) -> bool:
         return self.proc.poll() is None
@@ -138,14 +153,57 @@ class Stack:
         self.logs.mkdir(parents=True, exist_ok=True)
         self.children: list[Child] = []
 
+    def _start(self, cmd: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+        with log.open("ab") as out:
+            return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                    stdin=subprocess.DEVNULL, start_new_session=True)
+
     def spawn(self, name: str, cmd: list[str], env: dict[str, str]) -> Child:
         log = self.logs / f"{name}.log"
-        with log.open("ab") as out:
-            proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                    stdin=subprocess.DEVNULL, start_new_session=True)
-        child = Child(name, proc, log)
+        child = Child(name, self._start(cmd, env, log), log, cmd, env, started=time.monotonic())
         self.children.append(child)
         return child
+
+    def respawn(self, child: Child) -> None:
+        """Start an exited child again, with its command and environment, appending to its log."""
+        child.restarts += 1
+        child.due = None
+        child.proc = self._start(child.cmd, child.env, child.log)
+        child.started = time.monotonic()
+
+    def supervise(self, max_restarts: int = 5, interval: float = 1.0, max_rounds: int | None = None,
+                  until: Callable[[], bool] | None = None, backoff_s: float = 1.0,
+                  stable_s: float = 300.0) -> Child | None:
+        """Restart every child that exits, after ``backoff_s * 2**restarts`` (at most 60 s), while it has
+        restarts left (``max_restarts`` in a row; one that ran ``stable_s`` before exiting starts counting
+        afresh). Returns the first child out of restarts (the stack then stops), or None once ``until()``
+        holds or after ``max_rounds`` rounds of ``interval`` seconds (unbounded: until Ctrl-C)."""
+        rounds = itertools.count() if max_rounds is None else range(max_rounds)
+        for _ in rounds:
+            now = time.monotonic()
+            for child in self.children:
+                if child.alive():
+                    continue
+                if child.due is None:  # just exited
+                    if now - child.started >= stable_s:
+                        child.restarts = 0
+                    code = child.proc.returncode
+                    if child.restarts >= max_restarts:
+                        print(f"{child.name} exited with {code} after {child.restarts} restarts; see {child.log}:\n"
+                              f"{child.tail()}", file=sys.stderr, flush=True)
+                        return child
+                    child.due = now + min(60.0, backoff_s * 2**child.restarts)
+                    note = (f"--- {child.name} exited with {code}; restarting in {child.due - now:.1f} s "
+                            f"({child.restarts + 1} of {max_restarts}) ---")
+                    print(note, file=sys.stderr, flush=True)
+                    with contextlib.suppress(OSError), child.log.open("a") as log:
+                        log.write(f"\n{note}\n")
+                elif now >= child.due:
+                    self.respawn(child)
+            if until is not None and until():
+                return None
+            time.sleep(interval)
+        return None
 
     def expect(self, child: Child, predicate: Callable[[], Any], timeout: float, what: str) -> None:
         ok = wait_for(lambda: (not child.alive()) or predicate(), timeout=timeout)
@@ -193,8 +251,10 @@ def start_redis(stack: Stack, url: str) -> str:
     return url
 
 
-def start_s3(stack: Stack, port: int) -> tuple[str, str, str]:
-    """MiniStack with AUTH=true; returns (endpoint, access key, secret) of an IAM user limited to the bucket."""
+def start_s3(stack: Stack, port: int, persist: bool = False) -> tuple[str, str, str]:
+    """MiniStack with AUTH=true; returns (endpoint, access key, secret) of an IAM user limited to the bucket.
+    ``persist``: objects (``S3_PERSIST``) and state such as the IAM user (``PERSIST_STATE``, saved when it
+    stops) are kept in the data dir and reloaded by the next start."""
     try:
         import boto3
     except ImportError as exc:
@@ -205,6 +265,8 @@ def start_s3(stack: Stack, port: int) -> tuple[str, str, str]:
     env.update(AUTH="true", SERVICES="s3,iam", GATEWAY_PORT=str(port), BIND_HOST="127.0.0.1",
                MINISTACK_HOST="127.0.0.1", S3_DATA_DIR=str(stack.data_dir / "s3"), LOG_LEVEL="WARNING",
                IOT_MTLS_ENABLED="0", SFTP_ENABLED="0", TMPDIR=str(stack.data_dir))
+    if persist:
+        env.update(S3_PERSIST="1", PERSIST_STATE="1", STATE_DIR=str(stack.data_dir / "ministack-state"))
     child = stack.spawn("ministack", [sys.executable, "-m", "ministack"], env)
     endpoint = f"http://127.0.0.1:{port}"
     stack.expect(child, lambda: http_ok(f"{endpoint}/_ministack/health"), 40, "MiniStack (S3)")
@@ -215,6 +277,8 @@ def start_s3(stack: Stack, port: int) -> tuple[str, str, str]:
     policy = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": [
         f"arn:aws:s3:::{BUCKET}", f"arn:aws:s3:::{BUCKET}/*"]}]}
     iam.put_user_policy(UserName=IAM_USER, PolicyName="veil-bucket", PolicyDocument=json.dumps(policy))
+    for old in iam.list_access_keys(UserName=IAM_USER)["AccessKeyMetadata"]:  # a persisted user's: at most 2
+        iam.delete_access_key(UserName=IAM_USER, AccessKeyId=old["AccessKeyId"])
     key = iam.create_access_key(UserName=IAM_USER)["AccessKey"]
     return endpoint, key["AccessKeyId"], key["SecretAccessKey"]
 
@@ -255,11 +319,29 @@ def start_receiver(stack: Stack, secret: str | None, port: int) -> str:
     """scripts/webhook_receiver.py on loopback for the demo tenant; returns its URL."""
     if not secret:
         raise StackError(f"tenant {TENANT!r} has no webhook secret")
+    # The secret through the environment: a command line is visible to every user (ps).
     child = stack.spawn("webhooks", [sys.executable, str(REPO / "scripts" / "webhook_receiver.py"),
-                                     "--secret", secret, "--port", str(port)], base_env())
+                                     "--port", str(port)], {**base_env(), "WEBHOOK_SECRET": secret})
     url = f"http://127.0.0.1:{port}"
     stack.expect(child, lambda: http_ok(f"{url}/events"), 20, "the webhook receiver")
     return url
+
+
+def wait_job_function() -> str:
+    """The session's shell function: long-poll a job until it ends (at most WAIT_TRIES waits of 30 s), then
+    print its status and report. The README shows the same function."""
+    auth = '-H "Authorization: Bearer $KEY"'
+    get = "python3 -c 'import json,sys; j=json.load(sys.stdin); print(%s)'"
+    return f"""\
+wait_job() {{  # long-poll job $1 until it ends ({WAIT_TRIES} waits of up to 30 s at most), then status and report
+  for _ in $(seq {WAIT_TRIES}); do
+    case $(curl -sS {auth} -H "Prefer: wait=30" $VEIL/v1/jobs/$1 | {get % 'j["status"]'}) in
+      succeeded|failed|canceled) break ;;
+    esac
+  done
+  curl -sS {auth} $VEIL/v1/jobs/$1 | {get % 'j["status"], j["report"]'}
+}}
+"""
 
 
 def curl_session(api: str, key: str, face: Path, archive: Path, hooks: str) -> str:
@@ -267,21 +349,22 @@ def curl_session(api: str, key: str, face: Path, archive: Path, hooks: str) -> s
     get = "python3 -c 'import json,sys; j=json.load(sys.stdin); print(%s)'"
     return f"""\
 export VEIL={api} HOOKS={hooks} KEY={key}
-
-# 1. a photo: submit (202, queued), long-poll until it finishes (the report: psnr, ssim, lpips, ...), download
+{wait_job_function()}
+# 1. a photo: submit (202, queued), wait until it finishes (the report: psnr, ssim, lpips, ...), download
 JOB=$(curl -sS {auth} -F file=@{face} $VEIL/v1/jobs | {get % 'j["id"]'})
-curl -sS {auth} -H "Prefer: wait=30" $VEIL/v1/jobs/$JOB | {get % 'j["status"], j["report"]'}
+wait_job $JOB
 curl -sS -o protected.png "$(curl -sS {auth} $VEIL/v1/jobs/$JOB/outputs | {get % 'j["data"][0]["url"]'})"
 file protected.png
 
 # 2. an archive (3 photos + a text file): a zip of protected photos with report.json and report.csv
-JOB=$(curl -sS {auth} -H "Prefer: wait=30" -F file=@{archive} $VEIL/v1/jobs | {get % 'j["id"]'})
-curl -sS {auth} $VEIL/v1/jobs/$JOB | {get % 'j["status"], j["report"]'}
+JOB=$(curl -sS {auth} -F file=@{archive} $VEIL/v1/jobs | {get % 'j["id"]'})
+wait_job $JOB
 curl -sS -o faces-protected.zip "$(curl -sS {auth} $VEIL/v1/jobs/$JOB/outputs | {get % 'j["data"][0]["url"]'})"
 unzip -l faces-protected.zip
 
 # 3. a webhook: the local receiver checks each delivery's Standard Webhooks signature with the tenant's secret
-curl -sS {auth} -H "Prefer: wait=30" -F file=@{face} -F webhook_url=$HOOKS/veil $VEIL/v1/jobs >/dev/null
+JOB=$(curl -sS {auth} -F file=@{face} -F webhook_url=$HOOKS/veil $VEIL/v1/jobs | {get % 'j["id"]'})
+wait_job $JOB >/dev/null
 sleep 2; curl -sS $HOOKS/events | {get % '[(e["type"], e["verified"]) for e in j]'}
 """
 
@@ -292,17 +375,47 @@ sleep 2; curl -sS $HOOKS/events | {get % '[(e["type"], e["verified"]) for e in j
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     p.add_argument("--redis-url", default="redis://127.0.0.1:6379/0", help="used if it answers PING")
-    p.add_argument("--redis-prefix", default="veil:")
+    p.add_argument("--redis-prefix", help="of every Redis key, the broker's too (default: one per data dir)")
     p.add_argument("--api-port", type=int, default=8000)
     p.add_argument("--s3-port", type=int, default=4566)
     p.add_argument("--hooks-port", type=int, default=9000, help="the local webhook receiver")
     group = p.add_mutually_exclusive_group()
     group.add_argument("--checkpoints", type=Path, help="forger weights folder (default: the shipped ones)")
     group.add_argument("--tiny-forger", action="store_true", help="random tiny StarGAN (demo without weights)")
-    p.add_argument("--data-dir", type=Path, help="default: a new temporary folder")
+    p.add_argument("--data-dir", type=Path,
+                   help="logs, demo photos and MiniStack's data, kept across restarts (default: a new temp folder)")
+    p.add_argument("--max-restarts", type=int, default=5, help="of one process in a row before the stack stops")
     p.add_argument("--gpu-pool", default="solo", choices=["solo", "prefork"])
     p.add_argument("--exit-after-start", action="store_true", help="stop once everything is up (smoke test)")
     return p.parse_args(argv)
+
+
+def stack_prefix(args: argparse.Namespace, data_dir: Path) -> str:
+    """The stack's Redis key prefix: ``--redis-prefix``, else one derived from the data dir (the same stack
+    restarted finds its keys again; two stacks never share them)."""
+    if args.redis_prefix:
+        return str(args.redis_prefix)
+    return f"veil-{hashlib.sha256(str(data_dir.resolve()).encode()).hexdigest()[:8]}:"
+
+
+def service_env(args: argparse.Namespace, data_dir: Path, redis_url: str, s3: tuple[str, str, str], hooks_port: int,
+                checkpoints_env: dict[str, str] | None = None) -> dict[str, str]:
+    """The ``VEIL_*`` environment of the API and the workers."""
+    endpoint, access_key, secret_key = s3
+    prefix = stack_prefix(args, data_dir)
+    return {
+        **base_env(),
+        **(checkpoints_env or {}),
+        "VEIL_REDIS_URL": redis_url,
+        "VEIL_REDIS_PREFIX": prefix,
+        "VEIL_CELERY_KEY_PREFIX": f"{prefix}celery:",  # this stack's queues: no other stack's worker takes its tasks
+        "VEIL_S3_ENDPOINT_URL": endpoint,
+        "VEIL_S3_ACCESS_KEY_ID": access_key,
+        "VEIL_S3_SECRET_ACCESS_KEY": secret_key,
+        "VEIL_S3_BUCKET": BUCKET,
+        "VEIL_WEBHOOK_ALLOW_HOSTS": f"127.0.0.1:{hooks_port}",  # the local receiver only (no other loopback port)
+        "VEIL_WORKER_HEARTBEAT_TTL_S": "15",
+    }
 
 
 def run(args: argparse.Namespace) -> int:
@@ -331,20 +444,12 @@ def run(args: argparse.Namespace) -> int:
         print("starting Redis ...", flush=True)
         redis_url = start_redis(stack, args.redis_url)
         print("starting S3 (MiniStack, AUTH=true) ...", flush=True)
-        endpoint, access_key, secret_key = start_s3(stack, free_port(args.s3_port))
+        s3 = start_s3(stack, free_port(args.s3_port), persist=args.data_dir is not None)
+        endpoint = s3[0]
         api_port = free_port(args.api_port)
-        env = {
-            **base_env(),
-            **checkpoints_env,
-            "VEIL_REDIS_URL": redis_url,
-            "VEIL_REDIS_PREFIX": args.redis_prefix,
-            "VEIL_S3_ENDPOINT_URL": endpoint,
-            "VEIL_S3_ACCESS_KEY_ID": access_key,
-            "VEIL_S3_SECRET_ACCESS_KEY": secret_key,
-            "VEIL_S3_BUCKET": BUCKET,
-            "VEIL_WEBHOOK_ALLOW_HOSTS": "127.0.0.1,localhost",  # a local receiver may get webhooks
-            "VEIL_WORKER_HEARTBEAT_TTL_S": "15",
-        }
+        hooks_port = free_port(args.hooks_port)
+        env = service_env(args, data_dir, redis_url, s3, hooks_port, checkpoints_env)
+        prefix = env["VEIL_REDIS_PREFIX"]
         print("starting the API and the workers ...", flush=True)
         api = stack.spawn("api", [sys.executable, "-m", "uvicorn", "api.main:app", "--host", "127.0.0.1",
                                   "--port", str(api_port), "--log-level", "info"], env)
@@ -364,15 +469,15 @@ def run(args: argparse.Namespace) -> int:
         from service.config import Settings
         from service.keys import create_key, get_webhook_secret
 
-        settings = Settings(redis_url=redis_url, redis_prefix=args.redis_prefix)
+        settings = Settings(redis_url=redis_url, redis_prefix=prefix)
         key = create_key(TENANT, settings=settings)
-        hooks_url = start_receiver(stack, get_webhook_secret(TENANT, settings=settings), free_port(args.hooks_port))
+        hooks_url = start_receiver(stack, get_webhook_secret(TENANT, settings=settings), hooks_port)
         face, archive = demo_files(data_dir)
         print(f"""
 Veil is running (Ctrl-C stops everything).
   API        {api_url}   docs: {api_url}/docs   ready: {api_url}/readyz
   S3         {endpoint}   bucket {BUCKET}, IAM user {IAM_USER} (MiniStack, AUTH=true)
-  Redis      {redis_url}   prefix {args.redis_prefix}
+  Redis      {redis_url}   prefix {prefix} (Celery: {env["VEIL_CELERY_KEY_PREFIX"]})
   forgers    {folder}{' (tiny random StarGAN: demo only)' if args.tiny_forger else ''}
   logs       {stack.logs}
   API key    {key}   (tenant {TENANT})
@@ -381,11 +486,8 @@ Veil is running (Ctrl-C stops everything).
 {curl_session(api_url, key, face, archive, hooks_url)}""", flush=True)
         if args.exit_after_start:
             return 0
-        while all(c.alive() for c in stack.children):
-            time.sleep(1)
-        dead = [c for c in stack.children if not c.alive()]
-        for c in dead:
-            print(f"{c.name} exited with {c.proc.returncode}; see {c.log}:\n{c.tail()}", file=sys.stderr)
+        dead = stack.supervise(max_restarts=args.max_restarts)  # restarts what exits; returns when one gives up
+        print(f"{dead.name if dead else 'a process'} keeps exiting: stopping the stack", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("\nstopping ...", flush=True)

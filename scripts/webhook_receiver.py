@@ -1,8 +1,10 @@
 #!/usr/bin/env python3
 """A webhook receiver for trying Veil locally: verifies every delivery with ``standardwebhooks``.
 
-    python scripts/webhook_receiver.py --secret whsec_... --port 9000
+    WEBHOOK_SECRET=whsec_... python scripts/webhook_receiver.py --port 9000
 
+* The tenant's secret comes from ``WEBHOOK_SECRET`` or ``--secret-file`` (``--secret`` too, but a command
+  line is visible to every user of the machine, in ``ps``).
 * ``POST`` (any path): the body is verified against the ``webhook-id``, ``webhook-timestamp`` and
   ``webhook-signature`` headers with the tenant's secret (``veil keys secret --tenant T``). A valid delivery
   answers 204 and is kept; a bad signature answers 401 and is kept too, marked ``verified: false``.
@@ -17,10 +19,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import threading
 from collections import deque
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 from standardwebhooks import Webhook
@@ -85,12 +89,19 @@ class Handler(BaseHTTPRequestHandler):
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
-    p.add_argument("--secret", required=True, help="the tenant's whsec_... secret")
+    p.add_argument("--secret", help="the tenant's whsec_... secret (visible in ps: prefer WEBHOOK_SECRET)")
+    p.add_argument("--secret-file", type=Path, help="a file holding the secret")
     p.add_argument("--port", type=int, default=9000)
     p.add_argument("--max-events", type=int, default=1000)
     args = p.parse_args(argv)
+    secret = args.secret or os.environ.get("WEBHOOK_SECRET", "")
+    if args.secret_file:
+        secret = args.secret_file.read_text().strip()
+    if not secret:
+        print("error: give the secret in WEBHOOK_SECRET (or --secret-file)", file=sys.stderr)
+        return 2
     try:
-        server = Receiver(args.port, args.secret, args.max_events)
+        server = Receiver(args.port, secret, args.max_events)
     except OSError as exc:
         print(f"error: cannot listen on 127.0.0.1:{args.port}: {exc}", file=sys.stderr)
         return 2

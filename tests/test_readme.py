@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.util
 import re
 import shlex
+import sys
 from pathlib import Path
 
 import pytest
@@ -49,3 +51,21 @@ def test_make_targets_in_readme_exist() -> None:
     targets = set(re.findall(r"^([a-z-]+):", makefile, re.M))
     for target in set(re.findall(r"`make ([a-z-]+)", README)) | set(re.findall(r"^make ([a-z-]+)", README, re.M)):
         assert target in targets, target
+
+
+def test_readme_session_waits_like_the_printed_one() -> None:
+    """The README's service session and the one `make run` prints (scripts/run_stack.py, run by
+    tests/worker/test_worker_stack.py) wait for jobs with the same bounded long-poll loop."""
+    spec = importlib.util.spec_from_file_location("veil_run_stack_readme", ROOT / "scripts" / "run_stack.py")
+    assert spec is not None and spec.loader is not None
+    run_stack = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = run_stack  # its dataclasses look their module up
+    spec.loader.exec_module(run_stack)
+    function = run_stack.wait_job_function()
+    [block] = [b for b in re.findall(r"```bash\n(.*?)```", README, re.S) if "export VEIL=" in b]
+    assert function in block
+    session = run_stack.curl_session("http://a", "k", Path("/d/face.png"), Path("/d/faces.zip"), "http://h")
+    assert function in session
+    for text in (block, session):  # every job is waited for with it, never with a single Prefer: wait
+        assert text.count("wait_job $JOB") >= 2
+        assert "Prefer: wait=30" not in text.replace(function, "")

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import shutil
 import subprocess
+import sys
 import threading
 from datetime import UTC, datetime
 from pathlib import Path
@@ -129,6 +131,150 @@ def test_webhook_receiver_verifies_signatures() -> None:
         assert [(e.get("type"), e["verified"]) for e in events] == [("job.completed", True), (None, False)]
         assert events[0]["data"] == {"id": "job_1"}
         assert httpx.get(f"{url}/other", timeout=5).status_code == 404
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+# ---- #13: the dev stack's supervision, isolation, secrets and persistence --------------------------------
+
+
+def test_a_dead_process_is_restarted_not_the_whole_stack(run_stack: ModuleType, tmp_path: Path) -> None:
+    stack = run_stack.Stack(tmp_path)
+    marker = tmp_path / "crashed-once"
+    code = ("import pathlib, sys, time; m = pathlib.Path(sys.argv[1])\n"
+            "if not m.exists(): m.touch(); sys.exit(3)\n"
+            "time.sleep(60)")
+    try:
+        steady = stack.spawn("steady", [sys.executable, "-c", "import time; time.sleep(60)"], {})
+        flaky = stack.spawn("flaky", [sys.executable, "-c", code, str(marker)], {})
+        first_pid, steady_pid = flaky.proc.pid, steady.proc.pid
+        assert stack.supervise(max_restarts=3, interval=0.1, max_rounds=30, until=lambda: flaky.restarts == 1) is None
+        assert flaky.restarts == 1 and flaky.proc.pid != first_pid and flaky.alive()
+        assert steady.proc.pid == steady_pid and steady.alive() and steady.restarts == 0
+        assert "restarting" in (tmp_path / "logs" / "flaky.log").read_text()
+        # One that keeps dying is given up on after its restarts: then the stack stops.
+        doomed = stack.spawn("doomed", [sys.executable, "-c", "raise SystemExit(4)"], {})
+        assert stack.supervise(max_restarts=2, interval=0.05, max_rounds=200, backoff_s=0.05) is doomed
+        assert doomed.restarts == 2 and steady.alive()
+    finally:
+        stack.stop(timeout=10)
+
+
+def test_each_stack_has_its_own_keys_and_queues(run_stack: ModuleType, tmp_path: Path) -> None:
+    """Two stacks on one Redis: their own key prefix and Celery key prefix (the workers take only their
+    stack's tasks), and an allow-list of exactly their receiver's host:port."""
+    from service.config import Settings
+
+    envs = []
+    for name in ("a", "b"):
+        args = run_stack.parse_args(["--data-dir", str(tmp_path / name)])
+        envs.append(run_stack.service_env(args, tmp_path / name, "redis://127.0.0.1:6379/0",
+                                          ("http://127.0.0.1:1", "AKIA", "s3cret"), hooks_port=9123))
+    settings = [Settings(**{k.removeprefix("VEIL_").lower(): v for k, v in env.items()
+                            if k.startswith("VEIL_")}) for env in envs]
+    assert settings[0].redis_prefix != settings[1].redis_prefix
+    for s in settings:
+        assert s.celery_key_prefix == f"{s.redis_prefix}celery:"
+        assert s.webhook_allow_hosts == ["127.0.0.1:9123"]
+    # the same data dir (a restarted stack): the same prefix, its jobs and keys found again
+    again = run_stack.service_env(run_stack.parse_args(["--data-dir", str(tmp_path / "a")]), tmp_path / "a",
+                                  "redis://127.0.0.1:6379/0", ("http://127.0.0.1:1", "AKIA", "s3cret"), hooks_port=1)
+    assert again["VEIL_REDIS_PREFIX"] == envs[0]["VEIL_REDIS_PREFIX"]
+    explicit = run_stack.parse_args(["--redis-prefix", "mine:"])
+    assert run_stack.service_env(explicit, tmp_path, "redis://x", ("e", "a", "s"), 1)["VEIL_CELERY_KEY_PREFIX"] == (
+        "mine:celery:")
+
+
+def test_the_webhook_secret_is_not_on_a_command_line(run_stack: ModuleType, tmp_path: Path) -> None:
+    import httpx
+
+    from service.keys import new_webhook_secret
+    from service.webhooks import message, sign
+
+    secret = new_webhook_secret()
+    stack = run_stack.Stack(tmp_path)
+    try:
+        url = run_stack.start_receiver(stack, secret, run_stack.free_port())
+        [child] = stack.children
+        cmdline = Path(f"/proc/{child.proc.pid}/cmdline").read_bytes().decode()
+        assert secret not in cmdline and secret.removeprefix("whsec_") not in cmdline
+        now = datetime.now(UTC)
+        body = message("job.completed", {"id": "job_1"}, now)
+        r = httpx.post(f"{url}/veil", content=body, headers=sign(secret, "m1", now, body), timeout=5)
+        assert r.status_code == 204
+    finally:
+        stack.stop(timeout=10)
+
+
+@pytest.mark.slow
+def test_ministack_keeps_its_data_in_the_data_dir(run_stack: ModuleType, tmp_path: Path) -> None:
+    """--data-dir: MiniStack's objects (and its IAM user) survive a restart of the stack."""
+    import boto3
+
+    def s3(endpoint: str, key: str, secret: str) -> Any:
+        return boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id=key,
+                            aws_secret_access_key=secret)
+
+    port = run_stack.free_port()
+    stack = run_stack.Stack(tmp_path)
+    try:
+        endpoint, key, secret = run_stack.start_s3(stack, port, persist=True)
+        client = s3(endpoint, key, secret)
+        client.create_bucket(Bucket=run_stack.BUCKET)
+        client.put_object(Bucket=run_stack.BUCKET, Key="kept.txt", Body=b"still here")
+    finally:
+        stack.stop(timeout=20)
+    stack = run_stack.Stack(tmp_path)
+    try:
+        endpoint, key, secret = run_stack.start_s3(stack, port, persist=True)
+        body = s3(endpoint, key, secret).get_object(Bucket=run_stack.BUCKET, Key="kept.txt")["Body"].read()
+        assert body == b"still here"
+    finally:
+        stack.stop(timeout=20)
+
+
+def test_printed_session_polls_until_the_job_ends(run_stack: ModuleType, tmp_path: Path) -> None:
+    """The session long-polls in a bounded loop (an archive takes longer than one Prefer: wait=30): run its
+    wait_job function against a scripted API whose job runs for three polls."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    polls: list[str | None] = []
+    finish_after = {"job_done": 3, "job_never": 10_000}
+
+    class Api(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            job = self.path.rsplit("/", 1)[-1]
+            polls.append(self.headers.get("prefer"))
+            n = sum(1 for _ in polls)
+            status = "succeeded" if n > finish_after.get(job, 0) else "running"
+            body = json.dumps({"id": job, "status": status, "report": {"photos": n}}).encode()
+            self.send_response(200)
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Api)
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    api = f"http://127.0.0.1:{server.server_address[1]}"
+    session = run_stack.curl_session(api, "k", Path("/d/face.png"), Path("/d/faces.zip"), "http://127.0.0.1:9")
+    func = session[session.index("wait_job() {"):]
+    func = func[: func.index("\n}\n") + 3]
+    try:
+        def wait(job: str) -> str:
+            polls.clear()
+            done = subprocess.run(["bash", "-euo", "pipefail", "-c", f"{func}\nwait_job {job}"], capture_output=True,
+                                  text=True, timeout=60, env={"PATH": os.environ["PATH"], "VEIL": api, "KEY": "k"})
+            assert done.returncode == 0, done.stderr
+            return done.stdout
+
+        assert "succeeded" in wait("job_done") and len(polls) == 5  # 4 long-polls, then the report
+        assert all(p and p.startswith("wait=") for p in polls[:4])
+        out = wait("job_never")  # bounded: gives up after its tries, showing the last status
+        assert "running" in out and len(polls) == run_stack.WAIT_TRIES + 1
     finally:
         server.shutdown()
         server.server_close()
