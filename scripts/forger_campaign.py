@@ -102,7 +102,7 @@ def snapshot(trainer: Any, stage: str) -> Path:
 
 
 def measure(trainer: Any, data: Path | None) -> dict[str, Any]:
-    from core.classifier import load_classifier
+    from core.classifier import load_judge
     from core.data import FacePack, default_celeba_dir
     from core.forger_eval import measure_forger
 
@@ -116,7 +116,7 @@ def measure(trainer: Any, data: Path | None) -> dict[str, Any]:
         forger = trainer.forger
         generator = forger.generator
         forger.generator = G
-        return measure_forger(forger, x, c, load_classifier())
+        return measure_forger(forger, x, c, load_judge())
     finally:
         forger.generator = generator
         G.train(was_training)
@@ -200,7 +200,7 @@ def main() -> None:
     ap.add_argument("--state", type=Path, default=default_state())
     ap.add_argument("--data", type=Path, default=None, help="CelebA root (default: the shared dataset)")
     ap.add_argument("--chunk-minutes", type=float, default=10.0)
-    ap.add_argument("--snapshot-minutes", type=float, default=20.0, help="CPU minutes between snapshots")
+    ap.add_argument("--snapshot-minutes", type=float, default=10.0, help="CPU minutes between snapshots")
     ap.add_argument("--hours", type=float, default=None, help="stop after this much wall time")
     ap.add_argument("--status", action="store_true", help="print where each stage stands and exit")
     args = ap.parse_args()
