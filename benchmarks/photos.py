@@ -122,8 +122,8 @@ def write_markdown(path: Path, info: dict[str, Any], summaries: dict[str, dict[s
              f"Command: `{info['command']}`", "",
              f"Machine: {info['machine']}; torch threads {info['threads']}; load average (1 min) "
              f"{info['load_average_1min_start']} at the start, {info['load_average_1min_end']} at the end.", "",
-             "Median receipt (share of the forgers' edits defeated) per condition, over the photos with faces; "
-             "`worst 10 %`: the 10th percentile of each photo's lowest condition.", "",
+             "Receipt (share of the forgers' edits defeated) per condition over the photos with faces: median, "
+             "and the mean in brackets; `worst 10 %`: the 10th percentile of each photo's lowest condition.", "",
              "| method | faces/photos | " + " | ".join(conds) + " | median min | worst 10 % | PSNR dB | LPIPS | "
              "s (512 px) | s (2 MP) | s (12 MP) |",
              "|---" * (len(conds) + 9) + "|"]
@@ -134,12 +134,18 @@ def write_markdown(path: Path, info: dict[str, Any], summaries: dict[str, dict[s
         return f"{100 * v:.0f} %" if pct else f"{v:.{digits}f}"
 
     for method, s in summaries.items():
-        cells = [f(s[f"median_{c}"], pct=True) for c in conds]
+        cells = [f"{f(s[f'median_{c}'], pct=True)} ({f(s[f'mean_{c}'], pct=True)})" for c in conds]
         lines.append(f"| {method} | {s['with_faces']}/{s['photos']} | " + " | ".join(cells) +
                      f" | {f(s['median_min_success'], pct=True)} | {f(s['worst_decile_min_success'], pct=True)} | "
                      f"{f(s['median_psnr'])} | {f(s['median_lpips'], digits=4)} | {f(s['median_seconds_512px'])} | "
                      f"{f(s['median_seconds_2MP'])} | {f(s['median_seconds_12MP'])} |")
     path.write_text("\n".join(lines) + "\n")
+
+
+def rewrite_markdown(json_path: Path) -> None:
+    """Re-render a result's Markdown from its JSON (after a change of layout)."""
+    data = json.loads(json_path.read_text())
+    write_markdown(json_path.with_suffix(".md"), data["info"], data["summary"])
 
 
 def main() -> None:
