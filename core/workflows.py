@@ -246,7 +246,7 @@ it exists so that Veil's protections are measured against a real editor.
 def measure_and_record(name: str, data: Path, limit: int, advance: Callable[[int], Any] = lambda n: None
                        ) -> dict[str, Any]:
     """Measure a manifest forger on the validation faces; store the numbers in its entry and card."""
-    from core.classifier import load_classifier
+    from core.classifier import CLASSIFIER_NAME, JUDGE_NAME, load_classifier
     from core.forger_eval import measure_forger
     from core.forgers import create_forger
 
@@ -259,11 +259,17 @@ def measure_and_record(name: str, data: Path, limit: int, advance: Callable[[int
     forger = create_forger(entry.forger, name)
     faces, attrs, _ = load_faces(data, limit, forger.image_size)  # its own resolution: no resampling loss
     assert attrs is not None
-    try:
-        classifier = load_classifier()
-    except CheckpointError:
-        classifier = None
+    # The judge: the 128 px classifier where it is shipped, else the 64 px one; the card names it.
+    classifier, judge = None, None
+    for judge_name in (JUDGE_NAME, CLASSIFIER_NAME):
+        try:
+            classifier, judge = load_classifier(name=judge_name), judge_name
+            break
+        except CheckpointError:
+            continue
     numbers = measure_forger(forger, faces, attrs, classifier, advance=advance)
+    if judge is not None:
+        numbers["judge"] = judge
     entry.info["metrics"] = {k: v for k, v in numbers.items() if not isinstance(v, dict)}
     entry.info["metrics_detail"] = {k: v for k, v in numbers.items() if isinstance(v, dict)}
     manifest.upsert(entry)

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from core.channel import IDENTITY, AttackerChannel, ChannelSpec, Framing, square_mask
+from core.channel import IDENTITY, AttackerChannel, ChannelSpec, Framing, square_mask, texture_mask
 from core.faces import Frame, align_crop
 from core.forgers import create_forger
 from core.image import LoadedImage, quantize
@@ -116,3 +116,16 @@ def test_faces_protected_at_the_photo_resolution_change_only_their_squares(astro
     # a perturbation at the photo's resolution, not an upsampled forger-size one: neighbours differ
     centre = delta[int(frame.cy) - 20 : int(frame.cy) + 20, int(frame.cx) - 20 : int(frame.cx) + 20]
     assert float(centre.mean()) > 0
+
+
+def test_texture_mask_gives_flat_regions_the_floor_and_texture_the_full_budget() -> None:
+    flat = torch.zeros(1, 3, 20, 40)
+    checker = ((torch.arange(20)[:, None] + torch.arange(40)[None, :]) % 2).float()[None, None].expand(1, 3, -1, -1)
+    x = torch.cat([flat[..., :20], checker[..., 20:] * 0.5], dim=-1)  # left flat grey, right a fine checkerboard
+    m = texture_mask(x, floor=0.3)
+    assert m.shape == (1, 1, 20, 40)
+    assert torch.allclose(m[..., :, :10], torch.full_like(m[..., :, :10], 0.3))
+    assert torch.allclose(m[..., :, 30:], torch.ones_like(m[..., :, 30:]))
+    assert torch.equal(texture_mask(x, floor=1.0), torch.ones_like(m))  # 1: a uniform budget
+    ch = AttackerChannel(x, Frame(20.0, 10.0, 18.0), 16, ChannelSpec(flat_budget=0.3))
+    assert float(ch.mask[0, 0, 10, 12]) == pytest.approx(0.3, abs=1e-6)  # inside the square, on the flat side
