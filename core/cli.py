@@ -148,7 +148,7 @@ def protect(
             except Exception as exc:  # one bad photo does not stop the others; the report says why
                 failed += 1
                 reason = str(exc) if isinstance(exc, ImageError | ValueError | OSError) else repr(exc)
-                results.append({"input": str(src), "error": reason})
+                results.append({"name": src.name, "input": str(src), "error": reason})
                 err_console.print(f"[yellow]skipped[/yellow] {src}: {reason}", highlight=False)
             bar.advance(task)
     out.mkdir(parents=True, exist_ok=True)
@@ -180,15 +180,15 @@ def _print_protect_table(results: list[dict[str, Any]]) -> None:
     table = Table("photo", "PSNR dB", "SSIM", "LPIPS", "success (clean)", "seconds")
     for r in results:
         if "error" in r:
-            table.add_row(Path(r["input"]).name, "[red]" + r["error"], "", "", "", "")
+            table.add_row(r["name"], "[red]" + r["error"], "", "", "", "")
             continue
         n = len(r["faces"])
         what = {"faces": f"{n} face{'s' if n > 1 else ''}", "whole_image": "whole photo"}.get(r["protection"],
                                                                                            "[yellow]no face")
         lp = r["lpips"]
         succ = ", ".join(f"{k} {_fmt(100 * (v['success_rate'] or 0), '.0f')} %" for k, v in r["forgers"].items())
-        table.add_row(f"{Path(r['input']).name} ({what})", _fmt(r["psnr"], ".2f"), _fmt(r["ssim"], ".4f"),
-                      _fmt(lp, ".4f") if isinstance(lp, float) else str(lp), succ, _fmt(r["seconds"], ".1f"))
+        table.add_row(f"{r['name']} ({what})", _fmt(r["psnr"], ".2f"), _fmt(r["ssim"], ".4f"),
+                      _fmt(lp, ".4f") if r["lpips_available"] else "unavailable", succ, _fmt(r["seconds"], ".1f"))
     console.print(table)
 
 

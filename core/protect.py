@@ -39,6 +39,7 @@ from core.forgers import Forger, create_forger
 from core.image import SUFFIX_FORMATS, LoadedImage, encode_image, load_image, quantize, save_image
 from core.methods import Protection, create_method
 from core.receipt import RECEIPT_CONDITIONS, attacker_crops, face_window, forger_numbers, photo_receipt
+from core.report import PhotoReport, validated
 from core.targets import fixed_targets, select_edits, targets_for
 from core.transforms import EoT
 
@@ -271,6 +272,7 @@ def protect_images(
         report = photo_report(protection, job, max_faces, verify, receipt_conditions)
         # The receipt (re-detection, forgers on the protected photo, quality metrics) is compute too.
         report["report_seconds"] = time.perf_counter() - report_start
+        report = checked_report(report)
         out.append(Protected(job.image, job.x_adv.cpu() if job.x_adv is not None else job.image.tensor.clone(),
                              report, job.encoded, job.frames or (job.faces or None), job.targets,
                              list(only) if only is not None else list(protection.attributes), job.faces or None))
@@ -458,7 +460,8 @@ def photo_report(
     report.update({
         "psnr": quality["psnr"],
         "ssim": quality["ssim"],
-        "lpips": quality["lpips"],
+        "lpips": _lpips_or_none(quality["lpips"]),
+        "lpips_available": quality["lpips"] != "unavailable",  # else LPIPS's weights are missing (`veil weights`)
         "linf": float((x_adv - x).abs().max()),
         "within_budget": job.within_budget,  # of the protection, before any lossy output encoding
         "lossy_output": job.encoded is not None,  # then every number here is of the decoded delivered file
@@ -489,6 +492,16 @@ WHOLE_PHOTO_NOTE = ("No face was found in this photo, so it was protected as one
                     "show that a face in this photo is protected.")
 
 
+def checked_report(report: dict[str, Any]) -> dict[str, Any]:
+    """A photo's report as :class:`core.report.PhotoReport` declares it (raises where it does not)."""
+    return validated(PhotoReport, report)
+
+
+def _lpips_or_none(value: Any) -> float | None:
+    """LPIPS as the report has it: a number, or None (nothing compared, or ``"unavailable"``)."""
+    return value if isinstance(value, float) else None
+
+
 def _quality(protection: Protection, x: torch.Tensor, x_adv: torch.Tensor) -> dict[str, Any]:
     """PSNR, SSIM, LPIPS of x_adv against x (as :func:`core.evaluate.summarize` gives them)."""
     no_targets = torch.zeros(1, 1, len(protection.attributes))
@@ -516,7 +529,8 @@ def _face_quality(protection: Protection, job: _Job) -> dict[str, Any]:
             weighted["lpips"] += q["lpips"] * area
         else:
             lpips_known = False
-        regions.append({"region": list(bounds), "psnr": q["psnr"], "ssim": q["ssim"], "lpips": q["lpips"]})
+        regions.append({"region": list(bounds), "psnr": q["psnr"], "ssim": q["ssim"],
+                        "lpips": _lpips_or_none(q["lpips"])})
     mse = sq_err / max(pixels, 1.0)
     psnr = min(PSNR_CAP, 10 * math.log10(4.0 / mse)) if mse > 0 else PSNR_CAP
     return {
@@ -568,7 +582,8 @@ def protect_file(
     protection: Protection, src: Path, dst: Path, whole_image: bool = False, max_faces: int = DEFAULT_MAX_FACES,
     refine: int = 1, keep_metadata: bool = False, channel: ChannelSpec | None = None,
 ) -> dict[str, Any]:
-    """Load ``src``, protect its faces, write ``dst`` (PNG unless its suffix asks otherwise); return the report.
+    """Load ``src``, protect its faces, write ``dst`` (PNG unless its suffix asks otherwise); return the report
+    (a :class:`core.report.PhotoEntry`: ``name`` the file's name, as in the API, and ``input`` its path).
 
     A photo with no face is not written (``"output": None``) unless ``whole_image`` protects it whole. A JPEG
     or WebP ``dst`` is measured as delivered; ``keep_metadata`` writes the source's EXIF (GPS included).
@@ -577,11 +592,11 @@ def protect_file(
     result = protect_image(protection, load_image(src), whole_image=whole_image, max_faces=max_faces, refine=refine,
                            output_format=fmt, keep_metadata=keep_metadata, channel=channel)
     if result.report["protection"] == "no_face":
-        return {"input": str(src), "output": None, **result.report}
+        return {"name": src.name, "input": str(src), "output": None, **result.report}
     if result.encoded is not None:
         dst.parent.mkdir(parents=True, exist_ok=True)
         dst.write_bytes(result.encoded)
     else:
         save_image(result.x_adv, dst, alpha=result.image.alpha, icc_profile=result.image.icc_profile,
                    exif=result.image.exif if keep_metadata else None)
-    return {"input": str(src), "output": str(dst), **result.report}
+    return {"name": src.name, "input": str(src), "output": str(dst), **result.report}

@@ -1,7 +1,8 @@
 """The public view of a job: the body of ``GET /v1/jobs/{id}`` and the ``data`` of every webhook event.
 
 Built from the :class:`service.jobs.JobRecord` by :func:`job_out`, by the gateway (responses) and the
-workers (webhook snapshots) alike.
+workers (webhook snapshots) alike. The job's ``report`` is typed by the report contract,
+:class:`core.report.JobReport` (pydantic only: the one core module the service layer imports).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from core.report import JobReport
 from service.jobs import JobRecord
 from service.states import JobStatus
 
@@ -73,10 +75,10 @@ class Job(BaseModel):
     finished_at: datetime | None
     expires_at: datetime
     error: JobErrorOut | None
-    report: dict[str, Any] | None = Field(
+    report: JobReport | None = Field(
         default=None,
-        description="set by the worker when the job ends: a photo's metrics (psnr, ssim, lpips, linf, "
-        "within_budget, forgers' success rates), an archive's summary (details in report.json/report.csv)",
+        description="set by the worker when the job ends: a photo's report (quality, the forgers' success rates, "
+        "the receipt), an archive's summary (details in report.json/report.csv)",
     )
     metadata: dict[str, Any]
     webhook: WebhookOut | None
@@ -122,7 +124,7 @@ def job_out(job: JobRecord, attempts: list[dict[str, Any]] | None = None) -> Job
         finished_at=ts(job.finished_at),
         expires_at=ts(job.expires_at),  # type: ignore[arg-type]
         error=JobErrorOut(code=job.error_code, message=job.error_message or "") if job.error_code else None,
-        report=job.report,
+        report=JobReport.model_validate(job.report) if job.report is not None else None,
         metadata=job.metadata,
         webhook=webhook,
         links={"self": base, "outputs": f"{base}/outputs", "cancel": f"{base}/cancel"},

@@ -369,7 +369,7 @@
     if (photo.protection) addTerm(list, "Protected", String(photo.protection).replace("_", " "));
     addTerm(list, "PSNR", isNumber(photo.psnr) ? `${fmt(photo.psnr, 2)} dB` : "—");
     addTerm(list, "SSIM", fmt(photo.ssim, 4));
-    addTerm(list, "LPIPS", fmt(photo.lpips, 4));
+    addTerm(list, "LPIPS", photo.lpips_available === false ? "unavailable" : fmt(photo.lpips, 4));
     if (typeof photo.within_budget === "boolean") addTerm(list, "Within budget", photo.within_budget ? "yes" : "no");
     if (isNumber(job.eps)) addTerm(list, "Budget (eps)", `${fmt(job.eps, 4)}${job.strength ? ` (${job.strength})` : ""}`);
     const receipt = photo.receipt;

@@ -22,6 +22,7 @@ from typing import Any
 from botocore.exceptions import BotoCoreError, ClientError
 from celery import Task
 
+from core.report import JobReport, WorkerPhotoReport, validated
 from service.contract import OutputRef, TaskPayload
 from service.jobs import JobRecord
 from service.queue import TASK_PACK_ARCHIVE, TASK_PROTECT_ARCHIVE, TASK_PROTECT_GROUP
@@ -289,7 +290,8 @@ def protect_batch(
         key = f"{work_prefix(p)}out/{item.index:06d}{ext}"
         ctx.storage.put_bytes(key, outcome.data, ctype)
         results.append(
-            arc.EntryResult(item.index, item.name, "ok", key=key, size=len(outcome.data), report=outcome.report)
+            arc.EntryResult(item.index, item.name, "ok", key=key, size=len(outcome.data),
+                            report=validated(WorkerPhotoReport, outcome.report))
         )
     return record(ctx, p.job_id, results)
 
@@ -356,7 +358,8 @@ def pack(ctx: Context, p: TaskPayload, job: JobRecord) -> str:
     ctx.storage.put_bytes(f"{p.output_prefix}report.json", report_json, "application/json")
     ctx.storage.put_bytes(f"{p.output_prefix}report.csv", report_csv, "text/csv")
     summary = document["summary"]
-    report = {"summary": summary, "files": [zip_key[len(p.output_prefix) :], "report.json", "report.csv"]}
+    report = validated(JobReport, {"summary": summary,
+                                   "files": [zip_key[len(p.output_prefix) :], "report.json", "report.csv"]})
     outputs = [
         OutputRef(key=zip_key, size=zip_size, content_type="application/zip", source=p.input.filename),
         OutputRef(key=f"{p.output_prefix}report.json", size=len(report_json), content_type="application/json"),

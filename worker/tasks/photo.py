@@ -6,6 +6,7 @@ from typing import Any
 
 from celery import Task
 
+from core.report import JobReport, validated
 from service.contract import OutputRef, TaskPayload
 from service.queue import TASK_PROTECT
 from service.storage import safe_filename
@@ -68,7 +69,7 @@ def protect_photo(ctx: Context, p: TaskPayload) -> str:
     outputs = [OutputRef(key=key, size=len(result.data), content_type=ctype, source=p.input.filename)]
     if result.previews:
         entry["previews"] = {**entry.get("previews", {}), **put_previews(ctx, p, name, result.previews, outputs)}
-    report = {"summary": {"entries": 1, "protected": 1, "errors": 0}, "photos": [entry]}
+    report = validated(JobReport, {"summary": {"entries": 1, "protected": 1, "errors": 0}, "photos": [entry]})
     ctx.store.set_progress(p.job_id, 1)
     if not ctx.store.succeed(p.job_id, outputs, report):
         return "canceled"
