@@ -22,6 +22,8 @@ def test_finetuning_adapts_a_copy_and_is_measured(faces: torch.Tensor) -> None:
     assert not all(p.requires_grad for p in adapted.parameters())
     assert len(losses) == 25 and sum(losses[-5:]) < sum(losses[:5])  # it learns to undo the perturbation
     rate = success_rate(forger, faces, protected, targets)
-    assert 0.0 <= rate <= 1.0 and success_rate(forger, faces, faces, targets) == 0.0
+    # a share of (face, edit) pairs, and exactly what the pairs' distortions say
+    pairs = faces.shape[0] * targets.shape[1]
+    assert rate * pairs == pytest.approx(round(rate * pairs)) and success_rate(forger, faces, faces, targets) == 0.0
     with pytest.raises(ValueError, match="same faces"):
         finetune_on_protected(forger, faces, protected[:1], targets)
