@@ -73,6 +73,15 @@ class Tally:
             self.sums[key] = self.sums.get(key, 0.0) + float(values)
             self.counts[key] = self.counts.get(key, 0) + (count if count is not None else 1)
 
+    def merge(self, other: Tally) -> Tally:
+        """Add another tally's sums, counts and maxima to this one (e.g. per-face tallies into a photo's)."""
+        for key, value in other.sums.items():
+            self.sums[key] = self.sums.get(key, 0.0) + value
+            self.counts[key] = self.counts.get(key, 0) + other.counts[key]
+        for key, value in other.maxes.items():
+            self.maxes[key] = max(self.maxes.get(key, float("-inf")), value)
+        return self
+
     def mean(self, key: str) -> float | None:
         n = self.counts.get(key, 0)
         return self.sums[key] / n if n else None

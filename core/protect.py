@@ -478,8 +478,10 @@ def photo_report(
         for entry, region in zip(report["faces"], quality.pop("regions"), strict=True):
             entry.update(region)
     if verify and job.targets is not None and job.mode != "no_face":
+        # the report's forger numbers are the receipt's clean condition (same crops): not measured twice
         report["receipt"] = photo_receipt(protection.forgers, x, x_adv, job.frames, job.targets,
-                                          work_size(protection), receipt_conditions)
+                                          work_size(protection), receipt_conditions,
+                                          measured={"clean": report["forgers"]} if report["forgers"] else None)
         report["receipt"]["scope"] = "faces" if job.mode == "faces" else "whole_photo"
         if job.mode == "whole_image":
             report["receipt"]["note"] = WHOLE_PHOTO_NOTE
@@ -559,8 +561,9 @@ def _face_reports(
     overall = Tally()
     reports = []
     for i, face in enumerate(job.faces):
-        tally = measure(clean[i : i + 1], seen[i : i + 1], job.targets[i : i + 1], protection.forgers, ("clean",))
-        measure(clean[i : i + 1], seen[i : i + 1], job.targets[i : i + 1], protection.forgers, ("clean",), overall)
+        tally = measure(clean[i : i + 1], seen[i : i + 1], job.targets[i : i + 1], protection.forgers, ("clean",),
+                        quality=False)
+        overall.merge(tally)
         numbers = forger_numbers(tally, protection.forgers)
         rates = [v["success_rate"] for v in numbers.values() if v["success_rate"] is not None]
         entry = {
