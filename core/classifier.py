@@ -143,4 +143,42 @@ def export_classifier(model: AttributeClassifier, facts: dict[str, Any], hardwar
     manifest = Manifest()
     manifest.upsert(entry)
     manifest.save()
+    write_classifier_card(entry, model)
     return entry
+
+
+def write_classifier_card(entry: ManifestEntry, model: AttributeClassifier) -> Path:
+    """``checkpoints/<name>.md``: what the classifier is, how it was trained, its validation accuracy."""
+    info = entry.info
+    params = sum(p.numel() for p in model.parameters())
+    rows = "\n".join(f"| {a} | {v:.4f} |" for a, v in info["val_accuracy"].items())
+    role = ("the judge of the forgers' edits and of protections (forger cards, `veil eval`, the photo benchmark); "
+            "it is never a training signal for any forger or generator" if entry.name == JUDGE_NAME else
+            "targets for faces of unknown attributes")
+    card = f"""# {entry.name}
+
+A small CNN (`core.classifier.AttributeClassifier`: stride-2 stem and three conv stages with batch norm,
+{params:,} parameters, {model.image_size} px input) that reads the five CelebA attributes the forgers edit:
+{", ".join(model.attributes)}. Veil uses it for {role}.
+
+## Training
+- Data: CelebA train split ({info["train_faces"]:,} aligned faces), CenterCrop 178, resize {model.image_size}, [-1, 1],
+  horizontal flips.
+- Adam with a one-cycle schedule (max lr 2e-3), batch 64, {info["epochs"]} epochs, binary cross-entropy per attribute.
+- Hardware: {info["hardware"]}, {info["seconds"]:.0f} s.
+- Reproduce: `veil train classifier --size {model.image_size} --epochs {info["epochs"]}`.
+
+## Measured (validation split, {info["val_faces"]:,} faces, threshold 0 on the logits)
+| attribute | accuracy |
+|---|---|
+{rows}
+
+## Intended use and limits
+- For measuring edits{" and choosing protection targets" if entry.name != JUDGE_NAME else ""}; not for judging real
+  people.
+- CelebA labels are noisy (hair colour and age especially); accuracy is bounded by that noise and by
+  CelebA's demographics. Trained on CelebA: non-commercial research use only.
+"""
+    path = checkpoints_dir() / f"{entry.name}.md"
+    path.write_text(card)
+    return path

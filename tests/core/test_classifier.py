@@ -30,6 +30,8 @@ def test_learns_separable_attributes_and_round_trips(tmp_path: Path, monkeypatch
                                     log=lambda _: None)
     assert min(facts["val_accuracy"].values()) > 0.9 > untrained
     export_classifier(model, facts, "test")
+    card = (tmp_path / "attribute-classifier.md").read_text()
+    assert "16 px input" in card and f"| Male | {facts['val_accuracy']['Male']:.4f} |" in card
     loaded = load_classifier()
     x = vx.float() / 127.5 - 1
     model.eval()
