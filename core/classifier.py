@@ -152,7 +152,7 @@ def write_classifier_card(entry: ManifestEntry, model: AttributeClassifier) -> P
     info = entry.info
     params = sum(p.numel() for p in model.parameters())
     rows = "\n".join(f"| {a} | {v:.4f} |" for a, v in info["val_accuracy"].items())
-    role = ("the judge of the forgers' edits and of protections (forger cards, `veil eval`, the photo benchmark); "
+    role = ("the judge of the forgers' edits (their cards, the forger campaign's curve); "
             "it is never a training signal for any forger or generator" if entry.name == JUDGE_NAME else
             "targets for faces of unknown attributes")
     card = f"""# {entry.name}
