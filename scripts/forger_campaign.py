@@ -12,6 +12,10 @@ group's best stage (by the last measured score) goes on. Stages are trained in p
 
     python scripts/forger_campaign.py             # run (Ctrl-C / SIGTERM saves and stops)
     python scripts/forger_campaign.py --status    # where each stage stands
+
+While the repository is being edited, run it from an exported copy of HEAD (``git archive HEAD | tar -x -C
+DIR``, then ``python DIR/scripts/forger_campaign.py`` with ``VEIL_CHECKPOINTS`` set to the repository's
+``checkpoints/``): it imports modules lazily, and a half-edited module in the work tree can stop it.
 """
 
 from __future__ import annotations
