@@ -106,13 +106,15 @@ def snapshot(trainer: Any, stage: str) -> Path:
 
 
 def measure(trainer: Any, data: Path | None) -> dict[str, Any]:
+    import torch
+
     from core.classifier import load_judge
     from core.data import FacePack, default_celeba_dir
     from core.forger_eval import measure_forger
 
     root = data or default_celeba_dir()
     val = FacePack.load(root, "val", trainer.forger.image_size, trainer.cfg.run_dir.parent / "cache")
-    x, c = val[torch_arange(SELECT_FACES)]
+    x, c = val[torch.arange(SELECT_FACES)]
     G = trainer.G_export
     was_training = G.training
     G.eval()
@@ -124,12 +126,6 @@ def measure(trainer: Any, data: Path | None) -> dict[str, Any]:
     finally:
         forger.generator = generator
         G.train(was_training)
-
-
-def torch_arange(n: int) -> Any:
-    import torch
-
-    return torch.arange(n)
 
 
 def choose(state: Path, status: dict[str, Any]) -> dict[str, Any] | None:
