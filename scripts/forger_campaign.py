@@ -12,6 +12,12 @@ group's best stage (by the last measured score) goes on. Stages are trained in p
 
     python scripts/forger_campaign.py             # run (Ctrl-C / SIGTERM saves and stops)
     python scripts/forger_campaign.py --status    # where each stage stands
+    python scripts/forger_campaign.py --export-seed   # write checkpoints/campaign/ from the state, to commit
+
+A lost machine loses the state directory. The seed (``checkpoints/campaign/``, committed) holds each stage's
+generator, its moving average and its critic in fp16, with the iteration, the CPU seconds and the campaign's
+status; ``--export-seed`` writes it from the state and a stage with no state of its own resumes from it
+(fresh optimiser moments: a few steps of Adam's bias correction, not a restart).
 
 While the repository is being edited, run it from an exported copy of HEAD (``git archive HEAD | tar -x -C
 DIR``, then ``python DIR/scripts/forger_campaign.py`` with ``VEIL_CHECKPOINTS`` set to the repository's
@@ -46,6 +52,7 @@ PLAN: list[dict[str, Any]] = [
     {"stage": "attgan-compact128-cpu", "forger": "attgan", "config": "compact128", "recipe": "cpu",
      "group": "attgan"},
 ]
+SEED = REPO / "checkpoints" / "campaign"
 # The campaign's own selection score: cheap (200 validation faces), not the published measurement.
 SELECT_FACES = 200
 
@@ -56,8 +63,10 @@ def default_state() -> Path:
 
 
 def read_status(state: Path) -> dict[str, Any]:
-    path = state / "status.json"
-    return json.loads(path.read_text()) if path.is_file() else {"stages": {}, "winners": {}}
+    for path in (state / "status.json", SEED / "status.json"):
+        if path.is_file():
+            return json.loads(path.read_text())
+    return {"stages": {}, "winners": {}}
 
 
 def write_status(state: Path, status: dict[str, Any]) -> None:
@@ -79,7 +88,7 @@ def make_trainer(stage: dict[str, Any], state: Path, status: dict[str, Any], dat
     cfg = TrainConfig.for_forger(stage["forger"], stage["config"], stage["recipe"],
                                  run_dir=state / "runs" / stage["stage"], data_dir=data, threads=1)
     trainer = ForgerTrainer(cfg)
-    if trainer.resume():
+    if trainer.resume() or load_seed(trainer, SEED / f"{stage['stage']}.safetensors"):
         return trainer
     if stage.get("init_from"):
         manifest = Manifest()
@@ -92,6 +101,48 @@ def make_trainer(stage: dict[str, Any], state: Path, status: dict[str, Any], dat
         if snaps:
             trainer.warm_start(snaps[-1], None)
     return trainer
+
+
+SEED_PARTS = ("G", "G_ema", "D")
+
+
+def export_seed(state: Path, seed: Path) -> list[Path]:
+    """Write every stage's state as fp16 weights (no optimiser moments) plus the status, for git."""
+    import torch
+
+    from core.checkpoints import save_weights
+
+    written = []
+    for state_path in sorted((state / "runs").glob("*/state.pt")):
+        saved = torch.load(state_path, map_location="cpu", weights_only=True)
+        tensors = {f"{part}.{k}": v for part in SEED_PARTS if part in saved for k, v in saved[part].items()}
+        meta = {"stage": state_path.parent.name, "iteration": saved["iteration"],
+                "cpu_seconds": round(float(saved["cpu_seconds"]), 1)}
+        path = seed / f"{state_path.parent.name}.safetensors"
+        save_weights(tensors, path, meta, half=True)
+        written.append(path)
+    seed.mkdir(parents=True, exist_ok=True)
+    (seed / "status.json").write_text(json.dumps(read_status(state), indent=1) + "\n")
+    return written
+
+
+def load_seed(trainer: Any, path: Path) -> bool:
+    """Resume a stage from its committed seed, when its own state is gone."""
+    from core.checkpoints import load_weights
+
+    if not path.is_file():
+        return False
+    tensors, meta = load_weights(path)
+    modules = {"G": trainer.G, "G_ema": trainer.G_ema, "D": trainer.D}
+    for part, module in modules.items():
+        if module is None:
+            continue
+        prefix = f"{part}."
+        module.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
+    trainer.iteration = int(meta["iteration"])
+    trainer.cpu_seconds = float(meta["cpu_seconds"])
+    print(f"campaign: {meta['stage']} resumed from the seed at {trainer.iteration} it", flush=True)
+    return True
 
 
 def snapshot(trainer: Any, stage: str) -> Path:
@@ -135,7 +186,7 @@ def choose(state: Path, status: dict[str, Any]) -> dict[str, Any] | None:
         done = status["stages"]
         pilots = [s for s in stages if "pilot_hours" in s]
         behind = [s for s in pilots if done.get(s["stage"], {}).get("cpu_seconds", 0) < 3600 * s["pilot_hours"]]
-        if behind:
+        if behind and group not in status["winners"]:  # a decided group stays decided
             return min(behind, key=lambda s: done.get(s["stage"], {}).get("cpu_seconds", 0))
         if pilots and group not in status["winners"]:
             best = max(pilots, key=lambda s: done.get(s["stage"], {}).get("score", -1.0))
@@ -203,10 +254,15 @@ def main() -> None:
     ap.add_argument("--snapshot-minutes", type=float, default=10.0, help="CPU minutes between snapshots")
     ap.add_argument("--hours", type=float, default=None, help="stop after this much wall time")
     ap.add_argument("--status", action="store_true", help="print where each stage stands and exit")
+    ap.add_argument("--export-seed", action="store_true", help=f"write the seed ({SEED.relative_to(REPO)}/) and exit")
     args = ap.parse_args()
     args.state.mkdir(parents=True, exist_ok=True)
     if args.status:
         print(json.dumps(read_status(args.state), indent=1))
+        return
+    if args.export_seed:
+        for path in export_seed(args.state, SEED):
+            print(f"seed: {path.relative_to(REPO)} ({path.stat().st_size / 2**20:.1f} MiB)")
         return
     with contextlib.suppress(OSError):
         os.nice(10)
