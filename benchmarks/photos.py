@@ -74,6 +74,8 @@ def run_photo(protection: Any, image: LoadedImage, channel: ChannelSpec | None) 
         "psnr": r["psnr"], "lpips": r["lpips"] if isinstance(r["lpips"], float) else None,
         "receipt": {c: v["success_rate"] for c, v in receipt.get("conditions", {}).items()},
         "min_success_rate": receipt.get("min_success_rate"),
+        "edit_blocked": {c: v.get("edit_blocked") for c, v in receipt.get("conditions", {}).items()},
+        "min_edit_blocked": receipt.get("min_edit_blocked"),
     }
     return row, result.x_adv
 
@@ -83,6 +85,10 @@ def _pct(values: list[float], q: float) -> float | None:
         return None
     values = sorted(values)
     return values[min(len(values) - 1, int(q * len(values)))]
+
+
+def _median(values: list[float]) -> float | None:
+    return statistics.median(values) if values else None
 
 
 def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -96,6 +102,11 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
     worst = [r["min_success_rate"] for r in faces if r["min_success_rate"] is not None]
     out["median_min_success"] = statistics.median(worst) if worst else None
     out["worst_decile_min_success"] = _pct(worst, 0.1)
+    # whether the edits still work (the judge), where the results have it
+    clean_blocked = [r.get("edit_blocked", {}).get("clean") for r in faces]
+    min_blocked = [r.get("min_edit_blocked") for r in faces]
+    out["median_edit_blocked_clean"] = _median([v for v in clean_blocked if v is not None])
+    out["median_min_edit_blocked"] = _median([v for v in min_blocked if v is not None])
     for key in ("psnr", "lpips"):
         vals = [r[key] for r in faces if r[key] is not None]
         out[f"median_{key}"] = statistics.median(vals) if vals else None
@@ -123,10 +134,13 @@ def write_markdown(path: Path, info: dict[str, Any], summaries: dict[str, dict[s
              f"Machine: {info['machine']}; torch threads {info['threads']}; load average (1 min) "
              f"{info['load_average_1min_start']} at the start, {info['load_average_1min_end']} at the end.", "",
              "Receipt (share of the forgers' edits defeated) per condition over the photos with faces: median, "
-             "and the mean in brackets; `worst 10 %`: the 10th percentile of each photo's lowest condition.", "",
-             "| method | faces/photos | " + " | ".join(conds) + " | median min | worst 10 % | PSNR dB | LPIPS | "
-             "s (512 px) | s (2 MP) | s (12 MP) |",
-             "|---" * (len(conds) + 9) + "|"]
+             "and the mean in brackets; `worst 10 %`: the 10th percentile of each photo's lowest condition. "
+             "`edit blocked`: of the edits that work on the clean face (the evaluation classifier reads their "
+             "target), the share that fail or are visibly ruined on the protected one (median over photos, as "
+             "delivered and at each photo's weakest condition; `-`: not measured).", "",
+             "| method | faces/photos | " + " | ".join(conds) + " | median min | worst 10 % | edit blocked | "
+             "edit blocked (min) | PSNR dB | LPIPS | s (512 px) | s (2 MP) | s (12 MP) |",
+             "|---" * (len(conds) + 11) + "|"]
 
     def f(v: Any, pct: bool = False, digits: int = 1) -> str:
         if v is None:
@@ -137,6 +151,8 @@ def write_markdown(path: Path, info: dict[str, Any], summaries: dict[str, dict[s
         cells = [f"{f(s[f'median_{c}'], pct=True)} ({f(s[f'mean_{c}'], pct=True)})" for c in conds]
         lines.append(f"| {method} | {s['with_faces']}/{s['photos']} | " + " | ".join(cells) +
                      f" | {f(s['median_min_success'], pct=True)} | {f(s['worst_decile_min_success'], pct=True)} | "
+                     f"{f(s.get('median_edit_blocked_clean'), pct=True)} | "
+                     f"{f(s.get('median_min_edit_blocked'), pct=True)} | "
                      f"{f(s['median_psnr'])} | {f(s['median_lpips'], digits=4)} | {f(s['median_seconds_512px'])} | "
                      f"{f(s['median_seconds_2MP'])} | {f(s['median_seconds_12MP'])} |")
     path.write_text("\n".join(lines) + "\n")

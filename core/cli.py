@@ -107,6 +107,10 @@ def protect(
         "--at", help="forger: protect each face at the forgers' resolution through a simulated paste-back "
         "(fast); photo: at the photo's own resolution through the attacker's channel (detector framing, "
         "JPEG, resize, blur, noise; iterative methods; slower, and more robust with --steps 50).")] = "forger",
+    min_success: Annotated[float | None, typer.Option(
+        "--min-success", min=0.0, max=1.0, help="The receipt's lowest success rate (0..1, over every condition) a "
+        "photo must show; below it the photo is protected again at twice the budget (as the API's high preset), "
+        "and if it still falls short it is not written and the report says why.")] = None,
 ) -> None:
     """Protect the faces in photos: writes OUT/<name>.png and OUT/report.json (quality and forger success
     per photo and per face).
@@ -129,6 +133,11 @@ def protect(
     files = _collect_images(inputs)
     protection = build_protection(method, forger, device=device, eps=eps, steps=steps, objective=objective,
                                   seed=seed, eot=eot, eot_samples=eot_samples, **parse_options(option or []))
+    def stronger() -> Any:
+        return build_protection(method, forger, device=device, eps=2 * protection.eps, steps=steps,
+                                objective=objective, seed=seed, eot=eot, eot_samples=eot_samples,
+                                **parse_options(option or []))
+
     suffix = "." + ("jpg" if fmt.lower() in {"jpeg", "jpg"} else fmt.lower())
     results: list[dict[str, Any]] = []
     failed = no_face = 0
@@ -140,8 +149,12 @@ def protect(
             try:
                 results.append(protect_file(protection, src, dst, whole_image=whole_image, max_faces=max_faces,
                                             refine=refine, keep_metadata=keep_metadata,
-                                            channel=ChannelSpec() if at == "photo" else None))
-                if results[-1]["protection"] == "no_face":
+                                            channel=ChannelSpec() if at == "photo" else None,
+                                            min_success=min_success, stronger=[stronger]))
+                if results[-1].get("error"):
+                    failed += 1
+                    err_console.print(f"[yellow]not written[/yellow] {src}: {results[-1]['error']}", highlight=False)
+                elif results[-1]["protection"] == "no_face":
                     no_face += 1
                     err_console.print(f"[yellow]no face found[/yellow] in {src}: not protected, not written "
                                       "(--whole-image protects such photos whole)", highlight=False)
@@ -176,11 +189,19 @@ def _fmt(value: Any, spec: str) -> str:
     return format(value, spec) if isinstance(value, int | float) else "n/a"
 
 
+def _blocked(receipt: dict[str, Any] | None) -> str:
+    """The receipt's judge-based numbers: the share of working edits broken, as delivered and at worst."""
+    if not receipt or receipt["conditions"].get("clean", {}).get("edit_blocked") is None:
+        return "n/a"
+    clean = receipt["conditions"]["clean"]["edit_blocked"]
+    return f"{100 * clean:.0f} % / {100 * (receipt.get('min_edit_blocked') or 0):.0f} %"
+
+
 def _print_protect_table(results: list[dict[str, Any]]) -> None:
-    table = Table("photo", "PSNR dB", "SSIM", "LPIPS", "success (clean)", "seconds")
+    table = Table("photo", "PSNR dB", "SSIM", "LPIPS", "success (clean)", "edits blocked (clean / worst)", "seconds")
     for r in results:
         if "error" in r:
-            table.add_row(r["name"], "[red]" + r["error"], "", "", "", "")
+            table.add_row(r["name"], "[red]" + r["error"], "", "", "", "", "")
             continue
         n = len(r["faces"])
         what = {"faces": f"{n} face{'s' if n > 1 else ''}", "whole_image": "whole photo"}.get(r["protection"],
@@ -188,7 +209,8 @@ def _print_protect_table(results: list[dict[str, Any]]) -> None:
         lp = r["lpips"]
         succ = ", ".join(f"{k} {_fmt(100 * (v['success_rate'] or 0), '.0f')} %" for k, v in r["forgers"].items())
         table.add_row(f"{r['name']} ({what})", _fmt(r["psnr"], ".2f"), _fmt(r["ssim"], ".4f"),
-                      _fmt(lp, ".4f") if r["lpips_available"] else "unavailable", succ, _fmt(r["seconds"], ".1f"))
+                      _fmt(lp, ".4f") if r["lpips_available"] else "unavailable", succ, _blocked(r.get("receipt")),
+                      _fmt(r["seconds"], ".1f"))
     console.print(table)
 
 

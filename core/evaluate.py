@@ -5,13 +5,17 @@ Conventions (see the reference papers): images in [-1, 1]; x_adv is measured as 
 a (face, target) pair is defended when MSE(G(T(x_adv), c), G(T(x), c)) > 0.05, with T the condition
 (the reference is the forger's edit of the equally transformed clean face, so the condition alone never
 counts as a success).
+
+That success rate (DSR) counts an edit as defended when it merely *changed*: a blond edit that still turns
+the hair blond, only noisier, passes 0.05. With a judge (the evaluation classifier, never a training
+signal) each pair is also checked for whether the edit still works (:func:`edit_blocked`).
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,22 +36,70 @@ def _lpips_or_none(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor | None:
     return metrics.lpips(a, b)
 
 
+Judge = Callable[[torch.Tensor], torch.Tensor]  # faces in [-1, 1] -> attribute logits (N, A)
+
+
+def edited_attributes(judge: Judge, xs: torch.Tensor, cs: torch.Tensor) -> torch.Tensor:
+    """(N, A) bool: the attributes each edit sets, against what the judge reads on the unedited faces.
+
+    An edit to blond hair also clears black hair; the attribute it *sets* (blond) is what it is checked
+    on. An edit that only clears one (to female, to old) is checked on that one."""
+    changed = (judge(xs) > 0) != cs.bool()
+    set_on = changed & cs.bool()
+    return torch.where(set_on.any(dim=1, keepdim=True), set_on, changed)
+
+
+@torch.no_grad()
+def edit_blocked(
+    judge: Judge, xs: torch.Tensor, cs: torch.Tensor, out_clean: torch.Tensor, out_adv: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per (face, edit) pair: (counted, blocked), two (N,) bools.
+
+    A pair is *counted* when the forger's edit of the clean face works: the judge reads every edited
+    attribute (:func:`edited_attributes`) at its target value. It is *blocked* when the edit of the protected
+    face fails (the judge no longer reads the target) or is visibly ruined: its LPIPS distance to the clean
+    edit exceeds the clean edit's own distance to the face, i.e. the protection changed the picture more than
+    the edit did. Without LPIPS's weights only the judge decides.
+    """
+    edited = edited_attributes(judge, xs, cs)
+    target = cs.bool()
+
+    def reached(out: torch.Tensor) -> torch.Tensor:
+        hit = ((judge(out) > 0) == target) | ~edited
+        return hit.all(dim=1)
+
+    counted = edited.any(dim=1) & reached(out_clean)
+    fails = ~reached(out_adv)
+    far = _lpips_or_none(out_adv, out_clean)
+    if far is None:
+        return counted, fails
+    own = _lpips_or_none(out_clean, xs)
+    assert own is not None
+    return counted, fails | (far > own)
+
+
 @torch.no_grad()
 def forger_effect(
-    forger: Forger, x: torch.Tensor, x_adv: torch.Tensor, targets: torch.Tensor, condition: str = "clean"
+    forger: Forger, x: torch.Tensor, x_adv: torch.Tensor, targets: torch.Tensor, condition: str = "clean",
+    judge: Judge | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Per (face, target) pair: edit distortion, success flag and nullification error, flattened (N*T,)."""
+    """Per (face, target) pair: edit distortion, success flag and nullification error, flattened (N*T,);
+    with a ``judge``, ``edit_blocked`` over the pairs whose clean edit works (see :func:`edit_blocked`)."""
     xt, xat = apply_condition(condition, x), apply_condition(condition, x_adv)
     xs, cs = expand_targets(xt, targets)
     xas, _ = expand_targets(xat, targets)
     out_clean, out_adv = forger(xs, cs), forger(xas, cs)
     distortion = metrics.mse(out_adv, out_clean)
-    return {
+    out = {
         "distortion": distortion,
         "defended": metrics.defended(out_adv, out_clean),
         "nullification": metrics.nullification_error(out_adv, xs),
         "edit_strength": metrics.mse(out_clean, xs),
     }
+    if judge is not None:
+        counted, blocked = edit_blocked(judge, xs, cs, out_clean, out_adv)
+        out["edit_blocked"] = blocked[counted]
+    return out
 
 
 @dataclass
@@ -94,6 +146,7 @@ def measure_batch(
     forgers: Sequence[Forger] | None = None,
     conditions: Sequence[str] = ("clean",),
     tally: Tally | None = None,
+    judge: Judge | None = None,
 ) -> tuple[torch.Tensor, Tally]:
     """Protect one batch and add its measurements to ``tally``; returns (x_adv, tally)."""
     tally = tally or Tally()
@@ -101,7 +154,7 @@ def measure_batch(
     start = time.perf_counter()
     x_adv = protection(x, targets=targets)
     tally.add("seconds_per_face", time.perf_counter() - start, count=x.shape[0])
-    measure(x, x_adv, targets, forgers if forgers is not None else protection.forgers, conditions, tally)
+    measure(x, x_adv, targets, forgers if forgers is not None else protection.forgers, conditions, tally, judge=judge)
     return x_adv, tally
 
 
@@ -113,22 +166,48 @@ def measure(
     conditions: Sequence[str] = ("clean",),
     tally: Tally | None = None,
     quality: bool = True,
+    judge: Judge | None = None,
 ) -> Tally:
     """Add imperceptibility (unless ``quality`` is False) and per forger x condition effect of a delivered
-    x_adv to ``tally``."""
+    x_adv to ``tally`` (with a ``judge``: whether the edits still work)."""
     tally = tally or Tally()
     tally.add("faces", float(x.shape[0]), count=x.shape[0])
     if quality:
         _add_quality(tally, x, x_adv)
     for forger in forgers:
         for cond in conditions:
-            eff = forger_effect(forger, x, x_adv, targets, cond)
+            eff = forger_effect(forger, x, x_adv, targets, cond, judge if _judges(judge, forger) else None)
             key = f"{forger.name}/{cond}"
+            if "edit_blocked" in eff:
+                tally.add(f"{key}/edit_blocked", eff["edit_blocked"].float())
             tally.add(f"{key}/distortion", eff["distortion"])
             tally.add(f"{key}/success_rate", eff["defended"].float())
             tally.add(f"{key}/nullification", eff["nullification"])
             tally.add(f"{key}/edit_strength", eff["edit_strength"])
     return tally
+
+
+def _judges(judge: Judge | None, forger: Forger) -> bool:
+    """A judge reads the forger's attributes, in its order (else its logits would be misread)."""
+    return judge is not None and tuple(getattr(judge, "attributes", ())) == tuple(forger.attributes)
+
+
+def default_judge() -> Judge | None:
+    """The shipped evaluation classifier (:func:`core.classifier.load_judge`), once per process; None where no
+    classifier is shipped."""
+    from core.checkpoints import CheckpointError, checkpoints_dir
+    from core.classifier import load_judge
+
+    key = str(checkpoints_dir())
+    if key not in _JUDGES:
+        try:
+            _JUDGES[key] = load_judge().eval()
+        except CheckpointError:
+            _JUDGES[key] = None
+    return _JUDGES[key]
+
+
+_JUDGES: dict[str, Judge | None] = {}
 
 
 def _add_quality(tally: Tally, x: torch.Tensor, x_adv: torch.Tensor) -> None:
@@ -160,6 +239,7 @@ def summarize(
                 "distortion": num(f"{key}/distortion"),
                 "nullification": num(f"{key}/nullification"),
                 "edit_strength": num(f"{key}/edit_strength"),
+                "edit_blocked": num(f"{key}/edit_blocked"),
             })
     return {
         "method": protection.describe(),
@@ -175,8 +255,9 @@ def summarize(
 
 def markdown_table(summaries: Sequence[dict[str, Any]]) -> str:
     """One Markdown table over several summaries (method x forger x condition)."""
-    head = "| method | forger | condition | DSR | MSE(G(x_adv),G(x)) | null. err | PSNR | SSIM | LPIPS | s/face |"
-    lines = [head, "|" + "---|" * 10]
+    head = ("| method | forger | condition | DSR | edit blocked | MSE(G(x_adv),G(x)) | null. err | PSNR | SSIM | LPIPS "
+            "| s/face |")
+    lines = [head, "|" + "---|" * 11]
     for s in summaries:
         lp = s["lpips"]
         lp_txt = f"{lp:.4f}" if isinstance(lp, float) else str(lp)
@@ -185,6 +266,7 @@ def markdown_table(summaries: Sequence[dict[str, Any]]) -> str:
             forger = r["forger"] if r["forger"] in targeted else f"{r['forger']} (transfer)"
             lines.append(
                 f"| {r['method']} | {forger} | {r['condition']} | {_pct(r['success_rate'])} | "
+                f"{_pct(r.get('edit_blocked'))} | "
                 f"{_f(r['distortion'])} | {_f(r['nullification'])} | {_f(s['psnr'], 2)} | {_f(s['ssim'])} | "
                 f"{lp_txt} | {_f(s['seconds_per_face'], 3)} |"
             )

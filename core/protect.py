@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from core.channel import AttackerChannel, ChannelSpec
 from core.device import resolve_device
-from core.evaluate import PSNR_CAP, Tally, measure, summarize
+from core.evaluate import PSNR_CAP, Tally, default_judge, measure, summarize
 from core.faces import (
     DEFAULT_MAX_FACES,
     Face,
@@ -410,6 +410,55 @@ def _deliver(protection: Protection, job: _Job) -> tuple[torch.Tensor, bool]:
     return x_adv, ok
 
 
+def meets(report: dict[str, Any], min_success: float) -> bool:
+    """Whether the photo's receipt shows at least ``min_success`` under every condition it measured."""
+    lowest = (report.get("receipt") or {}).get("min_success_rate")
+    return lowest is not None and lowest >= min_success - 1e-9
+
+
+@dataclass
+class Attempted:
+    """A photo's last protection under a ``min_success`` requirement: the result, what made it, the tries."""
+
+    result: Protected
+    protection: Protection
+    attempts: int = 1
+
+
+def protect_until(
+    run: Callable[[Protection, Sequence[LoadedImage]], list[Protected]],
+    protection: Protection,
+    images: Sequence[LoadedImage],
+    min_success: float | None,
+    stronger: Sequence[Callable[[], Protection]] = (),
+) -> list[Attempted]:
+    """``run(protection, images)``; then, while a photo's receipt is below ``min_success``, again for the photos
+    still short with each of ``stronger`` (builders of stronger protections, weakest first). Each photo keeps
+    its last attempt, which :func:`record_min_success` then judges."""
+    done = [Attempted(r, protection) for r in run(protection, images)]
+    for attempt, make in enumerate(stronger if min_success is not None else (), start=2):
+        short = [i for i, a in enumerate(done) if not meets(a.result.report, min_success or 0.0)]
+        if not short:
+            break
+        prot = make()
+        for i, result in zip(short, run(prot, [images[i] for i in short]), strict=True):
+            done[i] = Attempted(result, prot, attempt)
+    return done
+
+
+def record_min_success(report: dict[str, Any], min_success: float, attempted: Attempted) -> str | None:
+    """Write the requirement's outcome into the report; return why the photo fails it, or None."""
+    ok = meets(report, min_success)
+    receipt = report.get("receipt") or {}
+    prot = attempted.protection
+    report["min_success"] = {"required": min_success, "met": ok, "attempts": attempted.attempts, "core_eps": prot.eps}
+    if ok:
+        return None
+    return (f"min_success {min_success:g} not met: the receipt's lowest success rate is "
+            f"{receipt.get('min_success_rate')} ({receipt.get('weakest')}) after {attempted.attempts} attempt(s), "
+            f"the last at eps {prot.eps:g} ({prot.budget_units})")
+
+
 def protect_image(protection: Protection, image: LoadedImage, **options: Any) -> Protected:
     """Protect one decoded photo (its faces; see :func:`protect_images` for the options) and measure it."""
     return protect_images(protection, [image], **options)[0]
@@ -471,7 +520,7 @@ def photo_report(
     if job.mode == "whole_image" and job.targets is not None:
         size = work_size(protection)  # the forgers see the photo resized, as it was protected
         tally = measure(attacker_crops(x, None, size), attacker_crops(x_adv, None, size), job.targets,
-                        protection.forgers, ("clean",))
+                        protection.forgers, ("clean",), judge=default_judge())
         report["forgers"] = forger_numbers(tally, protection.forgers)
     elif job.mode == "faces" and job.crops is not None and job.advs is not None and job.targets is not None:
         report["faces"], report["forgers"] = _face_reports(protection, job, max_faces, verify)
@@ -481,7 +530,8 @@ def photo_report(
         # the report's forger numbers are the receipt's clean condition (same crops): not measured twice
         report["receipt"] = photo_receipt(protection.forgers, x, x_adv, job.frames, job.targets,
                                           work_size(protection), receipt_conditions,
-                                          measured={"clean": report["forgers"]} if report["forgers"] else None)
+                                          measured={"clean": report["forgers"]} if report["forgers"] else None,
+                                          judge=default_judge())
         report["receipt"]["scope"] = "faces" if job.mode == "faces" else "whole_photo"
         if job.mode == "whole_image":
             report["receipt"]["note"] = WHOLE_PHOTO_NOTE
@@ -562,7 +612,7 @@ def _face_reports(
     reports = []
     for i, face in enumerate(job.faces):
         tally = measure(clean[i : i + 1], seen[i : i + 1], job.targets[i : i + 1], protection.forgers, ("clean",),
-                        quality=False)
+                        quality=False, judge=default_judge() if verify else None)
         overall.merge(tally)
         numbers = forger_numbers(tally, protection.forgers)
         rates = [v["success_rate"] for v in numbers.values() if v["success_rate"] is not None]
@@ -584,18 +634,30 @@ def _face_reports(
 def protect_file(
     protection: Protection, src: Path, dst: Path, whole_image: bool = False, max_faces: int = DEFAULT_MAX_FACES,
     refine: int = 1, keep_metadata: bool = False, channel: ChannelSpec | None = None,
+    min_success: float | None = None, stronger: Sequence[Callable[[], Protection]] = (),
 ) -> dict[str, Any]:
     """Load ``src``, protect its faces, write ``dst`` (PNG unless its suffix asks otherwise); return the report
     (a :class:`core.report.PhotoEntry`: ``name`` the file's name, as in the API, and ``input`` its path).
 
     A photo with no face is not written (``"output": None``) unless ``whole_image`` protects it whole. A JPEG
     or WebP ``dst`` is measured as delivered; ``keep_metadata`` writes the source's EXIF (GPS included).
+    ``min_success``: the photo is protected again with each of ``stronger`` while its receipt falls short
+    (:func:`protect_until`); if it never reaches it, it is not written and the entry's ``error`` says why.
     """
     fmt = SUFFIX_FORMATS.get(dst.suffix.lower(), "PNG")
-    result = protect_image(protection, load_image(src), whole_image=whole_image, max_faces=max_faces, refine=refine,
-                           output_format=fmt, keep_metadata=keep_metadata, channel=channel)
+
+    def run(prot: Protection, photos: Sequence[LoadedImage]) -> list[Protected]:
+        return protect_images(prot, photos, whole_image=whole_image, max_faces=max_faces, refine=refine,
+                              output_format=fmt, keep_metadata=keep_metadata, channel=channel)
+
+    [attempted] = protect_until(run, protection, [load_image(src)], min_success, stronger)
+    result = attempted.result
     if result.report["protection"] == "no_face":
         return {"name": src.name, "input": str(src), "output": None, **result.report}
+    if min_success is not None:
+        error = record_min_success(result.report, min_success, attempted)
+        if error is not None:
+            return {"name": src.name, "input": str(src), "output": None, "error": error, **result.report}
     if result.encoded is not None:
         dst.parent.mkdir(parents=True, exist_ok=True)
         dst.write_bytes(result.encoded)

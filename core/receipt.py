@@ -23,7 +23,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from core.evaluate import Tally, measure
+from core.evaluate import Judge, Tally, measure
 from core.faces import Face, Frame, align_crop
 from core.forgers import Forger
 from core.image import quantize
@@ -79,13 +79,19 @@ def forger_numbers(tally: Tally, forgers: Sequence[Forger], condition: str = "cl
     out: dict[str, dict[str, Any]] = {}
     for forger in forgers:
         key = f"{forger.name}/{condition}"
-        out[forger.name] = {k: tally.mean(f"{key}/{k}") for k in ("success_rate", "distortion", "nullification")}
+        out[forger.name] = {k: tally.mean(f"{key}/{k}")
+                            for k in ("success_rate", "distortion", "nullification", "edit_blocked")}
     return out
 
 
-def _mean_rate(numbers: dict[str, dict[str, Any]]) -> float | None:
-    rates = [v["success_rate"] for v in numbers.values() if v["success_rate"] is not None]
+def _mean_rate(numbers: dict[str, dict[str, Any]], key: str = "success_rate") -> float | None:
+    rates = [v[key] for v in numbers.values() if v.get(key) is not None]
     return sum(rates) / len(rates) if rates else None
+
+
+def _condition(numbers: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    return {"success_rate": _mean_rate(numbers), "edit_blocked": _mean_rate(numbers, "edit_blocked"),
+            "forgers": numbers}
 
 
 @torch.no_grad()
@@ -98,6 +104,7 @@ def photo_receipt(
     size: int,
     conditions: Sequence[str] = RECEIPT_CONDITIONS,
     measured: dict[str, dict[str, dict[str, Any]]] | None = None,
+    judge: Judge | None = None,
 ) -> dict[str, Any]:
     """Per-condition success rates of ``forgers`` on a delivered photo.
 
@@ -111,31 +118,37 @@ def photo_receipt(
         conditions: names from :func:`core.transforms.conditions.condition_names`.
         measured: per condition, the forgers' numbers already measured on these very crops (the report's own
             ``clean`` numbers): reused instead of running the forgers again.
+        judge: the evaluation classifier: each condition then says which share of the edits that work on
+            the clean photo fail or are ruined on the protected one (``edit_blocked``, see
+            :func:`core.evaluate.edit_blocked`).
 
     Returns:
-        ``{"conditions": {name: {"success_rate", "forgers": {forger: {success_rate, distortion,
-        nullification}}}}, "min_success_rate", "weakest", "threshold"}``; ``min_success_rate`` is the lowest
-        over the conditions and ``weakest`` the condition where it occurs.
+        ``{"conditions": {name: {"success_rate", "edit_blocked", "forgers": {forger: {success_rate, distortion,
+        nullification, edit_blocked}}}}, "min_success_rate", "min_edit_blocked", "weakest", "threshold"}``;
+        ``min_success_rate`` is the lowest over the conditions and ``weakest`` the condition where it occurs.
     """
     if x.shape != x_adv.shape or x.shape[0] != 1:
         raise ValueError(f"expected two (1, 3, H, W) photos, got {tuple(x.shape)} and {tuple(x_adv.shape)}")
     per: dict[str, dict[str, Any]] = {}
     for cond in conditions:
         if measured and cond in measured:
-            per[cond] = {"success_rate": _mean_rate(measured[cond]), "forgers": measured[cond]}
+            per[cond] = _condition(measured[cond])
             continue
         clean = conditioned_crops(cond, x, frames, size)
         seen = conditioned_crops(cond, x_adv, frames, size)
         if clean.shape[0] != targets.shape[0]:
             raise ValueError(f"{clean.shape[0]} crops but targets for {targets.shape[0]}")
         # forger effect only: the photo's quality is measured once, by the report, not per condition
-        numbers = forger_numbers(measure(clean, seen, targets, forgers, ("clean",), quality=False), forgers)
-        per[cond] = {"success_rate": _mean_rate(numbers), "forgers": numbers}
+        numbers = forger_numbers(measure(clean, seen, targets, forgers, ("clean",), quality=False, judge=judge),
+                                 forgers)
+        per[cond] = _condition(numbers)
     known = {c: v["success_rate"] for c, v in per.items() if v["success_rate"] is not None}
     weakest = min(known, key=lambda c: known[c]) if known else None
+    blocked = [v["edit_blocked"] for v in per.values() if v["edit_blocked"] is not None]
     return {
         "conditions": per,
         "min_success_rate": known[weakest] if weakest else None,
+        "min_edit_blocked": min(blocked) if blocked else None,
         "weakest": weakest,
         "threshold": SUCCESS_THRESHOLD,
     }

@@ -49,12 +49,16 @@ class ForgerNumbers(ReportModel):
     success_rate: float | None = Field(description="share of the edits the protection broke (0..1)")
     distortion: float | None = Field(description="mean MSE between the edits of the protected and clean faces")
     nullification: float | None = Field(description="mean MSE between the edit of the protected face and the face")
+    edit_blocked: float | None = Field(
+        default=None, description="of the edits that work on the clean face (the evaluation classifier reads the "
+        "target attribute), the share that fail or are visibly ruined on the protected one; None: none to judge")
 
 
 class ConditionResult(ReportModel):
     """The forgers' success on the delivered photo after one channel condition (JPEG, resize, blur...)."""
 
     success_rate: float | None = Field(description="mean over the forgers")
+    edit_blocked: float | None = Field(default=None, description="mean over the forgers")
     forgers: dict[str, ForgerNumbers]
 
 
@@ -63,6 +67,7 @@ class Receipt(ReportModel):
 
     conditions: dict[str, ConditionResult]
     min_success_rate: float | None = Field(description="the lowest success rate over the conditions")
+    min_edit_blocked: float | None = Field(default=None, description="the lowest edit_blocked over the conditions")
     weakest: str | None = Field(description="the condition where it occurs")
     threshold: float = Field(description="MSE between edits above which an edit counts as broken")
     scope: Literal["faces", "whole_photo"] = Field(

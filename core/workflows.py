@@ -14,7 +14,7 @@ from PIL import Image
 from core.checkpoints import CheckpointError, Manifest, ManifestEntry, checkpoints_dir, save_weights
 from core.data import celeba_available, preprocess_face, read_index
 from core.device import resolve_device
-from core.evaluate import Tally, measure_batch, summarize
+from core.evaluate import Tally, default_judge, measure_batch, summarize
 from core.image import INPUT_SUFFIXES, load_image, make_grid, save_image
 from core.protect import build_protection, load_forger
 from core.targets import targets_for
@@ -115,7 +115,8 @@ def evaluate_faces(
     for start in range(0, len(faces), batch):
         x = faces[start : start + batch].to(device)
         c = attrs[start : start + batch].to(device) if attrs is not None else None
-        x_adv, tally = measure_batch(protection, x, c, measured, conditions=conditions, tally=tally)
+        x_adv, tally = measure_batch(protection, x, c, measured, conditions=conditions, tally=tally,
+                                       judge=default_judge())
         if grid_dir is not None:
             targets = targets_for(x, protection.attributes, c)
             for i in range(x.shape[0]):

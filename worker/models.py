@@ -62,12 +62,6 @@ class PhotoResult:
     error: str | None = None  # min_success not met even with the strongest budget: the photo fails so
 
 
-def meets(report: dict[str, Any], min_success: float) -> bool:
-    """Whether the photo's receipt shows at least ``min_success`` under every condition it measured."""
-    lowest = (report.get("receipt") or {}).get("min_success_rate")
-    return lowest is not None and lowest >= min_success - 1e-9
-
-
 @dataclass
 class ModelState:
     device: str = "cpu"
@@ -215,7 +209,7 @@ def protect(
     ``keep_metadata``: write the photo's EXIF (without orientation) into the output; none by default.
     """
     from core.image import encode_image
-    from core.protect import protect_images
+    from core.protect import protect_images, protect_until, record_min_success
 
     fmt, _ext, _ctype = OUTPUT_FORMATS[output_format.lower()]
     check_targets(protection, targets)
@@ -225,18 +219,9 @@ def protect(
         return protect_images(prot, photos, only=targets, whole_image=True, output_format=fmt,
                               keep_metadata=keep_metadata)
 
-    done = run(protection, images)
-    used = [protection] * len(done)
-    attempts = [1] * len(done)
-    for attempt, make in enumerate(stronger if min_success is not None else (), start=2):
-        short = [i for i, r in enumerate(done) if not meets(r.report, min_success or 0.0)]
-        if not short:
-            break
-        prot = make()
-        for i, result in zip(short, run(prot, [images[i] for i in short]), strict=True):
-            done[i], used[i], attempts[i] = result, prot, attempt
     out = []
-    for result, prot, tries in zip(done, used, attempts, strict=True):
+    for attempted in protect_until(run, protection, images, min_success, stronger):
+        result, prot = attempted.result, attempted.protection
         width, height = result.image.size
         data = result.encoded or encode_image(result.x_adv, fmt, alpha=result.image.alpha,
                                               icc_profile=result.image.icc_profile,
@@ -244,21 +229,9 @@ def protect(
         rendered = render_previews(prot, result) if previews and result.targets is not None else {}
         photo = PhotoResult(data, _plain(result.report), width, height, rendered)
         if min_success is not None:
-            photo.error = _check_min_success(photo.report, min_success, tries, prot)
+            photo.error = record_min_success(photo.report, min_success, attempted)
         out.append(photo)
     return out
-
-
-def _check_min_success(report: dict[str, Any], min_success: float, tries: int, prot: Protection) -> str | None:
-    """Record the outcome in the report; the reason the photo fails, if it does."""
-    ok = meets(report, min_success)
-    receipt = report.get("receipt") or {}
-    report["min_success"] = {"required": min_success, "met": ok, "attempts": tries, "core_eps": prot.eps}
-    if ok:
-        return None
-    return (f"min_success {min_success:g} not met: the receipt's lowest success rate is "
-            f"{receipt.get('min_success_rate')} ({receipt.get('weakest')}) after {tries} attempt(s), the last "
-            f"at eps {prot.eps:g} ({prot.budget_units})")
 
 
 def render_previews(protection: Protection, result: Any) -> dict[str, bytes]:

@@ -189,3 +189,27 @@ def test_edits_renders_one_row_per_face_with_every_edit(tiny_checkpoints: Path, 
     blank = tmp_path / "blank.png"
     Image.fromarray(np.full((64, 64, 3), 127, np.uint8)).save(blank)
     assert run("edits", str(blank)).exit_code == 2  # no face: a clear error
+
+
+@pytest.mark.slow  # two protect runs
+def test_min_success_retries_at_twice_the_budget_then_leaves_the_photo_out(
+    tiny_checkpoints: Path, photos: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    # a 1-level budget and a requirement of 100 % under every condition: no photo meets it
+    result = run("protect", str(photos / "face0.png"), "-o", str(out), "--steps", "1", "--eps", str(1 / 127.5),
+                 "--whole-image", "--min-success", "1")
+    assert result.exit_code == 2, result.output  # the only photo failed
+    [entry] = json.loads((out / "report.json").read_text())["photos"]
+    assert entry["output"] is None and not (out / "face0.png").exists()
+    assert "min_success 1 not met" in entry["error"] and "2 attempt(s)" in entry["error"]
+    assert entry["min_success"]["attempts"] == 2
+    assert entry["min_success"]["core_eps"] == pytest.approx(2 / 127.5)
+    # a requirement every photo meets: one attempt, written
+    result = run("protect", str(photos / "face0.png"), "-o", str(out), "--steps", "1", "--whole-image",
+                 "--min-success", "0")
+    assert result.exit_code == 0, result.output
+    [entry] = json.loads((out / "report.json").read_text())["photos"]
+    assert {k: entry["min_success"][k] for k in ("required", "met", "attempts")} == {
+        "required": 0.0, "met": True, "attempts": 1}
+    assert Path(entry["output"]).is_file()
