@@ -37,8 +37,9 @@ from core.faces import (
 )
 from core.forgers import Forger, create_forger
 from core.image import SUFFIX_FORMATS, LoadedImage, encode_image, load_image, quantize, save_image
+from core.interrupt import checkpoint
 from core.methods import Protection, create_method
-from core.receipt import RECEIPT_CONDITIONS, attacker_crops, face_window, forger_numbers, photo_receipt
+from core.receipt import RECEIPT_CONDITIONS, attacker_crops, bounded, face_window, forger_numbers, photo_receipt
 from core.report import PhotoReport, validated
 from core.targets import fixed_targets, select_edits, targets_for
 from core.transforms import EoT
@@ -233,6 +234,7 @@ def protect_images(
     start = time.perf_counter()
     jobs = []
     for image in images:
+        checkpoint()
         found = find_faces(image.tensor, detector=detector)
         jobs.append(_Job(image, image.tensor.to(device), found[:max_faces], len(found), detector=detector))
     for job in jobs:
@@ -267,6 +269,7 @@ def protect_images(
     seconds = (time.perf_counter() - start) / max(len(images), 1)
     out = []
     for job in jobs:
+        checkpoint()
         job.seconds = seconds
         report_start = time.perf_counter()
         report = photo_report(protection, job, max_faces, verify, receipt_conditions)
@@ -292,6 +295,7 @@ def _protect_windows(protection: Protection, job: _Job, spec: ChannelSpec) -> No
     h, w = job.x.shape[-2:]
     total = torch.zeros_like(job.x)
     for face, targets in zip(job.faces, job.targets, strict=True):
+        checkpoint()
         frame = face.frame()
         x0, y0, x1, y1 = face_window(frame, w, h)
         window = job.x[..., y0:y1, x0:x1]
@@ -477,6 +481,7 @@ def photo_report(
       the face regions (each face's square; PSNR from their pooled squared error, SSIM and LPIPS weighted
       by area), so that neither the untouched rest of a large photo flatters them nor measuring it costs
       seconds; over the whole photo for ``whole_image``; None for ``no_face``. ``linf``: the whole photo.
+      SSIM and LPIPS of a region or photo larger than :data:`QUALITY_SIDE` are of it downscaled to that size.
     - ``faces``: per protected face its ``box`` (x, y, w, h in pixels), detector ``score``, eye
       ``landmarks`` when found, ``angle`` (degrees the crop was rotated to level the eyes), ``region``
       (x0, y0, x1, y1: the pixels the protection may change) with its ``psnr``, ``ssim`` and ``lpips``,
@@ -554,10 +559,22 @@ def _lpips_or_none(value: Any) -> float | None:
     return value if isinstance(value, float) else None
 
 
+# SSIM and LPIPS of a region (or a whole photo) larger than this (long side) are measured on it downscaled to
+# it: LPIPS's network on a 40-megapixel photo takes many minutes and gigabytes. PSNR is always exact.
+QUALITY_SIDE = 1024
+
+
 def _quality(protection: Protection, x: torch.Tensor, x_adv: torch.Tensor) -> dict[str, Any]:
-    """PSNR, SSIM, LPIPS of x_adv against x (as :func:`core.evaluate.summarize` gives them)."""
+    """PSNR, SSIM, LPIPS of x_adv against x (as :func:`core.evaluate.summarize` gives them), SSIM and LPIPS
+    at most at :data:`QUALITY_SIDE`."""
     no_targets = torch.zeros(1, 1, len(protection.attributes))
-    return summarize(measure(x, x_adv, no_targets, ()), protection, (), ("clean",))
+    if max(x.shape[-2:]) <= QUALITY_SIDE:
+        return summarize(measure(x, x_adv, no_targets, ()), protection, (), ("clean",))
+    small, small_adv = bounded(x, QUALITY_SIDE), bounded(x_adv, QUALITY_SIDE)
+    out = summarize(measure(small, small_adv, no_targets, ()), protection, (), ("clean",))
+    mse = float((x_adv - x).double().pow(2).mean())
+    out["psnr"] = min(PSNR_CAP, 10 * math.log10(4.0 / mse)) if mse > 0 else PSNR_CAP
+    return out
 
 
 def _face_quality(protection: Protection, job: _Job) -> dict[str, Any]:

@@ -27,6 +27,7 @@ from core.evaluate import Judge, Tally, measure
 from core.faces import Face, Frame, align_crop
 from core.forgers import Forger
 from core.image import quantize
+from core.interrupt import checkpoint
 from core.metrics import SUCCESS_THRESHOLD
 from core.transforms.conditions import apply_condition
 
@@ -36,6 +37,22 @@ RECEIPT_CONDITIONS: tuple[str, ...] = ("clean", "jpeg90", "jpeg75", "webp80", "r
 # face's square beyond the reach of the decoder's chroma upsampling and of the resize's kernels.
 WINDOW_ALIGN = 16
 WINDOW_MARGIN = 32
+
+
+# A photo protected whole is seen by the forgers shrunk to their input; its conditions are applied to it at
+# most this large (long side) rather than to all of its (up to 40 million) pixels, seven times over. Its
+# perturbation was made at the forgers' resolution and upsampled, so nothing it holds is finer than this.
+WHOLE_PHOTO_SIDE = 1024
+
+
+def bounded(x: torch.Tensor, side: int) -> torch.Tensor:
+    """``x`` downscaled (antialiased, 8-bit) so that its long side is at most ``side``; ``x`` itself if it is."""
+    long = max(x.shape[-2:])
+    if long <= side:
+        return x
+    k = side / long
+    shape = (max(1, round(x.shape[-2] * k)), max(1, round(x.shape[-1] * k)))
+    return quantize(F.interpolate(x, size=shape, mode="bilinear", antialias=True, align_corners=False))
 
 
 def face_window(frame: Frame, width: int, height: int) -> tuple[int, int, int, int]:
@@ -50,9 +67,10 @@ def face_window(frame: Frame, width: int, height: int) -> tuple[int, int, int, i
 def conditioned_crops(
     condition: str, x: torch.Tensor, frames: Sequence[Face | Frame] | None, size: int
 ) -> torch.Tensor:
-    """The attacker's crops of photo ``x`` after ``condition``, computed on a window around each face."""
+    """The attacker's crops of photo ``x`` after ``condition``, computed on a window around each face (a whole
+    photo: on it downscaled to at most :data:`WHOLE_PHOTO_SIDE`)."""
     if not frames:
-        return attacker_crops(apply_condition(condition, x), None, size)
+        return attacker_crops(apply_condition(condition, bounded(x, WHOLE_PHOTO_SIDE)), None, size)
     height, width = x.shape[-2:]
     out = []
     for face in frames:
@@ -130,7 +148,10 @@ def photo_receipt(
     if x.shape != x_adv.shape or x.shape[0] != 1:
         raise ValueError(f"expected two (1, 3, H, W) photos, got {tuple(x.shape)} and {tuple(x_adv.shape)}")
     per: dict[str, dict[str, Any]] = {}
+    if not frames:  # once, not per condition (see conditioned_crops)
+        x, x_adv = bounded(x, WHOLE_PHOTO_SIDE), bounded(x_adv, WHOLE_PHOTO_SIDE)
     for cond in conditions:
+        checkpoint()
         if measured and cond in measured:
             per[cond] = _condition(measured[cond])
             continue

@@ -18,6 +18,7 @@ import torch
 
 from core.forgers import Forger
 from core.image import quantize
+from core.interrupt import checkpoint
 from core.registry import Registry
 from core.targets import targets_for
 
@@ -206,6 +207,7 @@ class Protection(ABC):
         refs = [] if hasattr(self.eot, "pair") else self.clean_outputs(x, targets)
         velocity: list[torch.Tensor] | None = None
         for _ in range(self.steps):
+            checkpoint()  # a cancelled job or a spent time budget stops here (core.interrupt)
             deltas = [d.detach().requires_grad_(True) for d in deltas]
             loss = self.loss(render(deltas), x, targets, refs, gen)
             grads = torch.autograd.grad(loss, deltas)

@@ -124,3 +124,34 @@ def test_conditions_on_face_windows_equal_the_whole_photo(condition: str) -> Non
     whole = attacker_crops(apply_condition(condition, x), frames, 32)
     # Identical up to float rounding of the resampling: the window holds everything the crop depends on.
     assert (windowed - whole).abs().max() < 1e-4, condition
+
+
+@pytest.mark.slow  # a 2.7-megapixel photo through the whole pipeline
+def test_a_large_photo_protected_whole_is_measured_at_a_bounded_size(
+    forger: torch.nn.Module, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A decompression bomb without a face: the receipt's conditions and the quality metrics never run on all
+    of its pixels (a 40-megapixel photo took half an hour and 5.5 GB in them)."""
+    from core import evaluate, protect, receipt
+
+    seen: list[tuple[int, ...]] = []
+    real_condition, real_ssim = receipt.apply_condition, evaluate.metrics.ssim
+
+    def condition(name: str, x: torch.Tensor) -> torch.Tensor:
+        seen.append(tuple(x.shape[-2:]))
+        return real_condition(name, x)
+
+    def ssim(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        seen.append(tuple(a.shape[-2:]))
+        return real_ssim(a, b)
+
+    monkeypatch.setattr(receipt, "apply_condition", condition)
+    monkeypatch.setattr(evaluate.metrics, "ssim", ssim)
+    photo = LoadedImage(tensor=smooth(1300, 2100, 3), alpha=None, format=None)
+    pgd = create_method("pgd", [forger], eps=0.05, steps=1, seed=0)
+    [result] = protect_images(pgd, [photo], whole_image=True, receipt_conditions=("clean", "jpeg75", "blur1"))
+    assert result.report["protection"] == "whole_image"
+    assert seen and max(max(s) for s in seen) <= receipt.WHOLE_PHOTO_SIDE == protect.QUALITY_SIDE
+    # PSNR is still of every pixel
+    mse = float((result.x_adv - photo.tensor).double().pow(2).mean())
+    assert result.report["psnr"] == pytest.approx(10 * torch.log10(torch.tensor(4.0 / mse)).item(), rel=1e-6)

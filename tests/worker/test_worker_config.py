@@ -194,3 +194,40 @@ def test_a_method_without_its_weights_is_model_unavailable(tiny_checkpoints, mon
         models.build(WorkerSettings(), "retentive", ["stargan"], 0.05, {"steps": 1}, seed=1)
     with pytest.raises(models.BadOptions, match="pgd"):
         models.build(WorkerSettings(), "pgd", ["stargan"], 0.05, {"luma_eps": 0.01}, seed=1)
+
+
+class _Store:
+    def __init__(self, canceled: bool | Exception) -> None:
+        self.canceled = canceled
+
+    def is_canceled(self, job_id: str) -> bool:
+        if isinstance(self.canceled, Exception):
+            raise self.canceled
+        return self.canceled
+
+
+class _Ctx:
+    def __init__(self, canceled: bool | Exception) -> None:
+        self.store = _Store(canceled)
+
+
+@pytest.mark.parametrize(("canceled", "limit", "outcome"), [
+    (False, 0, "timeout"),  # over the soft limit: the job fails with timeout at the next step
+    (True, 3600, None),  # cancelled: the work stops, the job stays cancelled (nothing failed)
+    (redis.ConnectionError("down"), 3600, "ran"),  # Redis unreachable while checking: the work goes on
+])
+def test_job_work_stops_between_steps(
+    monkeypatch: pytest.MonkeyPatch, canceled: bool | Exception, limit: int, outcome: str | None
+) -> None:
+    from core.interrupt import checkpoint
+    from worker.tasks import protocol
+
+    failed: list[str] = []
+    monkeypatch.setattr(protocol, "fail_job", lambda ctx, job_id, code, message: failed.append(code))
+    monkeypatch.setattr(protocol.settings, "task_soft_time_limit_s", limit)
+    ran = False
+    with protocol.job_errors(None, _Ctx(canceled), "job-1", "protect"):  # type: ignore[arg-type]
+        checkpoint()
+        ran = True
+    assert failed == ([outcome] if outcome == "timeout" else [])
+    assert ran is (outcome == "ran")

@@ -257,6 +257,24 @@ def test_cancel_before_start_writes_nothing(
     assert storage.list_objects(job.output_prefix) == []
 
 
+def test_cancel_stops_a_running_protection_between_steps(
+    submit_direct: Callable[..., JobRecord], wstore: JobStore, storage: Storage, http: httpx.Client
+) -> None:
+    """A photo job of 10,000 steps (minutes): cancelled while it runs, its work stops at the next step (the solo
+    pool would otherwise run it for hours, with every other job waiting behind it)."""
+    job = submit_direct(face_png(40, 40, seed=9), "endless.png",
+                        params={"steps": 10_000, "objective": "distort", "random_start": True})
+    assert wait_for(lambda: (j := wstore.get(job.id)) is not None and j.status == "running", timeout=20)
+    time.sleep(1.0)  # well inside its steps
+    answer = http.post(f"/v1/jobs/{job.id}/cancel")
+    assert answer.status_code == 200, (answer.text, wstore.get(job.id))
+    marker = submit_direct(face_png(32, 32, seed=4), "marker.png")
+    assert wait_job(wstore, marker.id).status == "succeeded"
+    got = wstore.get(job.id)
+    assert got is not None and got.status == "canceled"
+    assert storage.list_objects(job.output_prefix) == []
+
+
 # ---- archives ---------------------------------------------------------------------------------------
 
 

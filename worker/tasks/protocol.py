@@ -33,6 +33,7 @@ from celery import Task
 from celery.exceptions import SoftTimeLimitExceeded
 from pydantic import ValidationError
 
+from core.interrupt import Check, Interrupted, deadline_check, first_of, throttled, watch
 from service.contract import PAYLOAD_VERSION, TaskPayload
 from service.jobs import JobRecord
 from service.queue import TASK_DELIVER_WEBHOOK
@@ -179,13 +180,37 @@ def read_object(ctx: Context, key: str, max_bytes: int, what: str) -> bytes:
         raise
 
 
+# How often a running protection asks Redis whether its job was cancelled (it checks between steps).
+CANCEL_POLL_S = 1.0
+
+
+def stop_check(ctx: Context, job_id: str) -> Check:
+    """What the work of a job checks between steps (core.interrupt): its soft time limit, counted from here
+    (the solo pool enforces no Celery time limit), and whether the job was cancelled. A Redis outage while
+    checking lets the work go on: the job's own writes will meet it."""
+    def canceled() -> str | None:
+        try:
+            return "canceled" if ctx.store.is_canceled(job_id) else None
+        except redis.RedisError:
+            return None
+
+    return first_of(deadline_check(settings.task_soft_time_limit_s), throttled(canceled, CANCEL_POLL_S))
+
+
 @contextmanager
 def job_errors(task: Task, ctx: Context, job_id: str, counter: str) -> Iterator[None]:
-    """Map a task's exceptions to job outcomes: JobError fails, outages retry, anything else fails."""
+    """Map a task's exceptions to job outcomes: JobError fails, outages retry, anything else fails. The work
+    inside stops between steps when the job is cancelled or runs over its soft time limit (:func:`stop_check`)."""
     try:
-        yield
+        with watch(stop_check(ctx, job_id)):
+            yield
     except JobError as exc:
         fail_job(ctx, job_id, exc.code, exc.message)
+    except Interrupted as exc:
+        if exc.reason == "canceled":
+            log.info("job %s: cancelled; its work stopped", job_id)
+        else:
+            fail_job(ctx, job_id, "timeout", f"the task ran over its time limit of {settings.task_soft_time_limit_s} s")
     except SoftTimeLimitExceeded:
         fail_job(ctx, job_id, "timeout", f"the task ran over its time limit of {settings.task_soft_time_limit_s} s")
     except TRANSIENT as exc:
