@@ -25,6 +25,7 @@ from service.contract import DEFAULT_WEBHOOK_EVENTS, InputRef, JobKind, Resolved
 from service.errors import InputRejected, TooLarge, UnsupportedMediaType
 from service.jobs import JobRecord, JobStore
 from service.keys import Principal
+from service.leases import leases_for
 from service.queue import enqueue_job
 from service.redisdb import new_id
 from service.states import JobStatus
@@ -240,8 +241,11 @@ def submit_file(
     job_id, existing = _claim(services, principal, idem_key, fp)
     if existing is not None:
         return Submitted(existing, created=False)
+    key = input_key(principal.tenant, job_id, name)
+    leases = leases_for(services.redis, settings)
     try:
-        key = input_key(principal.tenant, job_id, name)
+        # noted before the write: an upload S3 completes after we gave up on it is deleted later (service.leases)
+        leases.note_input(job_id, key, settings.input_grace_s)
         services.storage.put_fileobj(key, fileobj, inspected.content_type)
         inp = InputRef(
             bucket=services.storage.bucket,
@@ -257,8 +261,11 @@ def submit_file(
     except BaseException:
         if idem_key is not None:
             services.jobs.release_idempotency(principal.tenant, idem_key)
+        services.storage.delete(key)  # best effort; a write still in flight is caught by the pending note
         raise
-    return Submitted(_store_and_enqueue(services, job, principal, idem_key), created=True)
+    done = _store_and_enqueue(services, job, principal, idem_key)
+    leases.input_recorded(job_id, key)  # the job record names it now
+    return Submitted(done, created=True)
 
 
 def inspect_upload(services: Services, upload: UploadRecord) -> UploadRecord:

@@ -118,6 +118,15 @@ class Settings(BaseSettings):
     worker_heartbeat_ttl_s: int = Field(
         default=60, ge=1, description="workers refresh veil:workers:<host> this often"
     )
+    # --- leftovers of dead processes (service.leases) ---
+    job_lease_ttl_s: float = Field(
+        default=30.0, gt=0, description="a running job whose worker stopped refreshing its lease this long is failed "
+        "as worker_lost"
+    )
+    input_grace_s: float = Field(
+        default=900.0, gt=0, description="an input object still without a job record this long after its upload "
+        "began is deleted (longer than any S3 request may hang)"
+    )
 
     @field_validator("webhook_allow_hosts", "webhook_retry_schedule_s", mode="before")
     @classmethod

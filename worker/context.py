@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import redis
 
 from service.jobs import JobStore
+from service.leases import LeaseKeeper, leases_for
 from service.redisdb import make_redis
 from service.storage import Storage
 from worker.config import WorkerSettings, get_worker_settings
@@ -62,6 +63,15 @@ class Context:
     storage: Storage
     keys: WorkerKeys
     pid: int
+
+    _keeper: LeaseKeeper | None = None
+
+    @property
+    def keeper(self) -> LeaseKeeper:
+        """This process's lease keeper (its thread starts with the first job this process runs)."""
+        if self._keeper is None:
+            self._keeper = LeaseKeeper(leases_for(self.redis, self.settings))
+        return self._keeper
 
     @property
     def worker_id(self) -> str:

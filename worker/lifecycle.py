@@ -20,10 +20,11 @@ import redis
 from celery import signals
 
 from service.heartbeat import beat, retire
+from service.leases import leases_for, reconcile
 from service.redisdb import make_redis
 from worker import models
 from worker.config import WorkerSettings, get_worker_settings
-from worker.context import reset_context
+from worker.context import get_context, reset_context
 
 log = logging.getLogger(__name__)
 
@@ -87,12 +88,18 @@ class Heartbeat:
         beat(self.redis, self.settings, self.hostname, self.queues, pid=os.getpid(), **self.info)
 
     def _run(self) -> None:
-        interval = max(0.5, self.settings.worker_heartbeat_ttl_s / 3)
+        # the reconciler must notice a lapsed lease well within its TTL, whatever the heartbeat's period
+        interval = max(0.5, min(self.settings.worker_heartbeat_ttl_s, self.settings.job_lease_ttl_s) / 3)
         while not self.stop_event.wait(interval):
             try:
                 self.beat_once()
             except redis.RedisError as exc:
                 log.warning("heartbeat failed: %s", exc)
+                continue
+            try:
+                reconcile_leftovers()
+            except Exception:  # the heartbeat must outlive any error of the reconciler
+                log.exception("reconciling leftovers failed")
 
     def start(self) -> None:
         try:
@@ -108,6 +115,26 @@ class Heartbeat:
             retire(self.redis, self.settings, self.hostname)
         except redis.RedisError as exc:
             log.warning("cannot remove the heartbeat: %s", exc)
+
+
+def reconcile_leftovers() -> None:
+    """Fail the jobs of dead processes and delete inputs no job record names (:mod:`service.leases`)."""
+    from worker.tasks.protocol import fail_job
+
+    ctx = get_context()
+
+    def status(job_id: str) -> str | None:
+        job = ctx.store.get(job_id)
+        return None if job is None else str(job.status)
+
+    def lost(job_id: str) -> None:
+        fail_job(ctx, job_id, "worker_lost", "the worker running this job stopped (killed or out of memory) "
+                 "before finishing it; submit the photo again")
+
+    done = reconcile(leases_for(ctx.redis, ctx.settings), status, lost, ctx.storage.delete)
+    if done.lost or done.deleted_inputs:
+        log.warning("reconciled: jobs lost with their worker %s; orphaned inputs deleted %s", done.lost,
+                    done.deleted_inputs)
 
 
 @signals.worker_ready.connect

@@ -473,6 +473,41 @@ def test_poison_input_fails_after_n_tries(
     assert proc.proc.poll() is None  # the worker itself lives on
 
 
+@pytest.fixture()
+def doomed_gpu(
+    wsettings: WorkerSettings,
+    worker_env: dict[str, str],
+    rclient: redis.Redis,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[WorkerProc, WorkerSettings]]:
+    """A solo gpu worker of its own (own broker key prefix) with 2 s job leases, to be killed."""
+    settings = wsettings.model_copy(update={"celery_key_prefix": f"{wsettings.redis_prefix}celery-doomed:",
+                                            "job_lease_ttl_s": 2.0})
+    proc = start_worker("gpu", {**worker_env, **to_env(settings)}, tmp_path_factory.mktemp("doomed-logs"))
+    try:
+        wait_ready(rclient, settings, [proc])
+        yield proc, settings
+    finally:
+        proc.stop()
+
+
+def test_a_job_whose_worker_was_killed_fails_as_worker_lost(
+    doomed_gpu: tuple[WorkerProc, WorkerSettings], submit_direct: Callable[..., JobRecord], wstore: JobStore,
+) -> None:
+    """SIGKILL the whole (solo) worker mid-job: nothing redelivers the message before the broker's visibility
+    timeout (hours), so the job would stay running; its lease lapses and the other workers fail it."""
+    proc, settings = doomed_gpu
+    job = submit_direct(face_png(40, 40, seed=11), "doomed.png", settings=settings,
+                        params={"steps": 10_000, "objective": "distort", "random_start": True})
+    assert wait_for(lambda: (j := wstore.get(job.id)) is not None and j.status == "running", timeout=30), (
+        wstore.get(job.id), proc.tail())
+    os.killpg(proc.proc.pid, signal.SIGKILL)
+    proc.proc.wait(timeout=10)
+    # lease TTL 2 s, the live workers reconcile every 2 s (heartbeat TTL 6 s / 3)
+    done = wait_job(wstore, job.id, timeout=20)
+    assert done.status == "failed" and done.error_code == "worker_lost", done
+
+
 def test_previews_and_min_success_through_the_api(http: httpx.Client) -> None:
     r = http.post("/v1/jobs", files={"file": ("face.png", face_png(60, 44, seed=5), "image/png")},
                   data={"previews": "true", "min_success": "0", "strength": "low"})

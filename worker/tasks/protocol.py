@@ -36,6 +36,7 @@ from pydantic import ValidationError
 from core.interrupt import Check, Interrupted, deadline_check, first_of, throttled, watch
 from service.contract import PAYLOAD_VERSION, TaskPayload
 from service.jobs import JobRecord
+from service.leases import task_lease
 from service.queue import TASK_DELIVER_WEBHOOK
 from service.redisdb import new_id
 from service.states import InvalidTransition, JobStatus
@@ -201,6 +202,9 @@ def stop_check(ctx: Context, job_id: str) -> Check:
 def job_errors(task: Task, ctx: Context, job_id: str, counter: str) -> Iterator[None]:
     """Map a task's exceptions to job outcomes: JobError fails, outages retry, anything else fails. The work
     inside stops between steps when the job is cancelled or runs over its soft time limit (:func:`stop_check`)."""
+    lease = task_lease(job_id, counter)
+    with suppress(redis.RedisError):  # Redis down: the task's own writes meet it and retry
+        ctx.keeper.hold(lease, ctx.worker_id)  # a dead process's jobs are failed as worker_lost (service.leases)
     try:
         with watch(stop_check(ctx, job_id)):
             yield
@@ -223,6 +227,9 @@ def job_errors(task: Task, ctx: Context, job_id: str, counter: str) -> Iterator[
     except Exception as exc:
         log.exception("job %s: unexpected error", job_id)
         fail_job(ctx, job_id, "internal_error", f"{type(exc).__name__}: {exc}")
+    finally:
+        with suppress(redis.RedisError):
+            ctx.keeper.release(lease)
 
 
 def prelude(ctx: Context, payload: Any, counter: str) -> tuple[TaskPayload, JobRecord] | None:

@@ -482,3 +482,42 @@ def test_deeply_nested_json_bodies_are_422(client: TestClient, tenant: Tenant) -
     # Nesting within the limit still parses (and then fails on the unknown upload).
     shallow = {"upload_id": "upl_nothere", "metadata": {"a": {"b": {"c": [1, [2, {"d": "[[[[{{{{"}]]}}}}
     assert_problem(client.post("/v1/jobs", headers=tenant.headers, json=shallow), 404, "not-found")
+
+
+def test_an_input_s3_completes_after_a_503_is_deleted_by_the_reconciler(
+    client: TestClient, tenant: Tenant, settings: Settings, rclient: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """D5: S3 hangs, the gateway answers 503, and S3 completes the write later: the object has no job record,
+    and once its grace has passed the reconciler (service.leases) deletes it."""
+    from service.leases import leases_for, reconcile
+    from service.storage import Storage, StorageError
+
+    late: list[tuple[str, bytes, str]] = []
+    real_put = Storage.put_fileobj
+
+    def hung(self: Storage, key: str, fileobj: Any, content_type: str) -> None:
+        late.append((key, fileobj.read(), content_type))  # S3 has the bytes and will finish later
+        raise StorageError(f"cannot store {key}: read timeout")
+
+    monkeypatch.setattr(Storage, "put_fileobj", hung)
+    r = submit(client, tenant, image_bytes(40, 30))
+    assert r.status_code == 503, r.text
+    monkeypatch.setattr(Storage, "put_fileobj", real_put)
+    [(key, data, ctype)] = late
+    storage = Storage(settings)
+    storage.put_bytes(key, data, ctype)  # the hung write lands after the answer (and after the gateway's delete)
+    leases = leases_for(rclient, settings)
+    store = JobStore(rclient, settings)
+
+    def status(job_id: str) -> str | None:
+        job = store.get(job_id)
+        return None if job is None else str(job.status)
+
+    # within its grace it is kept (the write may still be in flight) ...
+    assert reconcile(leases, status, lambda j: None, storage.delete).deleted_inputs == []
+    assert storage.head(key) is not None
+    # ... past it, no job record names it: deleted
+    past = time.time() + settings.input_grace_s + 1
+    monkeypatch.setattr(time, "time", lambda: past)
+    assert reconcile(leases, status, lambda j: None, storage.delete).deleted_inputs == [key]
+    assert storage.head(key) is None
