@@ -29,7 +29,7 @@ from service.leases import leases_for
 from service.queue import enqueue_job
 from service.redisdb import new_id
 from service.states import JobStatus
-from service.storage import Storage, StorageError, input_key, output_prefix, safe_filename
+from service.storage import Storage, StorageError, input_key, is_changed, output_prefix, safe_filename
 from service.validation import Inspected, inspect, sha256_file
 from service.webhooks import WebhookRefused, check_url
 
@@ -277,7 +277,8 @@ def inspect_upload(services: Services, upload: UploadRecord) -> UploadRecord:
     try:
         if info.size > upload.max_bytes:
             raise TooLarge(f"uploaded {info.size} bytes, limit {upload.max_bytes}", limit=upload.max_bytes)
-        with services.storage.open_range_reader(upload.key, info.size) as reader:
+        # pinned to the version HEAD saw: a replacement during the check is a 409, not a checked object
+        with services.storage.open_range_reader(upload.key, info.size, info.etag) as reader:
             inspected: Inspected = inspect(reader, info.size, services.settings, inspect_entries=False)
         declared_family = "archive" if upload.content_type == "application/zip" else "image"
         if inspected.kind != declared_family:
@@ -289,6 +290,8 @@ def inspect_upload(services: Services, upload: UploadRecord) -> UploadRecord:
         services.uploads.update(upload, status="failed", error=exc.detail, actual_size=info.size)
         raise
     except (StorageError, OSError) as exc:
+        if is_changed(exc.__cause__):
+            raise upload_replaced() from exc
         raise Problem(
             503, "unavailable", f"cannot read the upload: {exc}", title="Service unavailable"
         ) from exc
@@ -297,9 +300,15 @@ def inspect_upload(services: Services, upload: UploadRecord) -> UploadRecord:
         status="ready",
         kind=inspected.kind,
         actual_size=info.size,
+        etag=info.etag,
         error=None,
         content_type=inspected.content_type,
     )
+
+
+def upload_replaced() -> Problem:
+    return Problem(409, "conflict", "the uploaded object was replaced after it was checked; create a new upload",
+                   title="Upload replaced")
 
 
 def submit_upload(
@@ -319,6 +328,10 @@ def submit_upload(
         if upload.mode == "multipart":
             raise Problem(409, "conflict", "complete the multipart upload first", title="Upload incomplete")
         upload = inspect_upload(services, upload)
+    else:  # checked before: still the version that was checked? (its presigned POST is still valid)
+        info = services.storage.head(upload.key)
+        if info is None or (upload.etag is not None and info.etag != upload.etag):
+            raise upload_replaced()
     job_id, existing = _claim(services, principal, idem_key, fp)
     if existing is not None:
         return Submitted(existing, created=False)
@@ -330,6 +343,7 @@ def submit_upload(
         content_type=upload.content_type,
         size=upload.actual_size,
         upload_id=upload.id,
+        etag=upload.etag,
     )
     job = _new_job(services, principal, job_id, resolved, upload.kind, inp)
     return Submitted(_store_and_enqueue(services, job, principal, idem_key), created=True)

@@ -33,6 +33,7 @@ class UploadRecord(BaseModel):
     kind: Literal["image", "archive"] | None = None  # once inspected
     actual_size: int | None = None
     sha256: str | None = None
+    etag: str | None = None  # of the object as checked: a job reads that version only
     error: str | None = None
 
 

@@ -30,6 +30,9 @@ class InputRef(BaseModel):
     size: int
     sha256: str | None = None
     upload_id: str | None = None
+    # The version the gateway checked (an upload's presigned POST stays valid after the check): the worker
+    # reads that version only, and a replaced object fails the job instead of bypassing the checks.
+    etag: str | None = None
 
 
 class OutputRef(BaseModel):

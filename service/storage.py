@@ -61,6 +61,18 @@ class ObjectInfo:
     etag: str | None = None
 
 
+def is_changed(exc: BaseException | None) -> bool:
+    """Whether a read pinned to an ETag (``IfMatch``) failed because the object was replaced since."""
+    if not isinstance(exc, ClientError):
+        return False
+    code = str(exc.response.get("Error", {}).get("Code", ""))
+    return code == "PreconditionFailed" or exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 412
+
+
+def _pinned(etag: str | None) -> dict[str, str]:
+    return {"IfMatch": etag} if etag else {}
+
+
 def is_missing(exc: ClientError) -> bool:
     code = str(exc.response.get("Error", {}).get("Code", ""))
     status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
@@ -164,9 +176,10 @@ class Storage:
     def put_bytes(self, key: str, data: bytes, content_type: str) -> None:
         self.put_fileobj(key, io.BytesIO(data), content_type)
 
-    def get_bytes(self, key: str) -> bytes:
+    def get_bytes(self, key: str, etag: str | None = None) -> bytes:
+        """The object's bytes; with ``etag``, only that version of it (else :func:`is_changed` of the cause)."""
         try:
-            return bytes(self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read())
+            return bytes(self.client.get_object(Bucket=self.bucket, Key=key, **_pinned(etag))["Body"].read())
         except (ClientError, BotoCoreError) as exc:
             raise StorageError(f"cannot read {key}: {exc}") from exc
 
@@ -181,10 +194,10 @@ class Storage:
             raise StorageError(f"cannot stat {key}: {exc}") from exc
         return ObjectInfo(key, int(r["ContentLength"]), r.get("ContentType"), r.get("ETag"))
 
-    def get_range(self, key: str, start: int, end: int) -> bytes:
-        """Bytes ``start..end`` inclusive."""
+    def get_range(self, key: str, start: int, end: int, etag: str | None = None) -> bytes:
+        """Bytes ``start..end`` inclusive (of the version ``etag``, when given)."""
         try:
-            r = self.client.get_object(Bucket=self.bucket, Key=key, Range=f"bytes={start}-{end}")
+            r = self.client.get_object(Bucket=self.bucket, Key=key, Range=f"bytes={start}-{end}", **_pinned(etag))
             return bytes(r["Body"].read())
         except (ClientError, BotoCoreError) as exc:
             raise StorageError(f"cannot read {key}: {exc}") from exc
@@ -211,9 +224,10 @@ class Storage:
             raise StorageError(f"cannot list {prefix}: {exc}") from exc
         return out[:max_keys]
 
-    def open_range_reader(self, key: str, size: int) -> IO[bytes]:
-        """A seekable, buffered reader of an object by ranged GETs (header sniffing, zip directories)."""
-        return io.BufferedReader(S3RangeReader(self, key, size), buffer_size=256 * 1024)
+    def open_range_reader(self, key: str, size: int, etag: str | None = None) -> IO[bytes]:
+        """A seekable, buffered reader of an object by ranged GETs (header sniffing, zip directories), of the
+        version ``etag`` only when given."""
+        return io.BufferedReader(S3RangeReader(self, key, size, etag), buffer_size=256 * 1024)
 
     # ---- presigned URLs -----------------------------------------------------------------------
     def presign_get(self, key: str, ttl_s: int, filename: str | None = None) -> str:
@@ -278,10 +292,11 @@ class S3RangeReader(io.RawIOBase):
 
     MAX_REQUESTS = 256
 
-    def __init__(self, storage: Storage, key: str, size: int) -> None:
+    def __init__(self, storage: Storage, key: str, size: int, etag: str | None = None) -> None:
         super().__init__()
         self.storage = storage
         self.key = key
+        self.etag = etag
         self.size = size
         self.pos = 0
         self.requests = 0
@@ -308,7 +323,7 @@ class S3RangeReader(io.RawIOBase):
         if self.requests > self.MAX_REQUESTS:
             raise OSError(f"too many range reads of {self.key}")
         end = min(self.size, self.pos + len(view)) - 1
-        data = self.storage.get_range(self.key, self.pos, end)
+        data = self.storage.get_range(self.key, self.pos, end, self.etag)
         n = len(data)
         view[:n] = data
         self.pos += n

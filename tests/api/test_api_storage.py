@@ -62,3 +62,20 @@ def test_safe_filename() -> None:
     assert safe_filename("../../etc/passwd") == "passwd"
     assert safe_filename("C:\\photos\\my face (1).JPG") == "my_face_1_.JPG"
     assert safe_filename("") == "input" and safe_filename("...") == "input"
+
+
+def test_reads_pinned_to_an_etag_fail_once_the_object_is_replaced(storage: Storage) -> None:
+    from service.storage import StorageError, is_changed
+
+    storage.put_bytes("pinned/a.bin", b"checked", "application/octet-stream")
+    info = storage.head("pinned/a.bin")
+    assert info is not None and info.etag
+    assert storage.get_bytes("pinned/a.bin", info.etag) == b"checked"
+    assert storage.get_range("pinned/a.bin", 0, 2, info.etag) == b"che"
+    storage.put_bytes("pinned/a.bin", b"swapped", "application/octet-stream")
+    for read in (lambda: storage.get_bytes("pinned/a.bin", info.etag),
+                 lambda: storage.get_range("pinned/a.bin", 0, 2, info.etag)):
+        with pytest.raises(StorageError) as caught:
+            read()
+        assert is_changed(caught.value.__cause__)
+    assert storage.get_bytes("pinned/a.bin") == b"swapped"  # unpinned reads are unaffected

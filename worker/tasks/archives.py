@@ -27,7 +27,7 @@ from service.contract import OutputRef, TaskPayload
 from service.jobs import JobRecord
 from service.queue import TASK_PACK_ARCHIVE, TASK_PROTECT_ARCHIVE, TASK_PROTECT_GROUP
 from service.states import JobStatus
-from service.storage import StorageError, is_missing, safe_filename
+from service.storage import StorageError, is_changed, is_missing, safe_filename
 from worker import archive as arc
 from worker import models
 from worker.celery_app import app, settings
@@ -78,10 +78,13 @@ def protect_archive(self: Task, payload: dict[str, Any]) -> str:
     return "failed"
 
 
-def download(ctx: Context, key: str, fh: Any) -> None:
+def download(ctx: Context, key: str, fh: Any, etag: str | None = None) -> None:
+    """The object into ``fh`` (the version ``etag`` only, when given: the one the gateway checked)."""
     try:
-        ctx.storage.client.download_fileobj(ctx.storage.bucket, key, fh)
+        ctx.storage.client.download_fileobj(ctx.storage.bucket, key, fh, ExtraArgs={"IfMatch": etag} if etag else None)
     except ClientError as exc:
+        if is_changed(exc):
+            raise JobError("input_changed", "the archive was replaced after it was checked; upload it again") from None
         if is_missing(exc):
             raise JobError("input_missing", "the archive is no longer in storage (expired or deleted)") from None
         raise StorageError(f"cannot read {key}: {exc}") from exc
@@ -98,7 +101,7 @@ def expand(ctx: Context, p: TaskPayload) -> str:
     results: dict[int, arc.EntryResult] = {}
     items: list[GroupItem] = []
     with tempfile.TemporaryFile(dir=settings.worker_tmp_dir) as fh:
-        download(ctx, p.input.key, fh)
+        download(ctx, p.input.key, fh, p.input.etag)
         try:
             zf = zipfile.ZipFile(fh)
         except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:

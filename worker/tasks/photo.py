@@ -46,7 +46,7 @@ def protect(self: Task, payload: dict[str, Any]) -> str:
 
 def protect_photo(ctx: Context, p: TaskPayload) -> str:
     ext, ctype = ext_and_type(p.output_format)
-    data = read_object(ctx, p.input.key, settings.max_image_bytes, "input photo")
+    data = read_object(ctx, p.input.key, settings.max_image_bytes, "input photo", p.input.etag)
     if ctx.store.is_canceled(p.job_id):
         return "canceled"
     try:

@@ -40,7 +40,7 @@ from service.leases import task_lease
 from service.queue import TASK_DELIVER_WEBHOOK
 from service.redisdb import new_id
 from service.states import InvalidTransition, JobStatus
-from service.storage import StorageError, is_missing
+from service.storage import StorageError, is_changed, is_missing
 from service.views import job_out
 from worker import models
 from worker.celery_app import app, settings
@@ -166,16 +166,19 @@ def give_up(ctx: Context, job_id: str, task: str, attempts: int) -> None:
     )
 
 
-def read_object(ctx: Context, key: str, max_bytes: int, what: str) -> bytes:
+def read_object(ctx: Context, key: str, max_bytes: int, what: str, etag: str | None = None) -> bytes:
+    """The object's bytes (the version ``etag`` only, when given: the one the gateway checked)."""
     info = ctx.storage.head(key)
     if info is None:
         raise JobError("input_missing", f"the {what} is no longer in storage (expired or deleted)")
     if info.size > max_bytes:
         raise JobError("input_too_large", f"the {what} has {info.size} bytes, limit {max_bytes}")
     try:
-        return ctx.storage.get_bytes(key)
+        return ctx.storage.get_bytes(key, etag)
     except StorageError as exc:
         cause = exc.__cause__
+        if is_changed(cause):
+            raise JobError("input_changed", f"the {what} was replaced after it was checked; upload it again") from None
         if isinstance(cause, ClientError) and is_missing(cause):
             raise JobError("input_missing", f"the {what} is no longer in storage (expired or deleted)") from None
         raise

@@ -3,6 +3,7 @@ presigned URL signatures and expiry), then jobs referencing them."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 from collections.abc import Callable
@@ -11,6 +12,7 @@ import httpx
 import redis
 from apitest import MiB, S3Server, Tenant, assert_problem, image_bytes, message_for, zip_bytes
 from fastapi.testclient import TestClient
+from PIL import Image
 
 from service.config import Settings
 
@@ -197,3 +199,27 @@ def test_largest_complete_body_the_schema_allows_fits_the_body_limit(client: Tes
         content=too_many,
     )
     assert_problem(r, 422, "validation-error")
+
+
+def test_an_upload_replaced_after_its_check_is_refused(
+    client: TestClient, tenant: Tenant, settings: Settings, rclient: redis.Redis
+) -> None:
+    """D6: the presigned POST stays valid after the check; posting again replaces the object. A job on the
+    upload then answers 409, and a job created before the replacement reads the checked version only."""
+    first = image_bytes(20, 20)
+    buf = io.BytesIO()
+    Image.new("RGB", (20, 20), (10, 200, 30)).save(buf, "PNG")
+    second = buf.getvalue()
+    assert first != second and len(second) <= len(first)  # within the upload's declared size
+    up = client.post("/v1/uploads", headers=tenant.headers,
+                     json={"filename": "me.png", "content_type": "image/png", "size": len(first)}).json()
+    assert post_upload(up["post"], first, "image/png").status_code == 204
+    job = client.post("/v1/jobs", headers=tenant.headers, json={"upload_id": up["id"]})
+    assert job.status_code == 202, job.text
+    payload = message_for(rclient, settings, "gpu", job.json()["id"])["kwargs"]["payload"]
+    checked = payload["input"]["etag"]
+    assert checked  # the version the gateway checked, which the worker reads with IfMatch
+    assert post_upload(up["post"], second, "image/png").status_code == 204  # still valid: replaced
+    again = client.post("/v1/jobs", headers=tenant.headers, json={"upload_id": up["id"]})
+    assert_problem(again, 409, "conflict")
+    assert "replaced after it was checked" in again.json()["detail"]
