@@ -47,3 +47,22 @@ def live_workers(r: redis.Redis, settings: Settings, limit: int = 100) -> list[s
         if cursor == 0 or len(found) >= limit:
             break
     return found[:limit]
+
+
+def consumers(r: redis.Redis, settings: Settings, limit: int = 100) -> dict[str, list[str]]:
+    """Per queue the service uses (gpu, io), the live workers whose heartbeat says they consume it."""
+    keys = RedisKeys(settings.redis_prefix)
+    names = live_workers(r, settings, limit)
+    values = r.mget([keys.worker(n) for n in names]) if names else []
+    out: dict[str, list[str]] = {settings.queue_gpu: [], settings.queue_io: []}
+    for name, raw in zip(names, values, strict=True):
+        if raw is None:  # expired between the scan and the read
+            continue
+        try:
+            queues = json.loads(raw).get("queues", [])
+        except (ValueError, AttributeError):
+            continue
+        for queue in queues:
+            if queue in out:
+                out[queue].append(name)
+    return out

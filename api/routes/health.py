@@ -1,4 +1,4 @@
-"""``/healthz`` (process up), ``/readyz`` (Redis, S3, a live worker), ``/metrics`` (Prometheus)."""
+"""``/healthz`` (process up), ``/readyz`` (Redis, S3, a live consumer per queue), ``/metrics`` (Prometheus)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from api.deps import ServicesDep
 from api.problems import Problem, problem_response
-from service.heartbeat import live_workers
+from service.heartbeat import consumers
 from service.storage import StorageError
 
 router = APIRouter(tags=["health"])
@@ -24,7 +24,7 @@ def healthz() -> dict[str, str]:
 
 @router.get(
     "/readyz",
-    summary="Readiness: Redis ping, S3 bucket, at least one worker heartbeat",
+    summary="Readiness: Redis ping, S3 bucket, a live consumer of each queue",
     responses={503: {"content": {"application/problem+json": {}}, "description": "a check failed"}},
 )
 def readyz(services: ServicesDep) -> Any:
@@ -39,14 +39,18 @@ def readyz(services: ServicesDep) -> Any:
         checks["s3"] = "ok"
     except StorageError as exc:
         checks["s3"] = f"error: {exc}"[:300]
+    queues = (services.settings.queue_gpu, services.settings.queue_io)
     if checks["redis"] == "ok":
         try:
-            workers = live_workers(services.redis, services.settings)
-            checks["workers"] = f"ok: {len(workers)}" if workers else "error: no worker heartbeat"
+            # every queue needs a consumer: a dead io worker stops webhooks and archives while the gpu one lives
+            per_queue = consumers(services.redis, services.settings)
+            for queue in queues:
+                n = len(per_queue.get(queue, []))
+                checks[f"queue:{queue}"] = f"ok: {n}" if n else "error: no live worker consumes it"
         except redis.RedisError as exc:
-            checks["workers"] = f"error: {exc}"
+            checks.update({f"queue:{queue}": f"error: {exc}" for queue in queues})
     else:
-        checks["workers"] = "error: Redis unavailable"
+        checks.update({f"queue:{queue}": "error: Redis unavailable" for queue in queues})
     failed = [name for name, value in checks.items() if not value.startswith("ok")]
     if failed:
         problem = Problem(

@@ -17,11 +17,11 @@ def test_healthz(client: TestClient) -> None:
     assert r.status_code == 200 and r.json() == {"status": "ok"}
 
 
-def test_readyz_needs_a_worker_heartbeat(
+def test_readyz_needs_a_live_consumer_of_each_queue(
     client: TestClient, settings: Settings, rclient: redis.Redis
 ) -> None:
     body = assert_problem(client.get("/readyz"), 503, "not-ready")
-    assert body["failed"] == ["workers"]
+    assert body["failed"] == ["queue:gpu", "queue:io"]
     assert body["checks"]["redis"] == "ok" and body["checks"]["s3"] == "ok"
 
     key = beat(rclient, settings, hostname="gpu-worker-1", queues=["gpu"])
@@ -29,10 +29,15 @@ def test_readyz_needs_a_worker_heartbeat(
         assert key == f"{settings.redis_prefix}workers:gpu-worker-1"
         assert 0 < rclient.ttl(key) <= settings.worker_heartbeat_ttl_s
         assert live_workers(rclient, settings) == ["gpu-worker-1"]
+        # the gpu worker alone: webhooks and archives (the io queue) have nobody (D3: a dead io worker)
+        body = assert_problem(client.get("/readyz"), 503, "not-ready")
+        assert body["failed"] == ["queue:io"] and body["checks"]["queue:gpu"] == "ok: 1"
+        beat(rclient, settings, hostname="io-worker-1", queues=["io"])
         r = client.get("/readyz")
-        assert r.status_code == 200 and r.json()["checks"]["workers"] == "ok: 1"
+        assert r.status_code == 200 and r.json()["checks"]["queue:io"] == "ok: 1"
     finally:
         retire(rclient, settings, hostname="gpu-worker-1")
+        retire(rclient, settings, hostname="io-worker-1")
     assert client.get("/readyz").status_code == 503
 
 
@@ -43,7 +48,7 @@ def test_readyz_reports_s3_and_redis_failures(make_client: Callable[..., TestCli
 
     no_redis = make_client(redis_url="redis://127.0.0.1:1/0", redis_socket_timeout_s=0.5)
     body = assert_problem(no_redis.get("/readyz"), 503, "not-ready")
-    assert set(body["failed"]) >= {"redis", "workers"}
+    assert set(body["failed"]) >= {"redis", "queue:gpu", "queue:io"}
     assert no_redis.get("/healthz").status_code == 200  # liveness does not depend on Redis
     assert_problem(
         no_redis.get("/v1/jobs", headers={"Authorization": "Bearer veil_sk_x"}), 503, "unavailable"
