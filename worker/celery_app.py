@@ -33,7 +33,10 @@ from __future__ import annotations
 import celery
 
 from service.queue import make_celery
+from worker.broker import patch_restore_unacked
 from worker.config import get_worker_settings
+
+patch_restore_unacked()  # a Redis restart must not kill the worker (worker/broker.py)
 
 settings = get_worker_settings()
 app = make_celery(settings)  # queues, routes, serialization and delivery guarantees: service.queue
