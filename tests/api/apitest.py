@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import json
+import os
+import signal
 import socket
 import time
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -87,6 +90,18 @@ class S3Server:
     access_key: str
     secret_key: str
     bucket: str
+    pid: int | None = None  # the server process (chaos tests freeze it)
+
+    @contextlib.contextmanager
+    def frozen(self, seconds: float) -> Iterator[None]:
+        """SIGSTOP the server for ``seconds`` (bounded: it is resumed whatever happens)."""
+        assert self.pid is not None
+        os.kill(self.pid, signal.SIGSTOP)
+        try:
+            yield
+            time.sleep(seconds)
+        finally:
+            os.kill(self.pid, signal.SIGCONT)
 
     def client(self, access_key: str | None = None, secret_key: str | None = None) -> Any:
         return boto3.client(

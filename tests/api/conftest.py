@@ -126,7 +126,7 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
         }
         iam.put_user_policy(UserName="veil-api", PolicyName="veil-bucket", PolicyDocument=json.dumps(policy))
         key = iam.create_access_key(UserName="veil-api")["AccessKey"]
-        yield S3Server(endpoint, key["AccessKeyId"], key["SecretAccessKey"], bucket)
+        yield S3Server(endpoint, key["AccessKeyId"], key["SecretAccessKey"], bucket, pid=proc.pid)
     finally:
         proc.terminate()
         try:

@@ -20,7 +20,7 @@ import httpx
 import numpy as np
 import pytest
 import redis
-from apitest import Receiver, Tenant
+from apitest import Receiver, S3Server, Tenant
 from standardwebhooks import Webhook
 from workertest import (
     WorkerProc,
@@ -506,6 +506,46 @@ def test_a_job_whose_worker_was_killed_fails_as_worker_lost(
     # lease TTL 2 s, the live workers reconcile every 2 s (heartbeat TTL 6 s / 3)
     done = wait_job(wstore, job.id, timeout=20)
     assert done.status == "failed" and done.error_code == "worker_lost", done
+
+
+@pytest.fixture()
+def impatient_gpu(
+    wsettings: WorkerSettings,
+    worker_env: dict[str, str],
+    rclient: redis.Redis,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[WorkerProc, WorkerSettings]]:
+    """A solo gpu worker of its own whose S3 calls time out after 1 s (3 attempts each)."""
+    settings = wsettings.model_copy(update={"celery_key_prefix": f"{wsettings.redis_prefix}celery-impatient:",
+                                            "s3_timeout_s": 1.0})
+    proc = start_worker("gpu", {**worker_env, **to_env(settings)}, tmp_path_factory.mktemp("impatient-logs"))
+    try:
+        wait_ready(rclient, settings, [proc])
+        yield proc, settings
+    finally:
+        proc.stop()
+
+
+def test_s3_frozen_longer_than_a_retry_ends_each_job_once(
+    impatient_gpu: tuple[WorkerProc, WorkerSettings], submit_direct: Callable[..., JobRecord], wstore: JobStore,
+    storage: Storage, s3_server: S3Server,
+) -> None:
+    """S3 stops answering (SIGSTOP) for longer than a storage call and its retry: each job still ends exactly
+    once (succeeded with its one output, or failed as unavailable with none), and the worker lives on."""
+    proc, settings = impatient_gpu
+    jobs = [submit_direct(face_png(36, 36, seed=20 + i), f"frozen{i}.png", settings=settings) for i in range(3)]
+    with s3_server.frozen(12.0):
+        pass
+    marker = submit_direct(face_png(32, 32, seed=5), "after.png", settings=settings)
+    for job in [*jobs, marker]:
+        done = wait_job(wstore, job.id, timeout=60)
+        outputs = [o for o in storage.list_objects(job.output_prefix) if not o.key.endswith(".json")]
+        if done.status == "succeeded":
+            assert len(outputs) == 1, (done, outputs)
+        else:
+            assert done.status == "failed" and done.error_code == "unavailable" and outputs == [], done
+    assert wait_job(wstore, marker.id).status == "succeeded"
+    assert proc.proc.poll() is None, proc.tail()
 
 
 def test_previews_and_min_success_through_the_api(http: httpx.Client) -> None:
