@@ -423,22 +423,41 @@ def test_cancel_between_batches(
 # ---- poison input ------------------------------------------------------------------------------------
 
 
+OwnWorker = Callable[..., tuple[WorkerProc, WorkerSettings]]
+
+
 @pytest.fixture()
-def prefork_gpu(
+def own_gpu(
     wsettings: WorkerSettings,
     worker_env: dict[str, str],
     rclient: redis.Redis,
     tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[tuple[WorkerProc, WorkerSettings]]:
-    """A gpu worker of its own (own broker key prefix) in prefork mode: one child, one torch thread."""
-    settings = wsettings.model_copy(update={"celery_key_prefix": f"{wsettings.redis_prefix}celery-poison:"})
-    env = {**worker_env, **to_env(settings)}
-    proc = start_worker("gpu", env, tmp_path_factory.mktemp("poison-logs"), pool="prefork", extra=("-c", "1"))
-    try:
+) -> Iterator[OwnWorker]:
+    """Start gpu workers of their own (their own broker key prefix, so only the jobs sent to them reach them),
+    with some settings changed; ready when returned, stopped after the test."""
+    started: list[WorkerProc] = []
+
+    def start(name: str, pool: str = "solo", extra: tuple[str, ...] = (), **updates: Any
+              ) -> tuple[WorkerProc, WorkerSettings]:
+        settings = wsettings.model_copy(update={"celery_key_prefix": f"{wsettings.redis_prefix}celery-{name}:",
+                                                **updates})
+        proc = start_worker("gpu", {**worker_env, **to_env(settings)}, tmp_path_factory.mktemp(f"{name}-logs"),
+                            pool=pool, extra=extra)
+        started.append(proc)
         wait_ready(rclient, settings, [proc])
-        yield proc, settings
+        return proc, settings
+
+    try:
+        yield start
     finally:
-        proc.stop()
+        for proc in started:
+            proc.stop()
+
+
+@pytest.fixture()
+def prefork_gpu(own_gpu: OwnWorker) -> tuple[WorkerProc, WorkerSettings]:
+    """In prefork mode: one child, one torch thread."""
+    return own_gpu("poison", pool="prefork", extra=("-c", "1"))
 
 
 def test_poison_input_fails_after_n_tries(
@@ -474,21 +493,9 @@ def test_poison_input_fails_after_n_tries(
 
 
 @pytest.fixture()
-def doomed_gpu(
-    wsettings: WorkerSettings,
-    worker_env: dict[str, str],
-    rclient: redis.Redis,
-    tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[tuple[WorkerProc, WorkerSettings]]:
-    """A solo gpu worker of its own (own broker key prefix) with 2 s job leases, to be killed."""
-    settings = wsettings.model_copy(update={"celery_key_prefix": f"{wsettings.redis_prefix}celery-doomed:",
-                                            "job_lease_ttl_s": 2.0})
-    proc = start_worker("gpu", {**worker_env, **to_env(settings)}, tmp_path_factory.mktemp("doomed-logs"))
-    try:
-        wait_ready(rclient, settings, [proc])
-        yield proc, settings
-    finally:
-        proc.stop()
+def doomed_gpu(own_gpu: OwnWorker) -> tuple[WorkerProc, WorkerSettings]:
+    """Solo, with 2 s job leases, to be killed."""
+    return own_gpu("doomed", job_lease_ttl_s=2.0)
 
 
 def test_a_job_whose_worker_was_killed_fails_as_worker_lost(
@@ -509,21 +516,9 @@ def test_a_job_whose_worker_was_killed_fails_as_worker_lost(
 
 
 @pytest.fixture()
-def impatient_gpu(
-    wsettings: WorkerSettings,
-    worker_env: dict[str, str],
-    rclient: redis.Redis,
-    tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[tuple[WorkerProc, WorkerSettings]]:
-    """A solo gpu worker of its own whose S3 calls time out after 1 s (3 attempts each)."""
-    settings = wsettings.model_copy(update={"celery_key_prefix": f"{wsettings.redis_prefix}celery-impatient:",
-                                            "s3_timeout_s": 1.0})
-    proc = start_worker("gpu", {**worker_env, **to_env(settings)}, tmp_path_factory.mktemp("impatient-logs"))
-    try:
-        wait_ready(rclient, settings, [proc])
-        yield proc, settings
-    finally:
-        proc.stop()
+def impatient_gpu(own_gpu: OwnWorker) -> tuple[WorkerProc, WorkerSettings]:
+    """Solo, whose S3 calls time out after 1 s (3 attempts each)."""
+    return own_gpu("impatient", s3_timeout_s=1.0)
 
 
 def test_s3_frozen_longer_than_a_retry_ends_each_job_once(
