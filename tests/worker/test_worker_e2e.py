@@ -38,6 +38,7 @@ from workertest import (
 
 from service.contract import InputRef
 from service.jobs import JobRecord, JobStore
+from service.leases import LeaseKeys, task_lease
 from service.queue import enqueue_job, make_celery, queue_depth
 from service.redisdb import make_redis, new_id
 from service.storage import Storage, input_key, output_prefix
@@ -513,6 +514,11 @@ def test_a_job_whose_worker_was_killed_fails_as_worker_lost(
     # lease TTL 2 s, the live workers reconcile every 2 s (heartbeat TTL 6 s / 3)
     done = wait_job(wstore, job.id, timeout=20)
     assert done.status == "failed" and done.error_code == "worker_lost", done
+    # nothing of the dead worker's is left in Redis: its lease and its entry in the running set are gone
+    keys = LeaseKeys(settings.redis_prefix)
+    r = make_redis(settings)
+    assert not r.exists(keys.lease(task_lease(job.id, "protect")))
+    assert wait_for(lambda: not r.sismember(keys.running(), task_lease(job.id, "protect")), timeout=10)
 
 
 @pytest.fixture()
