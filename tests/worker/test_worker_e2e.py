@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 import redis
 from apitest import Receiver, S3Server, Tenant
+from PIL import Image
 from standardwebhooks import Webhook
 from workertest import (
     WorkerProc,
@@ -501,12 +502,15 @@ def doomed_gpu(own_gpu: OwnWorker) -> tuple[WorkerProc, WorkerSettings]:
 
 def test_a_job_whose_worker_was_killed_fails_as_worker_lost(
     doomed_gpu: tuple[WorkerProc, WorkerSettings], submit_direct: Callable[..., JobRecord], wstore: JobStore,
+    receiver: Receiver, tenant: Tenant, secret_of: Callable[[str], str], wsettings: WorkerSettings,
 ) -> None:
     """SIGKILL the whole (solo) worker mid-job: nothing redelivers the message before the broker's visibility
-    timeout (hours), so the job would stay running; its lease lapses and the other workers fail it."""
+    timeout (hours), so the job would stay running; its lease lapses and the other workers fail it, once, with
+    one terminal webhook."""
     proc, settings = doomed_gpu
     job = submit_direct(face_png(40, 40, seed=11), "doomed.png", settings=settings,
-                        params={"steps": 10_000, "objective": "distort", "random_start": True})
+                        params={"steps": 10_000, "objective": "distort", "random_start": True},
+                        webhook_url=receiver.url, webhook_events=["job.completed", "job.failed"])
     assert wait_for(lambda: (j := wstore.get(job.id)) is not None and j.status == "running", timeout=30), (
         wstore.get(job.id), proc.tail())
     os.killpg(proc.proc.pid, signal.SIGKILL)
@@ -519,6 +523,28 @@ def test_a_job_whose_worker_was_killed_fails_as_worker_lost(
     r = make_redis(settings)
     assert not r.exists(keys.lease(task_lease(job.id, "protect")))
     assert wait_for(lambda: not r.sismember(keys.running(), task_lease(job.id, "protect")), timeout=10)
+    broker = make_redis(wsettings)
+    assert wait_for(lambda: len(receiver.requests) >= 1 and deliveries_idle(broker, wsettings, job.id), timeout=15)
+    time.sleep(3)  # more reconciler rounds: still one
+    assert [e["type"] for e in events(receiver, secret_of(tenant.name))] == ["job.failed"]
+
+
+def test_a_decompression_bomb_under_the_pixel_cap_ends_in_bounded_time(
+    submit_direct: Callable[..., JobRecord], wstore: JobStore, storage: Storage, wsettings: WorkerSettings,
+) -> None:
+    """A few kilobytes of PNG that decode to the pixel cap, without a face: protected whole, measured at a
+    bounded size (core.protect.QUALITY_SIDE, core.receipt.WHOLE_PHOTO_SIDE), done, and the worker goes on."""
+    side = int(wsettings.max_image_pixels**0.5)
+    buf = io.BytesIO()
+    Image.new("RGB", (side, side), (90, 120, 150)).save(buf, "PNG", optimize=True)
+    assert len(buf.getvalue()) < 20_000
+    job = submit_direct(buf.getvalue(), "bomb.png")
+    done = wait_job(wstore, job.id, timeout=45)
+    assert done.status == "succeeded", done
+    assert done.report is not None and done.report["photos"][0]["protection"] == "whole_image"
+    assert len([o for o in storage.list_objects(job.output_prefix) if o.key.endswith(".png")]) == 1
+    marker = submit_direct(face_png(32, 32, seed=6), "after-bomb.png")
+    assert wait_job(wstore, marker.id).status == "succeeded"
 
 
 @pytest.fixture()
