@@ -94,6 +94,26 @@ def plot(curves: dict[str, list[dict[str, Any]]], path: Path) -> None:
     fig.savefig(path, dpi=100)
 
 
+def committed_curves(n_faces: int) -> dict[str, list[dict[str, Any]]]:
+    """The committed curve's points (measured on as many faces): a fresh machine keeps only the stages' seeds,
+    not their earlier snapshots, so the curve grows from what was committed."""
+    path = RESULTS / "forger-recipes.json"
+    if not path.is_file():
+        return {}
+    data = json.loads(path.read_text())
+    return data["curves"] if data.get("info", {}).get("faces") == n_faces else {}
+
+
+def merged(old: dict[str, list[dict[str, Any]]], new: dict[str, list[dict[str, Any]]]
+           ) -> dict[str, list[dict[str, Any]]]:
+    """Per stage, the points of both, one per iteration (the new measurement where both have it)."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    for stage in dict.fromkeys([*old, *new]):
+        points = {p["iteration"]: p for p in old.get(stage, [])} | {p["iteration"]: p for p in new.get(stage, [])}
+        out[stage] = sorted(points.values(), key=lambda p: p["cpu_hours"])
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--state", type=Path, default=default_state())
@@ -102,7 +122,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     load = round(os.getloadavg()[0], 2)
-    curves = collect(args.state, args.faces)
+    curves = merged(committed_curves(args.faces), collect(args.state, args.faces))
     for name, rows in curves.items():
         print(f"\n{name}")
         print("  iteration  CPU-h  target acc  edit    identity  id/edit")
