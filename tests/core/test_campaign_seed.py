@@ -1,0 +1,56 @@
+"""The forger campaign's committed seed: a stage whose state directory is gone resumes from it."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+import torch
+
+from core.train.forger import ForgerTrainer, TrainConfig
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def campaign() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("forger_campaign", ROOT / "scripts" / "forger_campaign.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["forger_campaign"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def trainer(run_dir: Path) -> ForgerTrainer:
+    return ForgerTrainer(TrainConfig.for_forger("stargan", "tiny", "cpu", run_dir=run_dir, threads=1))
+
+
+def test_a_stage_resumes_from_its_seed(campaign: ModuleType, tmp_path: Path) -> None:
+    state, seed = tmp_path / "state", tmp_path / "seed"
+    torch.manual_seed(1)
+    first = trainer(state / "runs" / "stargan-tiny-cpu")
+    with torch.no_grad():  # weights unlike a fresh trainer's, in every part
+        for module in (first.G, first.D, first.G_ema):
+            for p in module.parameters():
+                p.add_(torch.randn_like(p) * 0.1)
+    first.iteration, first.cpu_seconds = 1234, 567.8
+    first.save()
+    (state / "status.json").write_text(json.dumps({"stages": {"stargan-tiny-cpu": {"iteration": 1234}},
+                                                   "winners": {"stargan": "stargan-tiny-cpu"}}))
+    [path] = campaign.export_seed(state, seed)
+    assert path == seed / "stargan-tiny-cpu.safetensors"
+    assert json.loads((seed / "status.json").read_text())["winners"] == {"stargan": "stargan-tiny-cpu"}
+
+    fresh = trainer(tmp_path / "elsewhere")
+    assert not fresh.resume()
+    assert campaign.load_seed(fresh, path)
+    assert (fresh.iteration, fresh.cpu_seconds) == (1234, 567.8)
+    for a, b in ((first.G, fresh.G), (first.D, fresh.D), (first.G_ema, fresh.G_ema)):
+        for (name, pa), pb in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
+            assert torch.allclose(pa.float(), pb.float(), atol=2e-3, rtol=1e-3), name  # fp16 in git
+    assert not campaign.load_seed(fresh, seed / "absent.safetensors")
