@@ -10,7 +10,6 @@ SIGINT (as Ctrl-C does), then killed if it lingers, and its Redis keys are delet
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import queue
 import re
@@ -33,12 +32,9 @@ STACK_REDIS_URL = "redis://127.0.0.1:6379/0"  # run_stack.py's default
 
 def load_run_stack() -> ModuleType:
     """scripts/run_stack.py as a module (it is a script, not part of a package)."""
-    spec = importlib.util.spec_from_file_location("veil_run_stack", REPO / "scripts" / "run_stack.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["veil_run_stack"] = module
-    spec.loader.exec_module(module)
-    return module
+    from tests.conftest import load_script
+
+    return load_script("veil_run_stack", REPO / "scripts" / "run_stack.py")
 
 
 def read_until(proc: subprocess.Popen[str], marker: str, timeout: float) -> str:

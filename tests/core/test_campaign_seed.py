@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 from types import ModuleType
 
@@ -12,18 +10,14 @@ import pytest
 import torch
 
 from core.train.forger import ForgerTrainer, TrainConfig
+from tests.conftest import load_script
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
 def campaign() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("forger_campaign", ROOT / "scripts" / "forger_campaign.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["forger_campaign"] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_script("forger_campaign", ROOT / "scripts" / "forger_campaign.py")
 
 
 def trainer(run_dir: Path) -> ForgerTrainer:
