@@ -69,15 +69,16 @@ def test_celery_app_delivery_guarantees() -> None:
 
 
 def test_importing_the_worker_touches_no_torch() -> None:
-    """A prefork parent (and the io worker) must not import torch or core: models load after the fork. The one
-    core module it loads is the report contract, core/report.py (pydantic only), which the job view types with."""
+    """A prefork parent (and the io worker) must not import torch or core: models load after the fork. The core
+    modules it loads are the report contract, core/report.py (pydantic only), which the job view types with,
+    and core/interrupt.py (the standard library only), with which every task stops its work between steps."""
     code = (
         "import sys, worker.celery_app, worker.tasks, worker.lifecycle, worker.archive;"
         "print(sorted(m for m in sys.modules if m == 'torch' or m == 'core' or m.startswith(('torch.', 'core.'))))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=60)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "['core', 'core.report']"
+    assert out.stdout.strip() == "['core', 'core.interrupt', 'core.report']"
 
 
 def test_protect_with_targets_and_formats() -> None:
@@ -206,9 +207,23 @@ class _Store:
         return self.canceled
 
 
+class _Keeper:
+    def __init__(self) -> None:
+        self.held: list[str] = []
+
+    def hold(self, lease: str, worker: str) -> None:
+        self.held.append(lease)
+
+    def release(self, lease: str) -> None:
+        self.held.remove(lease)
+
+
 class _Ctx:
+    worker_id = "host:1"
+
     def __init__(self, canceled: bool | Exception) -> None:
         self.store = _Store(canceled)
+        self.keeper = _Keeper()
 
 
 @pytest.mark.parametrize(("canceled", "limit", "outcome"), [
@@ -226,8 +241,11 @@ def test_job_work_stops_between_steps(
     monkeypatch.setattr(protocol, "fail_job", lambda ctx, job_id, code, message: failed.append(code))
     monkeypatch.setattr(protocol.settings, "task_soft_time_limit_s", limit)
     ran = False
-    with protocol.job_errors(None, _Ctx(canceled), "job-1", "protect"):  # type: ignore[arg-type]
+    ctx = _Ctx(canceled)
+    with protocol.job_errors(None, ctx, "job-1", "protect"):  # type: ignore[arg-type]
+        assert ctx.keeper.held == ["job-1/protect"]  # the task holds its lease while it works
         checkpoint()
         ran = True
     assert failed == ([outcome] if outcome == "timeout" else [])
     assert ran is (outcome == "ran")
+    assert ctx.keeper.held == []  # and gives it back however it ends
