@@ -97,10 +97,10 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
                            "no_face": sum(r["protection"] == "no_face" for r in rows)}
     for cond in RECEIPT_CONDITIONS:
         vals = [r["receipt"][cond] for r in faces if r["receipt"].get(cond) is not None]
-        out[f"median_{cond}"] = statistics.median(vals) if vals else None
+        out[f"median_{cond}"] = _median(vals)
         out[f"mean_{cond}"] = statistics.mean(vals) if vals else None
     worst = [r["min_success_rate"] for r in faces if r["min_success_rate"] is not None]
-    out["median_min_success"] = statistics.median(worst) if worst else None
+    out["median_min_success"] = _median(worst)
     out["worst_decile_min_success"] = _pct(worst, 0.1)
     # whether the edits still work (the judge), where the results have it
     clean_blocked = [r.get("edit_blocked", {}).get("clean") for r in faces]
@@ -109,12 +109,12 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
     out["median_min_edit_blocked"] = _median([v for v in min_blocked if v is not None])
     for key in ("psnr", "lpips"):
         vals = [r[key] for r in faces if r[key] is not None]
-        out[f"median_{key}"] = statistics.median(vals) if vals else None
+        out[f"median_{key}"] = _median(vals)
     for label, test in (("512px", lambda r: r["width"] * r["height"] <= 512 * 512),
                         ("2MP", lambda r: 512 * 512 < r["width"] * r["height"] <= 3_000_000),
                         ("12MP", lambda r: r["width"] * r["height"] > 3_000_000)):
         secs = [r["seconds"] for r in rows if test(r) and r["protection"] == "faces"]
-        out[f"median_seconds_{label}"] = statistics.median(secs) if secs else None
+        out[f"median_seconds_{label}"] = _median(secs)
     return out
 
 

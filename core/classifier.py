@@ -8,6 +8,7 @@ same CelebA train split as the forgers; its validation accuracy per attribute is
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -130,6 +131,27 @@ def load_judge() -> AttributeClassifier:
         return load_classifier()
 
 
+def _once_per_checkpoints(load: Callable[[], AttributeClassifier]) -> Callable[[], AttributeClassifier | None]:
+    """``load``, called once per checkpoints folder and kept; None (also kept) where nothing is shipped."""
+    cache: dict[str, AttributeClassifier | None] = {}
+
+    def get() -> AttributeClassifier | None:
+        key = str(checkpoints_dir())
+        if key not in cache:
+            try:
+                cache[key] = load()
+            except CheckpointError:
+                cache[key] = None
+        return cache[key]
+
+    return get
+
+
+# The shipped classifier (targets for faces of unknown attributes) and the judge (measuring edits), resident.
+default_classifier = _once_per_checkpoints(load_classifier)
+default_judge = _once_per_checkpoints(load_judge)
+
+
 def export_classifier(model: AttributeClassifier, facts: dict[str, Any], hardware: str,
                       name: str = CLASSIFIER_NAME) -> ManifestEntry:
     file = f"{name}.safetensors"
@@ -152,7 +174,8 @@ def write_classifier_card(entry: ManifestEntry, model: AttributeClassifier) -> P
     info = entry.info
     params = sum(p.numel() for p in model.parameters())
     rows = "\n".join(f"| {a} | {v:.4f} |" for a, v in info["val_accuracy"].items())
-    role = ("the judge of the forgers' edits (their cards, the forger campaign's curve); "
+    role = ("the judge of edits: the forgers' (their cards, the forger campaign's curve) and whether a protection "
+            "blocks them (`edit_blocked` in `veil eval`, the receipt and the photo benchmark); "
             "it is never a training signal for any forger or generator" if entry.name == JUDGE_NAME else
             "targets for faces of unknown attributes")
     card = f"""# {entry.name}

@@ -131,12 +131,12 @@ def protect(
     if at not in ("forger", "photo"):
         raise ValueError(f"--at must be forger or photo, got {at!r}")
     files = _collect_images(inputs)
-    protection = build_protection(method, forger, device=device, eps=eps, steps=steps, objective=objective,
-                                  seed=seed, eot=eot, eot_samples=eot_samples, **parse_options(option or []))
-    def stronger() -> Any:
-        return build_protection(method, forger, device=device, eps=2 * protection.eps, steps=steps,
-                                objective=objective, seed=seed, eot=eot, eot_samples=eot_samples,
-                                **parse_options(option or []))
+    build = functools.partial(build_protection, method, forger, device=device, steps=steps, objective=objective,
+                              seed=seed, eot=eot, eot_samples=eot_samples, **parse_options(option or []))
+    protection = build(eps=eps)
+
+    def stronger() -> Any:  # the --min-success retry: twice the budget, all else the same
+        return build(eps=2 * protection.eps)
 
     suffix = "." + ("jpg" if fmt.lower() in {"jpeg", "jpg"} else fmt.lower())
     results: list[dict[str, Any]] = []

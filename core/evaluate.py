@@ -192,24 +192,6 @@ def _judges(judge: Judge | None, forger: Forger) -> bool:
     return judge is not None and tuple(getattr(judge, "attributes", ())) == tuple(forger.attributes)
 
 
-def default_judge() -> Judge | None:
-    """The shipped evaluation classifier (:func:`core.classifier.load_judge`), once per process; None where no
-    classifier is shipped."""
-    from core.checkpoints import CheckpointError, checkpoints_dir
-    from core.classifier import load_judge
-
-    key = str(checkpoints_dir())
-    if key not in _JUDGES:
-        try:
-            _JUDGES[key] = load_judge().eval()
-        except CheckpointError:
-            _JUDGES[key] = None
-    return _JUDGES[key]
-
-
-_JUDGES: dict[str, Judge | None] = {}
-
-
 def _add_quality(tally: Tally, x: torch.Tensor, x_adv: torch.Tensor) -> None:
     tally.add("psnr", metrics.psnr(x_adv, x).clamp(max=PSNR_CAP))
     tally.add("ssim", metrics.ssim(x_adv, x))

@@ -21,8 +21,9 @@ import torch
 import torch.nn.functional as F
 
 from core.channel import AttackerChannel, ChannelSpec
+from core.classifier import default_classifier, default_judge
 from core.device import resolve_device
-from core.evaluate import PSNR_CAP, Tally, default_judge, measure, summarize
+from core.evaluate import PSNR_CAP, Tally, measure, summarize
 from core.faces import (
     DEFAULT_MAX_FACES,
     Face,
@@ -39,7 +40,15 @@ from core.forgers import Forger, create_forger
 from core.image import SUFFIX_FORMATS, LoadedImage, encode_image, load_image, quantize, save_image
 from core.interrupt import checkpoint
 from core.methods import Protection, create_method
-from core.receipt import RECEIPT_CONDITIONS, attacker_crops, bounded, face_window, forger_numbers, photo_receipt
+from core.receipt import (
+    RECEIPT_CONDITIONS,
+    WHOLE_PHOTO_SIDE,
+    attacker_crops,
+    bounded,
+    face_window,
+    forger_numbers,
+    photo_receipt,
+)
 from core.report import PhotoReport, validated
 from core.targets import fixed_targets, select_edits, targets_for
 from core.transforms import EoT
@@ -138,23 +147,6 @@ def protect_many(
         full = F.interpolate((adv - small[0])[None], size=photo.shape[-2:], mode="bilinear", align_corners=False)
         out.append(Scaled(protection.finalize(photo, (photo + full).clamp(-1, 1)), ok))
     return out
-
-
-def default_classifier() -> Any:
-    """The shipped attribute classifier (to pick targets for faces of unknown attributes), or None."""
-    from core.checkpoints import CheckpointError, checkpoints_dir
-    from core.classifier import load_classifier
-
-    key = str(checkpoints_dir())
-    if key not in _CLASSIFIERS:
-        try:
-            _CLASSIFIERS[key] = load_classifier()
-        except CheckpointError:
-            _CLASSIFIERS[key] = None
-    return _CLASSIFIERS[key]
-
-
-_CLASSIFIERS: dict[str, Any] = {}
 
 
 @dataclass
@@ -560,8 +552,14 @@ def _lpips_or_none(value: Any) -> float | None:
 
 
 # SSIM and LPIPS of a region (or a whole photo) larger than this (long side) are measured on it downscaled to
-# it: LPIPS's network on a 40-megapixel photo takes many minutes and gigabytes. PSNR is always exact.
-QUALITY_SIDE = 1024
+# it: LPIPS's network on a 40-megapixel photo takes many minutes and gigabytes. PSNR is always exact. The
+# receipt's conditions of a photo protected whole are bounded alike.
+QUALITY_SIDE = WHOLE_PHOTO_SIDE
+
+
+def _psnr(mse: float) -> float:
+    """PSNR (dB) of images in [-1, 1] from their mean squared error, capped as the tallies cap it."""
+    return min(PSNR_CAP, 10 * math.log10(4.0 / mse)) if mse > 0 else PSNR_CAP
 
 
 def _quality(protection: Protection, x: torch.Tensor, x_adv: torch.Tensor) -> dict[str, Any]:
@@ -572,8 +570,7 @@ def _quality(protection: Protection, x: torch.Tensor, x_adv: torch.Tensor) -> di
         return summarize(measure(x, x_adv, no_targets, ()), protection, (), ("clean",))
     small, small_adv = bounded(x, QUALITY_SIDE), bounded(x_adv, QUALITY_SIDE)
     out = summarize(measure(small, small_adv, no_targets, ()), protection, (), ("clean",))
-    mse = float((x_adv - x).double().pow(2).mean())
-    out["psnr"] = min(PSNR_CAP, 10 * math.log10(4.0 / mse)) if mse > 0 else PSNR_CAP
+    out["psnr"] = _psnr(float((x_adv - x).double().pow(2).mean()))
     return out
 
 
@@ -600,10 +597,8 @@ def _face_quality(protection: Protection, job: _Job) -> dict[str, Any]:
             lpips_known = False
         regions.append({"region": list(bounds), "psnr": q["psnr"], "ssim": q["ssim"],
                         "lpips": _lpips_or_none(q["lpips"])})
-    mse = sq_err / max(pixels, 1.0)
-    psnr = min(PSNR_CAP, 10 * math.log10(4.0 / mse)) if mse > 0 else PSNR_CAP
     return {
-        "psnr": psnr,
+        "psnr": _psnr(sq_err / max(pixels, 1.0)),
         "ssim": weighted["ssim"] / pixels if pixels else None,
         "lpips": weighted["lpips"] / pixels if pixels and lpips_known else "unavailable",
         "regions": regions,

@@ -12,9 +12,10 @@ import torch
 from PIL import Image
 
 from core.checkpoints import CheckpointError, Manifest, ManifestEntry, checkpoints_dir, save_weights
+from core.classifier import default_judge
 from core.data import celeba_available, preprocess_face, read_index
 from core.device import resolve_device
-from core.evaluate import Tally, default_judge, measure_batch, summarize
+from core.evaluate import Tally, measure_batch, summarize
 from core.image import INPUT_SUFFIXES, load_image, make_grid, save_image
 from core.protect import build_protection, load_forger
 from core.targets import targets_for

@@ -61,12 +61,18 @@ class ObjectInfo:
     etag: str | None = None
 
 
+def _code_and_status(exc: ClientError) -> tuple[str, Any]:
+    """The S3 error code and the HTTP status of a client error."""
+    error, meta = exc.response.get("Error", {}), exc.response.get("ResponseMetadata", {})
+    return str(error.get("Code", "")), meta.get("HTTPStatusCode")
+
+
 def is_changed(exc: BaseException | None) -> bool:
     """Whether a read pinned to an ETag (``IfMatch``) failed because the object was replaced since."""
     if not isinstance(exc, ClientError):
         return False
-    code = str(exc.response.get("Error", {}).get("Code", ""))
-    return code == "PreconditionFailed" or exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 412
+    code, status = _code_and_status(exc)
+    return code == "PreconditionFailed" or status == 412
 
 
 def _pinned(etag: str | None) -> dict[str, str]:
@@ -74,8 +80,7 @@ def _pinned(etag: str | None) -> dict[str, str]:
 
 
 def is_missing(exc: ClientError) -> bool:
-    code = str(exc.response.get("Error", {}).get("Code", ""))
-    status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+    code, status = _code_and_status(exc)
     return code in {"404", "NoSuchKey", "NoSuchBucket", "NotFound", "NoSuchUpload"} or status == 404
 
 
