@@ -12,8 +12,8 @@ distortion (MSE between the edits) against the 0.05 threshold of a defended edit
 
 Writes ``benchmarks/results/framing-robustness.json`` and ``.md``; prints a table. ``--crop-space`` asks it
 without the photo: PGD on aligned 64 px CelebA crops, the perturbation at the crop's resolution or made at a
-coarser one and upsampled, optimised over a zoom of the crop (uniform in log-scale, +-0.1) or not, measured at
-each zoom (``framing-robustness-crops.json`` / ``.md``).
+coarser one and upsampled (``--resolution``), optimised over a zoom of the crop (uniform in log-scale,
++-``--spread``) or not, measured at each zoom (``framing-robustness-crops.json`` / ``.md``).
 """
 
 from __future__ import annotations
@@ -52,7 +52,8 @@ def zoom(x: torch.Tensor, z: float) -> torch.Tensor:
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
-def crop_space(n_faces: int, steps: int) -> None:
+def crop_space(n_faces: int, steps: int, resolutions: tuple[int, ...] = (64, 16),
+               spreads: tuple[float, ...] = (0.0, 0.1)) -> None:
     from core.data import default_celeba_dir
     from core.methods import expand_targets
     from core.targets import targets_for
@@ -66,8 +67,8 @@ def crop_space(n_faces: int, steps: int) -> None:
     with torch.no_grad():
         refs = {z: forger(zoom(xs, z), cs) for z in SCALES}
     rows = []
-    for res in (64, 16):
-        for spread in (0.0, 0.1):
+    for res in resolutions:
+        for spread in spreads:
             gen = torch.Generator().manual_seed(0)
             d = (torch.rand(faces.shape[0], 3, res, res, generator=gen) * 2 - 1) * eps
             velocity = torch.zeros_like(d)
@@ -95,7 +96,8 @@ def crop_space(n_faces: int, steps: int) -> None:
             rows.append(row)
             print(json.dumps(row), flush=True)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    info = {"command": f"python benchmarks/framing_robustness.py --crop-space --faces {n_faces} --steps {steps}",
+    flags = "".join(f" --resolution {r}" for r in resolutions) + "".join(f" --spread {s}" for s in spreads)
+    info = {"command": f"python benchmarks/framing_robustness.py --crop-space --faces {n_faces} --steps {steps}{flags}",
             "faces": n_faces, "targets_per_face": targets.shape[1], "load_average_1min": round(os.getloadavg()[0], 2)}
     (RESULTS / "framing-robustness-crops.json").write_text(json.dumps({"info": info, "rows": rows}, indent=1))
     lines = ["# Framing robustness on aligned crops (PGD, stargan-compact64, 64 px CelebA validation faces)", "",
@@ -118,10 +120,12 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--crop-space", action="store_true", help="on aligned CelebA crops instead of photos")
     ap.add_argument("--faces", type=int, default=4, help="with --crop-space: validation faces")
+    ap.add_argument("--resolution", type=int, action="append", help="with --crop-space: perturbation sizes")
+    ap.add_argument("--spread", type=float, action="append", help="with --crop-space: zoom spreads")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     if args.crop_space:
-        crop_space(args.faces, args.steps)
+        crop_space(args.faces, args.steps, tuple(args.resolution or (64, 16)), tuple(args.spread or (0.0, 0.1)))
         return
     files = [demo_image(Path("out/bench-photos"))]
     if UTKFACE.is_dir():
@@ -131,7 +135,7 @@ def main() -> None:
     load = [round(os.getloadavg()[0], 2)]
     rows: list[dict[str, Any]] = []
     for spread in SPREADS:
-        framing = Framing(shift=0.02 if spread else 0.0, log_scale=spread, angle=2.0 if spread else 0.0)
+        framing = Framing(shift=0.02 if spread else 0.0, log_scale=spread, angle=2.0 if spread else 0.0, scale_span=0.0)
         spec = dataclasses.replace(IDENTITY, framing=framing if spread else None, samples=args.samples if spread else 1)
         for i, path in enumerate(files):
             image = load_image(path)

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from core.channel import ChannelSpec
 from core.data import default_celeba_dir, read_index
 from core.image import LoadedImage, load_image, quantize, save_image
+from core.methods import parse_options
 from core.protect import build_protection, protect_images
 from core.receipt import RECEIPT_CONDITIONS
 from core.workflows import demo_image
@@ -166,7 +167,8 @@ def rewrite_markdown(json_path: Path) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--method", "-m", action="append", help="methods (default: pgd)")
+    ap.add_argument("--method", "-m", action="append",
+                    help="methods, each with options after a colon: pgd-l2:eps=0.025,steps=30 (default: pgd)")
     ap.add_argument("--forger", action="append", help="forgers (default: stargan)")
     ap.add_argument("--utkface", type=int, default=40)
     ap.add_argument("--celeba", type=int, default=20)
@@ -193,7 +195,9 @@ def main() -> None:
     rows: dict[str, list[dict[str, Any]]] = {}
     zooms = []
     for method in methods:
-        protection = build_protection(method, forgers, steps=args.steps)
+        name, _, options = method.partition(":")
+        protection = build_protection(name, forgers, **{"steps": args.steps,
+                                                        **parse_options(options.split(",") if options else [])})
         rows[method] = []
         for kind, ident, image in photos:
             row, x_adv = run_photo(protection, image, ChannelSpec() if args.at == "photo" else None)

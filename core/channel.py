@@ -28,21 +28,9 @@ from dataclasses import dataclass
 
 import torch
 
-from core.faces import Frame, align_crop
+from core.faces import PHOTO_FRAMING, Frame, Framing, align_crop
 from core.transforms.filters import gaussian_blur, rescale
 from core.transforms.jpeg import diff_jpeg
-
-
-@dataclass(frozen=True)
-class Framing:
-    """Standard deviations of an attacker's framing error: centre shift (fraction of the side, per axis),
-    log-scale, and rotation (degrees). The defaults are how MTCNN and the Haar cascades disagree on the same
-    CelebA faces (benchmarks/results/detectors.md: sigma 0.009-0.010 in centre, 0.067 in log-scale, 2.2
-    degrees): the receipt's held-out detector frames a face that differently from the protection's."""
-
-    shift: float = 0.01
-    log_scale: float = 0.07
-    angle: float = 2.0
 
 
 @dataclass(frozen=True)
@@ -53,7 +41,7 @@ class ChannelSpec:
     own framing (no detector error).
     """
 
-    framing: Framing | None = Framing()
+    framing: Framing | None = PHOTO_FRAMING
     p_jpeg: float = 0.5
     jpeg: tuple[int, int] = (50, 95)
     p_resize: float = 0.2
@@ -146,7 +134,7 @@ class AttackerChannel:
             out["jpeg"] = float(min(s.jpeg[1], int(s.jpeg[0] + u[8] * (s.jpeg[1] - s.jpeg[0] + 1))))
         if s.framing is not None:
             f = s.framing
-            out.update(dx=n[0] * f.shift, dy=n[1] * f.shift, log_scale=n[2] * f.log_scale,
+            out.update(dx=n[0] * f.shift, dy=n[1] * f.shift, log_scale=n[2] * f.log_scale + f.span(u[9]),
                        angle=math.radians(n[3] * f.angle))
         return out
 

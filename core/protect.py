@@ -319,7 +319,10 @@ def _protect_crops(protection: Protection, jobs: Sequence[_Job]) -> None:
     for job in jobs:
         frames += [(face.frame(), job.image.size) for face in job.faces] if job.faces else [None]
     # optimise what an attacker's crop of the delivered photo will hold, not the crop itself
-    through = protection.with_eot(RoundTrip(crops, frames, then=protection.eot))
+    spec = ChannelSpec()  # draws per step and momentum: one draw of a wide framing spread per step hardly moves
+    through = protection.with_eot(RoundTrip(crops, frames, then=protection.eot),
+                                  samples=max(spec.samples, protection.eot_samples),
+                                  momentum=spec.momentum)
     advs = through(crops, targets=targets)
     for job, adv in zip(jobs, advs.split([len(job.crops) for job in jobs if job.crops is not None]), strict=True):
         job.advs = adv

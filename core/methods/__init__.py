@@ -1,6 +1,6 @@
 """Protection methods, by registry name: ``create_method(name, forgers, **options)``.
 
-Iterative methods (``pgd``, ``anti-forgery``, ``dwt-pgd``) optimise each photo; one-pass methods
+Iterative methods (``pgd``, ``pgd-l2``, ``anti-forgery``, ``dwt-pgd``) optimise each photo; one-pass methods
 (``retentive``, ``dwt-chroma``, ``initiative``; base :class:`~core.methods.one_pass.GeneratorMethod`) run
 a trained generator network once (:mod:`core.generators` holds the networks).
 """
@@ -16,6 +16,7 @@ from core.methods import dwt_chroma as _dwt_chroma  # noqa: F401  (registers)
 from core.methods import dwt_pgd as _dwt_pgd  # noqa: F401  (registers)
 from core.methods import initiative as _initiative  # noqa: F401  (registers)
 from core.methods import pgd as _pgd  # noqa: F401  (registers)
+from core.methods import pgd_l2 as _pgd_l2  # noqa: F401  (registers)
 from core.methods import retentive as _retentive  # noqa: F401  (registers)
 from core.methods.base import METHODS, OBJECTIVES, Protection, expand_targets, parse_options
 from core.methods.one_pass import GeneratorMethod

@@ -198,7 +198,7 @@ class Protection(ABC):
         targets: torch.Tensor,
         gen: torch.Generator,
     ) -> list[torch.Tensor]:
-        """Sign-gradient ascent of :meth:`loss` over perturbations ``deltas`` in the box [-eps, eps].
+        """Gradient ascent of :meth:`loss` over perturbations ``deltas``, each step by :meth:`update`.
 
         ``render(deltas)`` turns the perturbations (in the method's own domain: RGB, Lab a/b, subbands)
         into the image the forgers see. Starts from ``deltas`` (zeros, or a random start).
@@ -217,9 +217,13 @@ class Protection(ABC):
                 velocity = [self.momentum * v + g / g.abs().mean().clamp(min=1e-12)
                             for v, g in zip(velocity or [torch.zeros_like(g) for g in grads], grads, strict=True)]
                 grads = tuple(velocity)
-            deltas = [(d + self.step_size * g.sign()).clamp(-self.eps, self.eps) for d, g in zip(deltas, grads,
-                                                                                                    strict=True)]
+            deltas = [self.update(d, g) for d, g in zip(deltas, grads, strict=True)]
         return [d.detach() for d in deltas]
+
+    def update(self, delta: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+        """One ascent step of a perturbation along ``grad``, projected back into the budget: a sign step in the
+        L-inf box (methods with another budget override it, e.g. :class:`core.methods.pgd_l2.PGDL2`)."""
+        return (delta + self.step_size * grad.sign()).clamp(-self.eps, self.eps)
 
     def start(self, shape: torch.Size, gen: torch.Generator, like: torch.Tensor) -> torch.Tensor:
         """The initial perturbation: uniform in the budget with a random start, else zeros."""

@@ -148,7 +148,7 @@ def test_round_trip_is_what_an_attacker_crops() -> None:
     crop = quantize(fc.align_crop(x, face, 64))
     g = torch.Generator().manual_seed(1)
     adv = quantize(crop + (torch.rand(crop.shape, generator=g) * 2 - 1) * 0.05)
-    trip = fc.RoundTrip(crop, [(face.frame(), (800, 700))], jitter=0.0)
+    trip = fc.RoundTrip(crop, [(face.frame(), (800, 700))], framing=None)
     seen = trip(adv) - crop
     pasted = fc.paste_back(x, adv, [face], crop)
     again = fc.align_crop(pasted, face, 64) - fc.align_crop(x, face, 64)
@@ -372,3 +372,19 @@ def test_cli_keeps_metadata_only_when_asked_and_measures_a_jpeg_as_delivered(
     plain = runner.invoke(app, [*args, "-o", str(tmp_path / "plain")], catch_exceptions=False)
     assert plain.exit_code == 0, plain.output
     assert len(Image.open(tmp_path / "plain" / "portrait.png").getexif()) == 0
+
+
+def test_framing_draws_cover_the_scale_span() -> None:
+    """An attacker's framing: the uniform log-scale span on top of Gaussian errors, reproducible by seed."""
+    frame = fc.Frame(100.0, 120.0, 80.0, 0.1)
+    assert fc.Framing(shift=0.0, log_scale=0.0, angle=0.0, scale_span=0.0).offset(frame) == frame
+    spread = fc.Framing(shift=0.0, log_scale=0.0, angle=0.0, scale_span=0.25)
+    g = torch.Generator().manual_seed(0)
+    logs = torch.tensor([math.log(spread.offset(frame, g).side / 80.0) for _ in range(400)])
+    assert float(logs.abs().max()) <= 0.25 + 1e-9 and float(logs.min()) < -0.2 and float(logs.max()) > 0.2
+    assert abs(float(logs.mean())) < 0.03  # centred on our own framing
+    shifted = fc.Framing(shift=0.01, log_scale=0.0, angle=2.0, scale_span=0.0, clip=2.5)
+    draws = [shifted.offset(frame, torch.Generator().manual_seed(i)) for i in range(200)]
+    assert max(abs(d.cx - 100.0) for d in draws) <= 2.5 * 0.01 * 80.0 + 1e-9
+    assert max(abs(math.degrees(d.angle - 0.1)) for d in draws) <= 5.0 + 1e-6
+    assert draws[3] == shifted.offset(frame, torch.Generator().manual_seed(3))

@@ -214,3 +214,19 @@ def test_dwt_pgd_luma_budget(forger, x: torch.Tensor) -> None:
         create_method("dwt-pgd", forger, luma_eps=-1)
     with pytest.raises(ValueError, match="pgd does not take that option"):
         create_method("pgd", forger, luma_eps=0.01)
+
+
+def test_pgd_l2_spends_its_energy_budget_and_no_more(forger, x: torch.Tensor) -> None:
+    from core.methods.pgd_l2 import psnr_of, rms
+
+    method = create_method("pgd-l2", forger, eps=0.04, steps=5)
+    x_adv = method(x)
+    per_image = rms(x_adv - x).flatten()
+    assert (per_image <= 0.04 + 1 / 255).all() and (per_image >= 0.03).all()
+    assert (x_adv - x).abs().max() <= method.linf_cap() + 1e-6
+    assert psnr_of(0.02) == pytest.approx(40.0) and method.describe()["psnr_db"] == pytest.approx(34.0, abs=0.05)
+    # the projection: a step that leaves the ball is scaled back onto it, one inside is kept as it is
+    big = torch.full((1, 3, 4, 4), 0.08)
+    assert torch.allclose(method.update(big, torch.zeros_like(big)), torch.full_like(big, 0.04))
+    small = torch.full((1, 3, 4, 4), 0.01)
+    assert torch.allclose(method.update(small, torch.zeros_like(small)), small)
