@@ -230,3 +230,10 @@ def test_pgd_l2_spends_its_energy_budget_and_no_more(forger, x: torch.Tensor) ->
     assert torch.allclose(method.update(big, torch.zeros_like(big)), torch.full_like(big, 0.04))
     small = torch.full((1, 3, 4, 4), 0.01)
     assert torch.allclose(method.update(small, torch.zeros_like(small)), small)
+    # the L-inf cap: a spike is cut at cap_ratio * eps even inside the ball
+    capped = create_method("pgd-l2", forger, eps=0.04, steps=1, cap_ratio=2.0)
+    spike = torch.zeros(1, 3, 8, 8)
+    spike[0, 0, 0, 0] = 0.5
+    assert float(capped.update(spike, torch.zeros_like(spike)).max()) == pytest.approx(0.08)
+    with pytest.raises(ValueError, match="cap_ratio"):
+        create_method("pgd-l2", forger, cap_ratio=0.5)
