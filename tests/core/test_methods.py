@@ -237,3 +237,24 @@ def test_pgd_l2_spends_its_energy_budget_and_no_more(forger, x: torch.Tensor) ->
     assert float(capped.update(spike, torch.zeros_like(spike)).max()) == pytest.approx(0.08)
     with pytest.raises(ValueError, match="cap_ratio"):
         create_method("pgd-l2", forger, cap_ratio=0.5)
+
+
+def test_pgd_l2_chroma_weight_moves_the_energy_to_lightness(forger, x: torch.Tensor) -> None:
+    from core.methods.pgd_l2 import rgb_to_weighted, rms, weighted_to_rgb
+
+    d = torch.randn(2, 3, 8, 8) * 0.03
+    assert torch.allclose(weighted_to_rgb(rgb_to_weighted(d, 3.0), 3.0), d, atol=1e-6)
+    grey = torch.full((1, 3, 2, 2), 0.1)  # a grey change has no chroma, whatever the weight
+    assert torch.allclose(rgb_to_weighted(grey, 5.0), torch.cat([grey[:, :1], torch.zeros(1, 2, 2, 2)], 1), atol=1e-6)
+
+    def chroma_share(x_adv: torch.Tensor) -> float:
+        ycc = rgb_to_weighted(x_adv - x, 1.0)
+        return float(ycc[:, 1:].pow(2).sum() / ycc.pow(2).sum())
+
+    plain = create_method("pgd-l2", forger, eps=0.04, steps=5)(x)
+    method = create_method("pgd-l2", forger, eps=0.04, steps=5, chroma_weight=4.0)
+    weighted = method(x)
+    assert method.within_budget(x, weighted) and float(rms(weighted - x).max()) > 0.03
+    assert chroma_share(weighted) < 0.5 * chroma_share(plain)
+    with pytest.raises(ValueError, match="chroma_weight"):
+        create_method("pgd-l2", forger, chroma_weight=0.5)
