@@ -17,6 +17,7 @@ Each function has a thin ``nn.Module`` twin (:class:`MSE`, :class:`PSNR`, :class
 
 from __future__ import annotations
 
+import math
 import threading
 from pathlib import Path
 
@@ -61,6 +62,11 @@ def psnr(a: Tensor, b: Tensor) -> Tensor:
     """Per-image PSNR in dB on the [0, 1] scale (data range 2 on [-1, 1]); identical images give +inf."""
     # mse on [0, 1] is mse on [-1, 1] / 4, so 10 log10(1 / mse01) = 10 log10(4 / mse); 4 / 0 = inf.
     return 10 * torch.log10(4.0 / mse(a, b))
+
+
+def psnr_from_mse(value: float) -> float:
+    """:func:`psnr` of a mean squared error on [-1, 1] already computed (a float); 0 gives +inf."""
+    return 10 * math.log10(4.0 / value) if value > 0 else math.inf
 
 
 def ssim(a: Tensor, b: Tensor) -> Tensor:

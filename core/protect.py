@@ -40,6 +40,7 @@ from core.forgers import Forger, create_forger
 from core.image import SUFFIX_FORMATS, LoadedImage, encode_image, load_image, quantize, save_image
 from core.interrupt import checkpoint
 from core.methods import Protection, create_method
+from core.metrics import psnr_from_mse
 from core.receipt import (
     RECEIPT_CONDITIONS,
     WHOLE_PHOTO_SIDE,
@@ -319,10 +320,10 @@ def _protect_crops(protection: Protection, jobs: Sequence[_Job]) -> None:
     for job in jobs:
         frames += [(face.frame(), job.image.size) for face in job.faces] if job.faces else [None]
     # optimise what an attacker's crop of the delivered photo will hold, not the crop itself
-    spec = ChannelSpec()  # draws per step and momentum: one draw of a wide framing spread per step hardly moves
+    # the channel's draws per step and momentum: one draw of a wide framing spread a step hardly moves
     through = protection.with_eot(RoundTrip(crops, frames, then=protection.eot),
-                                  samples=max(spec.samples, protection.eot_samples),
-                                  momentum=spec.momentum)
+                                  samples=max(ChannelSpec.samples, protection.eot_samples),
+                                  momentum=ChannelSpec.momentum)
     advs = through(crops, targets=targets)
     for job, adv in zip(jobs, advs.split([len(job.crops) for job in jobs if job.crops is not None]), strict=True):
         job.advs = adv
@@ -562,7 +563,7 @@ QUALITY_SIDE = WHOLE_PHOTO_SIDE
 
 def _psnr(mse: float) -> float:
     """PSNR (dB) of images in [-1, 1] from their mean squared error, capped as the tallies cap it."""
-    return min(PSNR_CAP, 10 * math.log10(4.0 / mse)) if mse > 0 else PSNR_CAP
+    return min(PSNR_CAP, psnr_from_mse(mse))
 
 
 def _quality(protection: Protection, x: torch.Tensor, x_adv: torch.Tensor) -> dict[str, Any]:

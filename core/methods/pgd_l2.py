@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from core.methods.base import METHODS, QUANT_STEP, Protection
+from core.metrics import psnr_from_mse
 from core.transforms import rgb_to_ycbcr, ycbcr_to_rgb
 
 # The L-inf cap that comes with the energy budget: a few pixels may go this many times the RMS, no further.
@@ -26,7 +27,11 @@ CAP_RATIO = 4.0
 
 def psnr_of(eps: float) -> float:
     """The PSNR (dB, on 8-bit [0, 255]) of a perturbation whose RMS on [-1, 1] is ``eps``."""
-    return 20 * math.log10(2 / eps)
+    return psnr_from_mse(eps**2)
+
+
+# rgb_to_ycbcr adds these to (Y, Cb, Cr); a perturbation carries no offset
+_CHROMA_OFFSET = torch.tensor([0.0, 0.5, 0.5]).view(3, 1, 1)
 
 
 def weighted_to_rgb(u: torch.Tensor, chroma_weight: float) -> torch.Tensor:
@@ -39,9 +44,6 @@ def rgb_to_weighted(d: torch.Tensor, chroma_weight: float) -> torch.Tensor:
     """The inverse of :func:`weighted_to_rgb`."""
     ycc = rgb_to_ycbcr(d) - _CHROMA_OFFSET.to(d)
     return torch.cat([ycc[:, :1], ycc[:, 1:] * chroma_weight], dim=1)
-
-
-_CHROMA_OFFSET = torch.tensor([0.0, 0.5, 0.5]).view(3, 1, 1)
 
 
 def rms(t: torch.Tensor) -> torch.Tensor:
