@@ -39,7 +39,7 @@ from core.faces import (
 from core.forgers import Forger, create_forger
 from core.image import SUFFIX_FORMATS, LoadedImage, encode_image, load_image, quantize, save_image
 from core.interrupt import checkpoint
-from core.methods import Protection, create_method
+from core.methods import Protection, Through, create_method
 from core.metrics import psnr_from_mse
 from core.receipt import (
     RECEIPT_CONDITIONS,
@@ -150,30 +150,55 @@ def protect_many(
     return out
 
 
-@dataclass
-class _Job:
-    """One photo on its way through :func:`protect_images`."""
+@dataclass(frozen=True)
+class Detected:
+    """Stage 1, detect: a decoded photo, the faces to protect (at most ``max_faces``, the surest first), their
+    crops at the working size (or the photo squashed to it, to protect it whole) and the edits to cover."""
 
     image: LoadedImage
-    x: torch.Tensor
-    faces: list[Face]
+    x: torch.Tensor  # the photo, on the protection's device
+    faces: tuple[Face, ...]
     found: int  # faces detected (``faces`` holds at most max_faces of them)
-    crops: torch.Tensor | None = None  # (F, 3, S, S) at the working size, or the squashed photo (1, 3, S, S)
+    detector: str  # the detector the faces were found (and are protected) with
+    crops: torch.Tensor | None = None  # (F, 3, S, S) aligned crops, or (1, 3, S, S); None: left alone
     targets: torch.Tensor | None = None  # (F, T, A)
-    advs: torch.Tensor | None = None
-    x_adv: torch.Tensor | None = None
-    within_budget: bool = True
-    seconds: float = 0.0
-    encoded: bytes | None = None
-    frames: list[Face] | None = None  # the faces as an attacker finds them on the delivered photo
-    detector: str = "haar"  # the detector the faces were found (and protected) with
-    held_out: list[bool] | None = None  # per face: the receipt's frame is the held-out detector's
 
     @property
     def mode(self) -> str:
         if self.faces:
             return "faces"
         return "whole_image" if self.crops is not None else "no_face"
+
+
+@dataclass(frozen=True)
+class Perturbed:
+    """Stage 2, protect: the protected photo (8-bit, capped) and the framing its perturbation was made for
+    (a refine round may re-frame the detected faces as an attacker finds them)."""
+
+    detected: Detected
+    x_adv: torch.Tensor
+    within_budget: bool  # every budget of the protection holds
+    faces: tuple[Face, ...] = ()
+    crops: torch.Tensor | None = None  # the clean crops at that framing (for the whole photo: squashed)
+    advs: torch.Tensor | None = None  # the protected crops at that framing
+
+
+@dataclass(frozen=True)
+class Delivered:
+    """Stage 3, deliver: the pixels a reader of the delivered file decodes, and the file when it is lossy."""
+
+    perturbed: Perturbed
+    x_adv: torch.Tensor
+    encoded: bytes | None
+    seconds: float  # protection time per photo of its batch (detection to delivery)
+
+
+@dataclass(frozen=True)
+class Verified:
+    """Stage 4, verify: the photo's report (with the receipt) and the faces as its attacker found them."""
+
+    report: dict[str, Any]
+    frames: list[Face] | None
 
 
 def protect_images(
@@ -193,17 +218,22 @@ def protect_images(
 ) -> list[Protected]:
     """Protect the faces of decoded photos in one batch; measure each photo as delivered, at full size.
 
+    The pipeline's stages, each with a typed result: :func:`detect` (:class:`Detected`), :func:`perturb`
+    (:class:`Perturbed`), :func:`deliver` (:class:`Delivered`) and :func:`verify_photo` (:class:`Verified`).
+
     Every face found (at most ``max_faces`` per photo, the surest first) is cropped and aligned as the
     forgers were trained to see faces (:mod:`core.faces`), all crops of all photos are protected in one
     batch at the forgers' resolution, and each perturbation is mapped back onto its full-resolution photo
     (feathered; pixels outside the faces are left exactly as they were). A photo with no face is returned
     unchanged with ``"protection": "no_face"`` in its report, unless ``whole_image`` asks for the
-    whole-photo protection (:func:`protect_many`) then.
+    whole-photo protection (:func:`protect_many`) then. With a ``channel`` (:class:`core.channel.ChannelSpec`)
+    each face is protected instead on its window of the photo, at the photo's resolution, through the
+    attacker's channel.
 
     Targets are every single-attribute edit of each face, starting from the attributes the shipped
     classifier reads (the fixed neutral set without it); ``only`` names the attributes whose edits to cover.
     ``verify`` measures the forgers as an attacker would meet the photo: faces detected again on the
-    protected photo, cropped from it and from the clean photo alike (see :func:`photo_report`), clean and
+    protected photo, cropped from it and from the clean photo alike (see :func:`verify_photo`), clean and
     under each of ``receipt_conditions`` (the receipt, :mod:`core.receipt`). ``output_format`` other than
     PNG (JPEG, WEBP) encodes the delivered photo first, so that everything is measured on what is delivered
     (``Protected.encoded`` holds the file; with the source's EXIF when ``keep_metadata``).
@@ -215,64 +245,96 @@ def protect_images(
     """
     if max_faces < 1:
         raise ValueError(f"max_faces must be at least 1, got {max_faces}")
+    if only is not None:  # unknown attribute names fail before any work, whether or not faces are found
+        select_edits(fixed_targets(protection.attributes)[None], protection.attributes, only)
+    start = time.perf_counter()
+    detected = detect(protection, images, only, whole_image=whole_image, max_faces=max_faces, detector=detector)
+    perturbed = perturb(protection, detected, channel=channel, refine=refine, max_faces=max_faces)
+    files = [deliver(p, output_format, keep_metadata) for p in perturbed]
+    seconds = (time.perf_counter() - start) / max(len(images), 1)
+    out = []
+    for p, (x_adv, encoded) in zip(perturbed, files, strict=True):
+        checkpoint()
+        delivered = Delivered(p, x_adv, encoded, seconds)
+        report_start = time.perf_counter()
+        verified = verify_photo(protection, delivered, max_faces, verify, receipt_conditions)
+        # The receipt (re-detection, forgers on the protected photo, quality metrics) is compute too.
+        report = checked_report({**verified.report, "report_seconds": time.perf_counter() - report_start})
+        d = p.detected
+        out.append(Protected(d.image, x_adv.cpu(), report, encoded, verified.frames or (list(p.faces) or None),
+                             d.targets, list(only) if only is not None else list(protection.attributes),
+                             list(p.faces) or None))
+    return out
+
+
+def detect(
+    protection: Protection, images: Sequence[LoadedImage], only: Sequence[str] | None = None, *,
+    whole_image: bool = False, max_faces: int = DEFAULT_MAX_FACES, detector: str | None = None,
+) -> list[Detected]:
+    """Stage 1: find each photo's faces, crop them at the working size, and choose the edits to cover (each
+    face's own attributes as the shipped classifier reads them, one edited at a time; ``only`` narrows them).
+    A photo without a face is squashed whole with ``whole_image``, else left alone."""
     device = next(protection.forgers[0].parameters()).device
     size = work_size(protection)
     classifier = default_classifier()
     if classifier is not None:
         classifier = classifier.to(device)
-    if only is not None:  # unknown attribute names fail before any work, whether or not faces are found
-        select_edits(fixed_targets(protection.attributes)[None], protection.attributes, only)
-
     detector = detector or default_detector()
-    start = time.perf_counter()
-    jobs = []
+    out = []
     for image in images:
         checkpoint()
         found = find_faces(image.tensor, detector=detector)
-        jobs.append(_Job(image, image.tensor.to(device), found[:max_faces], len(found), detector=detector))
-    for job in jobs:
-        if job.faces:
-            job.crops = torch.cat([quantize(align_crop(job.x, face, size)) for face in job.faces])
+        x = image.tensor.to(device)
+        faces = tuple(found[:max_faces])
+        crops = None
+        if faces:
+            crops = torch.cat([quantize(align_crop(x, face, size)) for face in faces])
         elif whole_image:
-            job.crops = attacker_crops(job.x, None, size)
-        if job.crops is not None:
-            job.targets = select_edits(targets_for(job.crops, protection.attributes, classifier=classifier),
-                                       protection.attributes, only)
-    busy = [job for job in jobs if job.crops is not None]
-    at_photo = channel is not None and not protection.one_pass
-    if at_photo:
-        assert channel is not None
-        for job in busy:
-            if job.faces:
-                _protect_windows(protection, job, channel)
-        busy = [job for job in busy if not job.faces]
-    _protect_crops(protection, busy)
-    for job in busy if at_photo else jobs:
-        job.x_adv, job.within_budget = _deliver(protection, job)
-    if not at_photo:
-        _refine(protection, [job for job in busy if job.faces], max_faces, refine)
-    for job in jobs:
-        if output_format.upper() != "PNG" and job.crops is not None and job.x_adv is not None:
-            # Lossy output: measure (and deliver) the pixels a reader of the file will decode.
-            job.encoded = encode_image(job.x_adv.cpu(), output_format.upper(), alpha=job.image.alpha,
-                                       icc_profile=job.image.icc_profile,
-                                       exif=job.image.exif if keep_metadata else None)
-            # within_budget stays about the protection itself; linf, PSNR, ... and the receipt see the file.
-            job.x_adv = load_image(job.encoded).tensor.to(job.x.device)
-    seconds = (time.perf_counter() - start) / max(len(images), 1)
-    out = []
-    for job in jobs:
-        checkpoint()
-        job.seconds = seconds
-        report_start = time.perf_counter()
-        report = photo_report(protection, job, max_faces, verify, receipt_conditions)
-        # The receipt (re-detection, forgers on the protected photo, quality metrics) is compute too.
-        report["report_seconds"] = time.perf_counter() - report_start
-        report = checked_report(report)
-        out.append(Protected(job.image, job.x_adv.cpu() if job.x_adv is not None else job.image.tensor.clone(),
-                             report, job.encoded, job.frames or (job.faces or None), job.targets,
-                             list(only) if only is not None else list(protection.attributes), job.faces or None))
+            crops = attacker_crops(x, None, size)
+        targets = None
+        if crops is not None:
+            targets = select_edits(targets_for(crops, protection.attributes, classifier=classifier),
+                                   protection.attributes, only)
+        out.append(Detected(image, x, faces, len(found), detector, crops, targets))
     return out
+
+
+def perturb(
+    protection: Protection, detected: Sequence[Detected], *, channel: ChannelSpec | None = None, refine: int = 1,
+    max_faces: int = DEFAULT_MAX_FACES,
+) -> list[Perturbed]:
+    """Stage 2: protect every photo that has something to protect; the crops of all photos in one batch, or
+    with a ``channel`` each face on its window of the photo (see :func:`protect_images`); then ``refine``."""
+    at_photo = channel is not None and not protection.one_pass
+    out: list[Perturbed | None] = [None] * len(detected)
+    batch = []
+    for i, d in enumerate(detected):
+        if d.crops is None:
+            out[i] = Perturbed(d, d.x.clone(), True)
+        elif at_photo and d.faces:
+            assert channel is not None
+            out[i] = _protect_windows(protection, d, channel)
+        else:
+            batch.append(i)
+    advs = _protect_crops(protection, [(detected[i], detected[i].faces, detected[i].crops) for i in batch])
+    for i, adv in zip(batch, advs, strict=True):
+        d = detected[i]
+        out[i] = _paste(protection, d, d.faces, d.crops, adv)
+    done = [p for p in out if p is not None]
+    return _refine(protection, done, [i for i in batch if detected[i].faces], max_faces, refine)
+
+
+def deliver(perturbed: Perturbed, output_format: str = "PNG", keep_metadata: bool = False
+            ) -> tuple[torch.Tensor, bytes | None]:
+    """Stage 3: the delivered pixels, and the file when the output is lossy (JPEG, WebP): then its decoded
+    pixels, which a reader of the file will see and everything after measures (with the source's EXIF in
+    the file when ``keep_metadata``)."""
+    d = perturbed.detected
+    if output_format.upper() == "PNG" or d.crops is None:
+        return perturbed.x_adv, None
+    encoded = encode_image(perturbed.x_adv.cpu(), output_format.upper(), alpha=d.image.alpha,
+                           icc_profile=d.image.icc_profile, exif=d.image.exif if keep_metadata else None)
+    return load_image(encoded).tensor.to(d.x.device), encoded
 
 
 # A face is protected at the photo's own resolution up to this many times the forgers' input size; a larger
@@ -280,64 +342,81 @@ def protect_images(
 WINDOW_SCALE = 4
 
 
-def _protect_windows(protection: Protection, job: _Job, spec: ChannelSpec) -> None:
-    """Protect each face of ``job`` on its window of the photo, at the photo's resolution, through the
-    attacker's channel (:mod:`core.channel`); set the delivered photo (only the faces' squares change)."""
-    assert job.targets is not None
+def _protect_windows(protection: Protection, d: Detected, spec: ChannelSpec) -> Perturbed:
+    """Protect each face on its window of the photo, at the photo's resolution, through the attacker's channel
+    (:mod:`core.channel`): only the faces' squares change."""
+    assert d.targets is not None
     size = work_size(protection)
-    h, w = job.x.shape[-2:]
-    total = torch.zeros_like(job.x)
-    for face, targets in zip(job.faces, job.targets, strict=True):
+    h, w = d.x.shape[-2:]
+    total = torch.zeros_like(d.x)
+    for face, targets in zip(d.faces, d.targets, strict=True):
         checkpoint()
         frame = face.frame()
         x0, y0, x1, y1 = face_window(frame, w, h)
-        window = job.x[..., y0:y1, x0:x1]
+        window = d.x[..., y0:y1, x0:x1]
         k = min(1.0, WINDOW_SCALE * size / frame.side)
         local = Frame((frame.cx - x0) * k, (frame.cy - y0) * k, frame.side * k, frame.angle)
         work = window if k == 1.0 else quantize(F.interpolate(
             window, scale_factor=k, mode="bilinear", antialias=True, align_corners=False))
         channel = AttackerChannel(work, local, size, spec)
-        adv = protection.with_eot(channel, samples=spec.samples, momentum=spec.momentum)(work, targets=targets[None])
+        adv = protection(work, targets=targets[None], through=Through(channel, spec.samples, spec.momentum))
         delta = channel.mask * (adv - work)
         if k != 1.0:
             delta = F.interpolate(delta, size=window.shape[-2:], mode="bilinear", align_corners=False)
         total[..., y0:y1, x0:x1] += delta
     changed = total.abs().amax(dim=1, keepdim=True) > 0
-    x_adv = torch.where(changed, protection.finalize(job.x, (job.x + total).clamp(-1, 1)), job.x)
-    job.x_adv = x_adv
-    job.within_budget = bool(((x_adv - job.x).abs().amax() <= protection.linf_cap() + 1e-6).item())
+    x_adv = torch.where(changed, protection.finalize(d.x, (d.x + total).clamp(-1, 1)), d.x)
+    ok = bool(((x_adv - d.x).abs().amax() <= protection.linf_cap() + 1e-6).item())
     # the crops as the forgers see them at the faces' own framing: for the per-face report
-    job.advs = torch.cat([quantize(align_crop(x_adv, face, size)) for face in job.faces])
+    advs = torch.cat([quantize(align_crop(x_adv, face, size)) for face in d.faces])
+    return Perturbed(d, x_adv, ok, d.faces, d.crops, advs)
 
 
-def _protect_crops(protection: Protection, jobs: Sequence[_Job]) -> None:
-    """Protect the crops of all ``jobs`` in one batch (sets ``job.advs``)."""
-    if not jobs:
-        return
-    crops = torch.cat([job.crops for job in jobs if job.crops is not None])
-    targets = torch.cat([job.targets for job in jobs if job.targets is not None])
+# One photo's crops to protect: the photo, the framing of its faces (none: the photo squashed whole), the crops.
+Framed = tuple[Detected, tuple[Face, ...], torch.Tensor | None]
+
+
+def _protect_crops(protection: Protection, items: Sequence[Framed]) -> list[torch.Tensor]:
+    """The protected crops of every item, computed in one batch."""
+    if not items:
+        return []
+    crops = torch.cat([c for _, _, c in items if c is not None])
+    targets = torch.cat([d.targets for d, _, _ in items if d.targets is not None])
     frames: list[tuple[Frame, tuple[int, int]] | None] = []
-    for job in jobs:
-        frames += [(face.frame(), job.image.size) for face in job.faces] if job.faces else [None]
+    for d, faces, _ in items:
+        frames += [(face.frame(), d.image.size) for face in faces] if faces else [None]
     # optimise what an attacker's crop of the delivered photo will hold, not the crop itself
     # the channel's draws per step and momentum: one draw of a wide framing spread a step hardly moves
-    through = protection.with_eot(RoundTrip(crops, frames, then=protection.eot),
-                                  samples=max(ChannelSpec.samples, protection.eot_samples),
-                                  momentum=ChannelSpec.momentum)
-    advs = through(crops, targets=targets)
-    for job, adv in zip(jobs, advs.split([len(job.crops) for job in jobs if job.crops is not None]), strict=True):
-        job.advs = adv
+    through = Through(RoundTrip(crops, frames, then=protection.eot),
+                      max(ChannelSpec.samples, protection.eot_samples), ChannelSpec.momentum)
+    advs = protection(crops, targets=targets, through=through)
+    return list(advs.split([len(c) for _, _, c in items if c is not None]))
 
 
-def _attacker_frames(job: _Job, max_faces: int, detector: str | None = None) -> tuple[list[Face], list[bool]]:
-    """The faces as detected again on the protected photo (by ``detector``, default the job's own), matched to
-    ours by overlap, and which matched."""
-    assert job.x_adv is not None
-    again = find_faces(job.x_adv.cpu(), max_faces=max(max_faces, len(job.faces)) * 2,
-                       detector=detector or job.detector)
+def _paste(protection: Protection, d: Detected, faces: tuple[Face, ...], crops: torch.Tensor | None,
+           advs: torch.Tensor) -> Perturbed:
+    """The full-size protected photo (8-bit, capped) from protected crops at the framing ``faces``."""
+    assert crops is not None
+    ok = all(protection.within_budget(c[None], a[None]) for c, a in zip(crops, advs, strict=True))
+    if faces:
+        x_adv = paste_back(d.x, advs, list(faces), crops, finalize=protection.finalize)
+    elif crops.shape[-2:] == d.x.shape[-2:]:
+        x_adv = advs
+    else:
+        full = F.interpolate(advs - crops, size=d.x.shape[-2:], mode="bilinear", align_corners=False)
+        x_adv = protection.finalize(d.x, (d.x + full).clamp(-1, 1))
+    ok = ok and bool(((x_adv - d.x).abs().amax() <= protection.linf_cap() + 1e-6).item())
+    return Perturbed(d, x_adv, ok, faces, crops, advs)
+
+
+def _attacker_frames(x_adv: torch.Tensor, faces: Sequence[Face], detector: str, max_faces: int
+                     ) -> tuple[list[Face], list[bool]]:
+    """The faces as ``detector`` finds them again on the protected photo, matched to ``faces`` by overlap,
+    and which matched (an unmatched face keeps its own framing)."""
+    again = find_faces(x_adv.cpu(), max_faces=max(max_faces, len(faces)) * 2, detector=detector)
     frames: list[Face] = []
     matched: list[bool] = []
-    for face in job.faces:
+    for face in faces:
         best = max(again, key=lambda f: box_iou(f.box, face.box), default=None)
         hit = best is not None and box_iou(best.box, face.box) >= 0.3
         frames.append(best if hit and best is not None else face)
@@ -345,69 +424,58 @@ def _attacker_frames(job: _Job, max_faces: int, detector: str | None = None) -> 
     return frames, matched
 
 
-def _receipt_frames(job: _Job, max_faces: int) -> tuple[list[Face], list[bool], list[bool]]:
+def _receipt_frames(x_adv: torch.Tensor, faces: Sequence[Face], detector: str, max_faces: int
+                    ) -> tuple[list[Face], list[bool], list[bool]]:
     """The faces as the receipt's attacker finds them: by the held-out detector where it finds them, else by
-    the protection's own detector again; (frames, redetected, held_out)."""
-    other = held_out_detector(job.detector)
-    frames, matched = _attacker_frames(job, max_faces, other)
-    if other == job.detector or all(matched):
-        return frames, matched, [m and other != job.detector for m in matched]
-    own, own_matched = _attacker_frames(job, max_faces)
+    the protection's own ``detector`` again; (frames, redetected, held_out)."""
+    other = held_out_detector(detector)
+    frames, matched = _attacker_frames(x_adv, faces, other, max_faces)
+    if other == detector or all(matched):
+        return frames, matched, [m and other != detector for m in matched]
+    own, own_matched = _attacker_frames(x_adv, faces, detector, max_faces)
     return ([f if m else o for f, m, o in zip(frames, matched, own, strict=True)],
             [m or om for m, om in zip(matched, own_matched, strict=True)], matched)
 
 
-def _attacker_success(protection: Protection, job: _Job, frames: Sequence[Face]) -> float:
-    """Mean success rate of the forgers on the attacker's crops (``frames``) of the delivered photo."""
-    assert job.x_adv is not None and job.targets is not None
+def _attacker_success(protection: Protection, p: Perturbed, frames: Sequence[Face]) -> float:
+    """Mean success rate of the forgers on the attacker's crops (``frames``) of the protected photo."""
+    d = p.detected
+    assert d.targets is not None
     size = work_size(protection)
-    tally = measure(attacker_crops(job.x, frames, size), attacker_crops(job.x_adv, frames, size), job.targets,
+    tally = measure(attacker_crops(d.x, frames, size), attacker_crops(p.x_adv, frames, size), d.targets,
                     protection.forgers, ("clean",))
     rates = [v["success_rate"] for v in forger_numbers(tally, protection.forgers).values()
              if v["success_rate"] is not None]
     return sum(rates) / len(rates) if rates else 0.0
 
 
-def _refine(protection: Protection, jobs: list[_Job], max_faces: int, rounds: int) -> None:
-    """Protect again for the framing an attacker finds on the protected photo; keep the better (see
-    :func:`protect_images`)."""
+def _refine(protection: Protection, results: list[Perturbed], open_: list[int], max_faces: int, rounds: int
+            ) -> list[Perturbed]:
+    """Protect ``results[i]`` (i in ``open_``) again for the framing an attacker finds on it; keep the better
+    (see :func:`protect_images`). A photo whose new framing did no better is not tried again: the same
+    framing would give the same result."""
+    results, open_ = list(results), list(open_)
     size = work_size(protection)
     for _ in range(rounds):
-        before: dict[int, tuple[Any, ...]] = {}
-        todo = []
-        for job in jobs:
-            frames, matched = _attacker_frames(job, max_faces)
-            score = _attacker_success(protection, job, frames)
-            if score >= 1.0 or not any(matched):
-                continue
-            before[id(job)] = (job.faces, job.crops, job.advs, job.x_adv, job.within_budget, score)
-            job.faces = frames
-            job.crops = torch.cat([quantize(align_crop(job.x, f, size)) for f in frames])
-            todo.append(job)
-        _protect_crops(protection, todo)
-        for job in todo:
-            job.x_adv, job.within_budget = _deliver(protection, job)
-            if _attacker_success(protection, job, _attacker_frames(job, max_faces)[0]) < before[id(job)][-1]:
-                job.faces, job.crops, job.advs, job.x_adv, job.within_budget, _ = before[id(job)]
-                jobs.remove(job)  # the same framing would give the same result again
-        if not todo:
-            return
-
-
-def _deliver(protection: Protection, job: _Job) -> tuple[torch.Tensor, bool]:
-    """The full-size protected photo (8-bit, capped) and whether every budget holds."""
-    if job.crops is None or job.advs is None:
-        return job.x.clone(), True
-    ok = all(protection.within_budget(c[None], a[None]) for c, a in zip(job.crops, job.advs, strict=True))
-    if job.faces:
-        x_adv = paste_back(job.x, job.advs, job.faces, job.crops, finalize=protection.finalize)
-    elif job.crops.shape[-2:] == job.x.shape[-2:]:
-        x_adv = job.advs
-    else:
-        full = F.interpolate(job.advs - job.crops, size=job.x.shape[-2:], mode="bilinear", align_corners=False)
-        x_adv = protection.finalize(job.x, (job.x + full).clamp(-1, 1))
-    ok = ok and bool(((x_adv - job.x).abs().amax() <= protection.linf_cap() + 1e-6).item())
-    return x_adv, ok
+        tries: list[tuple[int, tuple[Face, ...], torch.Tensor, float]] = []
+        for i in open_:
+            p = results[i]
+            frames, matched = _attacker_frames(p.x_adv, p.faces, p.detected.detector, max_faces)
+            score = _attacker_success(protection, p, frames)
+            if score < 1.0 and any(matched):
+                crops = torch.cat([quantize(align_crop(p.detected.x, f, size)) for f in frames])
+                tries.append((i, tuple(frames), crops, score))
+        if not tries:
+            break
+        advs = _protect_crops(protection, [(results[i].detected, f, c) for i, f, c, _ in tries])
+        for (i, framing, crops, score), adv in zip(tries, advs, strict=True):
+            candidate = _paste(protection, results[i].detected, framing, crops, adv)
+            seen = _attacker_frames(candidate.x_adv, candidate.faces, candidate.detected.detector, max_faces)[0]
+            if _attacker_success(protection, candidate, seen) < score:
+                open_.remove(i)
+            else:
+                results[i] = candidate
+    return results
 
 
 def meets(report: dict[str, Any], min_success: float) -> bool:
@@ -464,11 +532,12 @@ def protect_image(protection: Protection, image: LoadedImage, **options: Any) ->
     return protect_images(protection, [image], **options)[0]
 
 
-def photo_report(
-    protection: Protection, job: _Job, max_faces: int = DEFAULT_MAX_FACES, verify: bool = True,
+def verify_photo(
+    protection: Protection, delivered: Delivered, max_faces: int = DEFAULT_MAX_FACES, verify: bool = True,
     receipt_conditions: Sequence[str] = RECEIPT_CONDITIONS,
-) -> dict[str, Any]:
-    """Quality of the delivered photo and the forgers' success rate on it.
+) -> Verified:
+    """Stage 4: quality of the delivered photo and the forgers' success rate on it (the report), and the faces
+    as the receipt's attacker found them on it. The report:
 
     - ``protection``: ``faces`` (each face found was protected), ``whole_image`` (no face: the whole photo
       was protected, squashed to the forgers' resolution) or ``no_face`` (returned unchanged);
@@ -491,52 +560,55 @@ def photo_report(
     - ``receipt`` (with ``verify``, when something was protected): :func:`core.receipt.photo_receipt` over
       ``receipt_conditions``, on the attacker's crops of the whole delivered photo.
     """
-    x, x_adv = job.x, job.x_adv if job.x_adv is not None else job.x
+    p = delivered.perturbed
+    d = p.detected
+    x, x_adv, mode = d.x, delivered.x_adv, d.mode
     report: dict[str, Any] = {
         "width": int(x.shape[-1]),
         "height": int(x.shape[-2]),
-        "seconds": job.seconds,
-        "protection": job.mode,
-        "faces_found": job.found,
-        "detector": job.detector,
+        "seconds": delivered.seconds,
+        "protection": mode,
+        "faces_found": d.found,
+        "detector": d.detector,
     }
-    if job.found > len(job.faces):
-        report["faces_skipped"] = job.found - len(job.faces)
+    if d.found > len(d.faces):
+        report["faces_skipped"] = d.found - len(d.faces)
     quality: dict[str, Any] = {"psnr": None, "ssim": None, "lpips": None}  # unchanged: nothing to compare
-    if job.mode == "whole_image":
+    if mode == "whole_image":
         quality = _quality(protection, x, x_adv)
-    elif job.mode == "faces":
-        quality = _face_quality(protection, job)
+    elif mode == "faces":
+        quality = _face_quality(protection, x, x_adv, p.faces)
     report.update({
         "psnr": quality["psnr"],
         "ssim": quality["ssim"],
         "lpips": _lpips_or_none(quality["lpips"]),
         "lpips_available": quality["lpips"] != "unavailable",  # else LPIPS's weights are missing (`veil weights`)
         "linf": float((x_adv - x).abs().max()),
-        "within_budget": job.within_budget,  # of the protection, before any lossy output encoding
-        "lossy_output": job.encoded is not None,  # then every number here is of the decoded delivered file
+        "within_budget": p.within_budget,  # of the protection, before any lossy output encoding
+        "lossy_output": delivered.encoded is not None,  # then every number here is of the decoded file
         "faces": [],
         "forgers": {},
     })
-    if job.mode == "whole_image" and job.targets is not None:
+    frames: list[Face] | None = None
+    if mode == "whole_image" and d.targets is not None:
         size = work_size(protection)  # the forgers see the photo resized, as it was protected
-        tally = measure(attacker_crops(x, None, size), attacker_crops(x_adv, None, size), job.targets,
+        tally = measure(attacker_crops(x, None, size), attacker_crops(x_adv, None, size), d.targets,
                         protection.forgers, ("clean",), judge=default_judge())
         report["forgers"] = forger_numbers(tally, protection.forgers)
-    elif job.mode == "faces" and job.crops is not None and job.advs is not None and job.targets is not None:
-        report["faces"], report["forgers"] = _face_reports(protection, job, max_faces, verify)
+    elif mode == "faces":
+        report["faces"], report["forgers"], frames = _face_reports(protection, delivered, max_faces, verify)
         for entry, region in zip(report["faces"], quality.pop("regions"), strict=True):
             entry.update(region)
-    if verify and job.targets is not None and job.mode != "no_face":
+    if verify and d.targets is not None and mode != "no_face":
         # the report's forger numbers are the receipt's clean condition (same crops): not measured twice
-        report["receipt"] = photo_receipt(protection.forgers, x, x_adv, job.frames, job.targets,
+        report["receipt"] = photo_receipt(protection.forgers, x, x_adv, frames, d.targets,
                                           work_size(protection), receipt_conditions,
                                           measured={"clean": report["forgers"]} if report["forgers"] else None,
                                           judge=default_judge())
-        report["receipt"]["scope"] = "faces" if job.mode == "faces" else "whole_photo"
-        if job.mode == "whole_image":
+        report["receipt"]["scope"] = "faces" if mode == "faces" else "whole_photo"
+        if mode == "whole_image":
             report["receipt"]["note"] = WHOLE_PHOTO_NOTE
-    return report
+    return Verified(report, frames)
 
 
 # What a receipt of a photo protected whole must say, so that nobody reads it as "my face is protected".
@@ -578,15 +650,15 @@ def _quality(protection: Protection, x: torch.Tensor, x_adv: torch.Tensor) -> di
     return out
 
 
-def _face_quality(protection: Protection, job: _Job) -> dict[str, Any]:
-    """Quality over each face's region, and pooled over them (see :func:`photo_report`)."""
-    x, x_adv = job.x, job.x_adv if job.x_adv is not None else job.x
+def _face_quality(protection: Protection, x: torch.Tensor, x_adv: torch.Tensor, faces: Sequence[Face]
+                  ) -> dict[str, Any]:
+    """Quality over each face's region, and pooled over them (see :func:`verify_photo`)."""
     h, w = x.shape[-2:]
     regions: list[dict[str, Any]] = []
     sq_err = pixels = 0.0
     weighted: dict[str, float] = {"ssim": 0.0, "lpips": 0.0}
     lpips_known = True
-    for face in job.faces:
+    for face in faces:
         bounds = face.frame().bounds(w, h) or (0, 0, w, h)
         x0, y0, x1, y1 = bounds
         a, b = x[..., y0:y1, x0:x1], x_adv[..., y0:y1, x0:x1]
@@ -610,24 +682,24 @@ def _face_quality(protection: Protection, job: _Job) -> dict[str, Any]:
 
 
 def _face_reports(
-    protection: Protection, job: _Job, max_faces: int, verify: bool
-) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any]]]:
-    """Per face: where, within budget, and the forgers' numbers on the attacker's crops; and over all faces."""
-    assert job.crops is not None and job.advs is not None and job.targets is not None and job.x_adv is not None
-    size = job.crops.shape[-1]
+    protection: Protection, delivered: Delivered, max_faces: int, verify: bool
+) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any]], list[Face]]:
+    """Per face: where, within budget, and the forgers' numbers on the attacker's crops; those over all faces;
+    and the attacker's framing of the faces (with ``verify``; else the protected framing)."""
+    p = delivered.perturbed
+    d, x_adv = p.detected, delivered.x_adv
+    assert p.crops is not None and p.advs is not None and d.targets is not None
+    size = p.crops.shape[-1]
     if verify:
-        frames, matched, job.held_out = _receipt_frames(job, max_faces)
-    else:
-        frames, matched = list(job.faces), [False] * len(job.faces)
-    job.frames = frames
-    if verify:
-        clean, seen = attacker_crops(job.x, frames, size), attacker_crops(job.x_adv, frames, size)
+        frames, matched, held_out = _receipt_frames(x_adv, p.faces, d.detector, max_faces)
+        clean, seen = attacker_crops(d.x, frames, size), attacker_crops(x_adv, frames, size)
     else:  # the crops the protection was computed on
-        clean, seen = job.crops, job.advs
+        frames, matched, held_out = list(p.faces), [False] * len(p.faces), [False] * len(p.faces)
+        clean, seen = p.crops, p.advs
     overall = Tally()
     reports = []
-    for i, face in enumerate(job.faces):
-        tally = measure(clean[i : i + 1], seen[i : i + 1], job.targets[i : i + 1], protection.forgers, ("clean",),
+    for i, face in enumerate(p.faces):
+        tally = measure(clean[i : i + 1], seen[i : i + 1], d.targets[i : i + 1], protection.forgers, ("clean",),
                         quality=False, judge=default_judge() if verify else None)
         overall.merge(tally)
         numbers = forger_numbers(tally, protection.forgers)
@@ -635,16 +707,16 @@ def _face_reports(
         entry = {
             **face.to_dict(),
             "angle": round(math.degrees(face.angle), 2),
-            "within_budget": protection.within_budget(job.crops[i : i + 1], job.advs[i : i + 1]),
+            "within_budget": protection.within_budget(p.crops[i : i + 1], p.advs[i : i + 1]),
             "success_rate": sum(rates) / len(rates) if rates else None,
             "forgers": numbers,
         }
-        if verify and job.held_out is not None:
+        if verify:
             entry["redetected"] = matched[i]
             # the attacker's detector: the held-out one (which the protection never saw) where it found the face
-            entry["receipt_detector"] = held_out_detector(job.detector) if job.held_out[i] else job.detector
+            entry["receipt_detector"] = held_out_detector(d.detector) if held_out[i] else d.detector
         reports.append(entry)
-    return reports, forger_numbers(overall, protection.forgers)
+    return reports, forger_numbers(overall, protection.forgers), frames
 
 
 def protect_file(

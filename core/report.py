@@ -1,6 +1,6 @@
 """The report contract, declared once: what a protected photo's report holds, for every reader.
 
-:func:`core.protect.photo_report` builds a :class:`PhotoReport` per photo (validated where
+:func:`core.protect.verify_photo` builds a :class:`PhotoReport` per photo (validated where
 :func:`core.protect.protect_images` returns it); ``veil protect`` writes its report.json as a list of
 :class:`PhotoEntry` (or :class:`PhotoError`); a worker stores a :class:`JobReport` on the job, which the
 gateway publishes as the job's ``report`` (typed in its OpenAPI document) and the page reads.

@@ -18,10 +18,10 @@ from core.methods import initiative as _initiative  # noqa: F401  (registers)
 from core.methods import pgd as _pgd  # noqa: F401  (registers)
 from core.methods import pgd_l2 as _pgd_l2  # noqa: F401  (registers)
 from core.methods import retentive as _retentive  # noqa: F401  (registers)
-from core.methods.base import METHODS, OBJECTIVES, Protection, expand_targets, parse_options
+from core.methods.base import METHODS, OBJECTIVES, Protection, Through, expand_targets, parse_options
 from core.methods.one_pass import GeneratorMethod
 
-__all__ = ["METHODS", "OBJECTIVES", "GeneratorMethod", "Protection", "create_method", "expand_targets",
+__all__ = ["METHODS", "OBJECTIVES", "GeneratorMethod", "Protection", "Through", "create_method", "expand_targets",
            "method_names", "parse_options"]
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import torch
 
-from core.methods.base import METHODS, Protection
+from core.methods.base import METHODS, Protection, Through
 from core.transforms import lab_to_rgb, rgb_to_lab
 
 # Rounding an RGB pixel to the nearest 8-bit level moves its a/b by at most about one Lab unit.
@@ -40,13 +40,14 @@ class AntiForgery(Protection):
     defaults = {"eps": 4.0, "steps": 10, "step_fraction": 0.2, "objective": "distort", "random_start": True}
     eps_range = (0.0, 40.0)
 
-    def perturb(self, x: torch.Tensor, targets: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    def perturb(self, x: torch.Tensor, targets: torch.Tensor, gen: torch.Generator, through: Through
+                ) -> torch.Tensor:
         lab = rgb_to_lab((x + 1) / 2)
 
         def render(deltas: list[torch.Tensor]) -> torch.Tensor:  # deltas[0]: (N, 2, H, W) on a and b
             return self.to_rgb(torch.cat([lab[:, :1], lab[:, 1:] + deltas[0]], dim=1))
 
-        (delta,) = self.ascend([self.start(lab[:, 1:].shape, gen, lab)], render, x, targets, gen)
+        (delta,) = self.ascend([self.start(lab[:, 1:].shape, gen, lab)], render, x, targets, gen, through)
         return render([delta])
 
     @staticmethod

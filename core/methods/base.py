@@ -9,9 +9,9 @@ is not an RGB L-infinity ball).
 
 from __future__ import annotations
 
-import copy
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
@@ -24,6 +24,22 @@ from core.targets import targets_for
 
 OBJECTIVES = ("distort", "nullify")
 QUANT_STEP = 2.0 / 255.0  # one 8-bit level on [-1, 1]
+
+
+@dataclass(frozen=True)
+class Through:
+    """What an iterative method optimises through: ``eot``, a random transform or an attacker's channel
+    (:mod:`core.transforms`, :mod:`core.channel`; None: the forgers see x_adv itself), with ``samples``
+    draws averaged per step and MI-FGSM ``momentum``. A method has its own (from its arguments); one call
+    may be given another (the photo pipeline's round trip) without changing the method."""
+
+    eot: Callable[..., torch.Tensor] | None = None
+    samples: int = 1
+    momentum: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.samples < 1:
+            raise ValueError(f"samples must be at least 1, got {self.samples}")
 
 
 class Protection(ABC):
@@ -86,19 +102,31 @@ class Protection(ABC):
         if self.objective not in OBJECTIVES:
             raise ValueError(f"unknown objective {self.objective!r}; known: {', '.join(OBJECTIVES)}")
         self.random_start = bool(random_start if random_start is not None else d.get("random_start", True))
-        self.momentum = float(d.get("momentum", 0.0))
-        self.eot = eot
-        self.eot_samples = max(1, int(eot_samples))
+        self.through = Through(eot, max(1, int(eot_samples)), float(d.get("momentum", 0.0)))
         self.seed = seed
+
+    @property
+    def eot(self) -> Callable[..., torch.Tensor] | None:
+        return self.through.eot
+
+    @property
+    def eot_samples(self) -> int:
+        return self.through.samples
+
+    @property
+    def momentum(self) -> float:
+        return self.through.momentum
 
     # ----- public -------------------------------------------------------------------------------------
     def __call__(
-        self, x: torch.Tensor, c_org: torch.Tensor | None = None, targets: torch.Tensor | None = None
+        self, x: torch.Tensor, c_org: torch.Tensor | None = None, targets: torch.Tensor | None = None,
+        *, through: Through | None = None,
     ) -> torch.Tensor:
         """Protect ``x`` (N, 3, H, W) in [-1, 1]; returns x_adv on the 8-bit grid, same shape.
 
         ``targets`` (N, T, A) are the attribute vectors to cover; by default every single-attribute
-        edit of each face, from ``c_org`` (N, A) when its attributes are known.
+        edit of each face, from ``c_org`` (N, A) when its attributes are known. ``through``: what to
+        optimise through for this call instead of the method's own (:class:`Through`).
         """
         if x.dim() != 4 or x.shape[1] != 3:
             raise ValueError(f"expected images of shape (N, 3, H, W), got {tuple(x.shape)}")
@@ -107,7 +135,7 @@ class Protection(ABC):
         x = x.detach()
         gen = torch.Generator(device="cpu").manual_seed(self.seed)
         with torch.enable_grad():
-            x_adv = self.perturb(x, targets.to(x.device), gen)
+            x_adv = self.perturb(x, targets.to(x.device), gen, through or self.through)
         return self.finalize(x, x_adv)
 
     def finalize(self, x: torch.Tensor, x_adv: torch.Tensor) -> torch.Tensor:
@@ -118,18 +146,6 @@ class Protection(ABC):
         under = delta < -self.linf_cap() - 1e-6
         q = torch.where(over, q - QUANT_STEP, torch.where(under, q + QUANT_STEP, q))
         return q.clamp(-1, 1)
-
-    def with_eot(self, eot: Callable[..., torch.Tensor] | None, samples: int | None = None,
-                 momentum: float | None = None) -> Protection:
-        """The same protection (same forgers, budget and seed) optimised through ``eot`` instead (with
-        ``samples`` draws per step and MI-FGSM ``momentum``, when given)."""
-        other = copy.copy(self)
-        other.eot = eot
-        if samples is not None:
-            other.eot_samples = max(1, int(samples))
-        if momentum is not None:
-            other.momentum = float(momentum)
-        return other
 
     def linf_cap(self) -> float:
         """RGB L-inf bound enforced on the delivered image; methods with other budgets may widen it."""
@@ -153,8 +169,9 @@ class Protection(ABC):
 
     # ----- for subclasses -----------------------------------------------------------------------------
     @abstractmethod
-    def perturb(self, x: torch.Tensor, targets: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-        """Return x_adv (N, 3, H, W) in [-1, 1] (not yet quantised)."""
+    def perturb(self, x: torch.Tensor, targets: torch.Tensor, gen: torch.Generator, through: Through
+                ) -> torch.Tensor:
+        """Return x_adv (N, 3, H, W) in [-1, 1] (not yet quantised), optimised ``through`` a channel."""
 
     @torch.no_grad()
     def clean_outputs(self, x: torch.Tensor, targets: torch.Tensor) -> list[torch.Tensor]:
@@ -164,22 +181,24 @@ class Protection(ABC):
 
     def loss(
         self, x_adv: torch.Tensor, x: torch.Tensor, targets: torch.Tensor, refs: list[torch.Tensor],
-        gen: torch.Generator,
+        gen: torch.Generator, through: Through | None = None,
     ) -> torch.Tensor:
-        """The quantity to maximise, summed over forgers, targets and images (mean over pixels)."""
+        """The quantity to maximise, summed over forgers, targets and images (mean over pixels), averaged
+        over the draws of ``through`` (default the method's own)."""
+        through = through or self.through
         total = x_adv.new_zeros(())
         n_t = targets.shape[1]
         # A channel (core.channel) sends protected and clean faces through one shared draw: the edits are
         # then compared as the receipt compares them, under the same condition and framing.
-        pair = getattr(self.eot, "pair", None)
-        for _ in range(self.eot_samples):
+        pair = getattr(through.eot, "pair", None)
+        for _ in range(through.samples):
             goal = x
             if pair is not None:
                 seen, goal = pair(x_adv, x, generator=gen)
                 with torch.no_grad():
                     refs = [forger(*expand_targets(goal, targets)) for forger in self.forgers]
             else:
-                seen = self.eot(x_adv, generator=gen) if self.eot is not None else x_adv
+                seen = through.eot(x_adv, generator=gen) if through.eot is not None else x_adv
             xs, cs = expand_targets(seen, targets)
             for forger, ref in zip(self.forgers, refs, strict=True):
                 out = forger(xs, cs)
@@ -188,7 +207,7 @@ class Protection(ABC):
                 else:
                     per = -(out - goal.repeat_interleave(n_t, dim=0)).pow(2).flatten(1).mean(1)
                 total = total + per.sum()
-        return total / self.eot_samples
+        return total / through.samples
 
     def ascend(
         self,
@@ -197,24 +216,26 @@ class Protection(ABC):
         x: torch.Tensor,
         targets: torch.Tensor,
         gen: torch.Generator,
+        through: Through,
     ) -> list[torch.Tensor]:
-        """Gradient ascent of :meth:`loss` over perturbations ``deltas``, each step by :meth:`update`.
+        """Gradient ascent of :meth:`loss` through ``through`` over perturbations ``deltas``, each step by
+        :meth:`update`.
 
         ``render(deltas)`` turns the perturbations (in the method's own domain: RGB, Lab a/b, subbands)
         into the image the forgers see. Starts from ``deltas`` (zeros, or a random start).
         """
         # Through a channel the references are drawn with each step (see :meth:`loss`).
-        refs = [] if hasattr(self.eot, "pair") else self.clean_outputs(x, targets)
+        refs = [] if hasattr(through.eot, "pair") else self.clean_outputs(x, targets)
         velocity: list[torch.Tensor] | None = None
         for _ in range(self.steps):
             checkpoint()  # a cancelled job or a spent time budget stops here (core.interrupt)
             deltas = [d.detach().requires_grad_(True) for d in deltas]
-            loss = self.loss(render(deltas), x, targets, refs, gen)
+            loss = self.loss(render(deltas), x, targets, refs, gen, through)
             grads = torch.autograd.grad(loss, deltas)
-            if self.momentum > 0:
+            if through.momentum > 0:
                 # MI-FGSM (Dong et al. 2018): an average of L1-normalised gradients steadies the direction
                 # when every step sees another random draw of the channel.
-                velocity = [self.momentum * v + g / g.abs().mean().clamp(min=1e-12)
+                velocity = [through.momentum * v + g / g.abs().mean().clamp(min=1e-12)
                             for v, g in zip(velocity or [torch.zeros_like(g) for g in grads], grads, strict=True)]
                 grads = tuple(velocity)
             deltas = [self.update(d, g) for d, g in zip(deltas, grads, strict=True)]

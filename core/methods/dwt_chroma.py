@@ -9,7 +9,7 @@ from torch import nn
 
 from core.generators.nets import PerturbationUNet
 from core.generators.saliency import SALIENCY_KINDS, saliency_mask
-from core.methods.base import METHODS
+from core.methods.base import METHODS, Through
 from core.methods.dwt_pgd import DWTPGD
 from core.methods.one_pass import GeneratorMethod
 from core.transforms import dwt, rgb_to_ycbcr
@@ -94,9 +94,10 @@ class DWTChroma(GeneratorMethod, DWTPGD):
         ycc, low, high, d_low, d_high = self.subbands(x, z)
         return self.compose(ycc, low + d_low, high + d_high)
 
-    def perturb(self, x: torch.Tensor, targets: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    def perturb(self, x: torch.Tensor, targets: torch.Tensor, gen: torch.Generator, through: Through
+                ) -> torch.Tensor:
         if self.steps == 0:
-            return super().perturb(x, targets, gen)
+            return super().perturb(x, targets, gen, through)
         with torch.no_grad():
             self.net.to(x.device)
             ycc, low, high, d_low, d_high = self.subbands(x, self.noise(x, gen))

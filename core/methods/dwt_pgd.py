@@ -7,7 +7,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from core.methods.base import METHODS, Protection
+from core.methods.base import METHODS, Protection, Through
 from core.transforms import dwt, idwt, rgb_to_ycbcr, ycbcr_to_rgb
 
 # Rounding to 8-bit RGB moves Y by at most half a level of each channel, about 0.5/255 on [0, 1].
@@ -54,22 +54,23 @@ class DWTPGD(Protection):
         if not 0.0 <= self.luma_eps <= self.eps_range[1]:
             raise ValueError(f"luma_eps {self.luma_eps} out of range [0, {self.eps_range[1]}] ({self.budget_units})")
 
-    def perturb(self, x: torch.Tensor, targets: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    def perturb(self, x: torch.Tensor, targets: torch.Tensor, gen: torch.Generator, through: Through
+                ) -> torch.Tensor:
         ycc = rgb_to_ycbcr((x + 1) / 2)
         low, highs = dwt(ycc[:, 1:])
         start = [self.start(low.shape, gen, low), self.start(highs[0].shape, gen, low)]
         if self.luma_eps > 0:
-            return self.perturb_with_luma(ycc, low, highs[0], start, x, targets, gen)
+            return self.perturb_with_luma(ycc, low, highs[0], start, x, targets, gen, through)
 
         def render(deltas: list[torch.Tensor]) -> torch.Tensor:
             return self.compose(ycc, low + deltas[0], highs[0] + deltas[1])
 
-        d_low, d_high = self.ascend(start, render, x, targets, gen)
+        d_low, d_high = self.ascend(start, render, x, targets, gen, through)
         return self.project(ycc, low, highs[0], d_low, d_high)
 
     def perturb_with_luma(
         self, ycc: torch.Tensor, low: torch.Tensor, high: torch.Tensor, start: list[torch.Tensor],
-        x: torch.Tensor, targets: torch.Tensor, gen: torch.Generator,
+        x: torch.Tensor, targets: torch.Tensor, gen: torch.Generator, through: Through,
     ) -> torch.Tensor:
         """Chroma and luma subbands together; the luma deltas live in [-eps, eps] scaled by luma_eps / eps,
         so one sign-ascent box serves both budgets."""
@@ -82,7 +83,7 @@ class DWTPGD(Protection):
             chroma = idwt(low + deltas[0], [high + deltas[1]])
             return ycbcr_to_rgb(torch.cat([y, chroma], dim=1)).clamp(0, 1) * 2 - 1
 
-        return render(self.ascend(start, render, x, targets, gen))
+        return render(self.ascend(start, render, x, targets, gen, through))
 
     def project(
         self, ycc: torch.Tensor, low: torch.Tensor, high: torch.Tensor, d_low: torch.Tensor, d_high: torch.Tensor,

@@ -35,7 +35,7 @@ from core.checkpoints import CheckpointError, ManifestEntry, load_weights, resol
 from core.forgers import Forger
 from core.generators.features import FeatureDistance, feature_distance
 from core.generators.nets import PerturbationUNet, generator_config
-from core.methods.base import Protection, expand_targets
+from core.methods.base import Protection, Through, expand_targets
 
 log = logging.getLogger(__name__)
 
@@ -200,7 +200,8 @@ class GeneratorMethod(Protection):
             return x.new_zeros(shape)
         return self.uniform(torch.Size(shape), 1.0, gen, x)
 
-    def perturb(self, x: torch.Tensor, targets: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    def perturb(self, x: torch.Tensor, targets: torch.Tensor, gen: torch.Generator, through: Through
+                ) -> torch.Tensor:
         if self.steps == 0:
             return self.noise_baseline(x, gen) if self.random_start else x.clone()
         with torch.no_grad():

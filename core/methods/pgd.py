@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from core.methods.base import METHODS, Protection
+from core.methods.base import METHODS, Protection, Through
 
 
 @METHODS.register("pgd")
@@ -32,9 +32,10 @@ class PGD(Protection):
     paper = "Ruiz et al., Disrupting Deepfakes, ECCV-W 2020 (arXiv 2003.01279)"
     defaults = {"eps": 0.05, "steps": 10, "step_fraction": 0.2, "objective": "distort", "random_start": True}
 
-    def perturb(self, x: torch.Tensor, targets: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    def perturb(self, x: torch.Tensor, targets: torch.Tensor, gen: torch.Generator, through: Through
+                ) -> torch.Tensor:
         def render(deltas: list[torch.Tensor]) -> torch.Tensor:
             return (x + deltas[0]).clamp(-1, 1)
 
-        (delta,) = self.ascend([self.start(x.shape, gen, x)], render, x, targets, gen)
+        (delta,) = self.ascend([self.start(x.shape, gen, x)], render, x, targets, gen, through)
         return render([delta])

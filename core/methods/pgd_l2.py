@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from core.methods.base import METHODS, QUANT_STEP, Protection
+from core.methods.base import METHODS, QUANT_STEP, Protection, Through
 from core.metrics import psnr_from_mse
 from core.transforms import rgb_to_ycbcr, ycbcr_to_rgb
 
@@ -89,13 +89,14 @@ class PGDL2(Protection):
         if not 1.0 <= self.chroma_weight <= 10.0:
             raise ValueError(f"chroma_weight must be in [1, 10], got {self.chroma_weight}")
 
-    def perturb(self, x: torch.Tensor, targets: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    def perturb(self, x: torch.Tensor, targets: torch.Tensor, gen: torch.Generator, through: Through
+                ) -> torch.Tensor:
         # The ascent runs in weighted YCbCr (plain RGB at chroma_weight 1); the budget is always held in RGB.
         def render(deltas: list[torch.Tensor]) -> torch.Tensor:
             return (x + self.to_rgb(deltas[0])).clamp(-1, 1)
 
         start = self.start(x.shape, gen, x)
-        (delta,) = self.ascend([self.from_rgb(start)], render, x, targets, gen)
+        (delta,) = self.ascend([self.from_rgb(start)], render, x, targets, gen, through)
         return render([delta])
 
     def to_rgb(self, u: torch.Tensor) -> torch.Tensor:

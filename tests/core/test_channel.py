@@ -11,7 +11,7 @@ from core.channel import IDENTITY, AttackerChannel, ChannelSpec, Framing, square
 from core.faces import Frame, align_crop
 from core.forgers import create_forger
 from core.image import LoadedImage, quantize
-from core.methods import create_method
+from core.methods import Through, create_method
 from core.protect import protect_images
 from core.targets import fixed_targets
 from tests.photos import astronaut as astronaut_pixels
@@ -82,13 +82,14 @@ def test_pgd_through_the_channel_raises_its_loss() -> None:
     forger = create_forger("stargan", config="tiny", pretrained=False)
     x = window(48, 48)
     ch = AttackerChannel(x, Frame(24.0, 24.0, 36.0), 32, IDENTITY)
-    protection = create_method("pgd", forger, steps=5).with_eot(ch)
+    protection = create_method("pgd", forger, steps=5)
+    through = Through(ch)
     targets = fixed_targets(forger.attributes)[None]
-    adv = protection(x, targets=targets)
+    adv = protection(x, targets=targets, through=through)
     g = torch.Generator().manual_seed(0)
     with torch.no_grad():
-        before = protection.loss(x, x, targets, [], g)
-        after = protection.loss(adv, x, targets, [], g)
+        before = protection.loss(x, x, targets, [], g, through)
+        after = protection.loss(adv, x, targets, [], g, through)
     assert float(before) == pytest.approx(0.0, abs=1e-9)  # no perturbation: the edits are the clean ones
     assert float(after) > 0
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from core.forgers import create_forger
-from core.methods import create_method, method_class, method_names
+from core.methods import Through, create_method, method_class, method_names
 from core.metrics import mse
 from core.targets import fixed_targets
 from core.train.generator import fit_generator
@@ -173,6 +173,28 @@ def test_eot_hook_is_used(forger, x: torch.Tensor) -> None:
 
     create_method("pgd", forger, steps=2, eot=eot, eot_samples=2)(x)
     assert len(calls) == 4
+
+
+def test_a_call_through_another_channel_leaves_the_method_as_it_was(forger, x: torch.Tensor) -> None:
+    """``through=`` is one call's channel: the method's own (its eot, draws, momentum) is used again after."""
+    calls: list[str] = []
+
+    def own(t: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        calls.append("own")
+        return t
+
+    def other(t: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        calls.append("other")
+        return t.flip(-1)
+
+    protection = create_method("pgd", forger, steps=2, eot=own)
+    first = protection(x)
+    protection(x, through=Through(other, samples=3, momentum=0.9))
+    assert calls == ["own"] * 2 + ["other"] * 6
+    assert protection.through == Through(own, 1, 0.0)
+    assert torch.equal(protection(x), first)  # seeded: the same protection as before the other call
+    with pytest.raises(ValueError, match="samples"):
+        Through(other, samples=0)
 
 
 @pytest.mark.parametrize("name", [n for n in method_names() if not one_pass(n)])
