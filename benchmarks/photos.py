@@ -170,6 +170,8 @@ def main() -> None:
     ap.add_argument("--method", "-m", action="append",
                     help="methods, each with options after a colon: pgd-l2:eps=0.025,steps=30 (default: pgd)")
     ap.add_argument("--forger", action="append", help="forgers (default: stargan)")
+    ap.add_argument("--weights", action="append",
+                    help="weights of each --forger, in order (default: the shipped defaults)")
     ap.add_argument("--utkface", type=int, default=40)
     ap.add_argument("--celeba", type=int, default=20)
     ap.add_argument("--no-large", action="store_true", help="skip the 2 MP and 12 MP photos")
@@ -186,7 +188,8 @@ def main() -> None:
     info: dict[str, Any] = {
         "command": "python benchmarks/photos.py " + " ".join(
             [*(f"-m {m}" for m in methods), f"--utkface {args.utkface}", f"--celeba {args.celeba}",
-             *(["--no-large"] if args.no_large else []), f"--threads {args.threads}", f"--name {args.name}",
+             *(["--no-large"] if args.no_large else []), *(f"--weights {w}" for w in args.weights or []),
+             f"--threads {args.threads}", f"--name {args.name}",
              f"--at {args.at}", *([f"--steps {args.steps}"] if args.steps else [])]),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores", "threads": args.threads,
         "forgers": ", ".join(forgers), "photos": len(photos), "at": args.at, "conditions": list(RECEIPT_CONDITIONS),
@@ -196,8 +199,9 @@ def main() -> None:
     zooms = []
     for method in methods:
         name, _, options = method.partition(":")
-        protection = build_protection(name, forgers, **{"steps": args.steps,
-                                                        **parse_options(options.split(",") if options else [])})
+        protection = build_protection(name, forgers, dict(zip(forgers, args.weights or [], strict=False)),
+                                      **{"steps": args.steps, **parse_options(options.split(",") if options else [])})
+        info.setdefault("weights", {})[method] = [Path(f.source).stem for f in protection.forgers]
         rows[method] = []
         for kind, ident, image in photos:
             row, x_adv = run_photo(protection, image, ChannelSpec() if args.at == "photo" else None)

@@ -75,6 +75,18 @@ SeedOpt = Annotated[int, typer.Option(help="Seed of every random choice.")]
 EotOpt = Annotated[str | None, typer.Option(help="Optimise through random transforms, e.g. identity,jpeg,blur,resize.")]
 EotSamplesOpt = Annotated[int, typer.Option(help="EoT draws averaged per step.")]
 DeviceOpt = Annotated[str, typer.Option(help="cpu, cuda or cuda:N.")]
+WeightsOpt = Annotated[list[str] | None, typer.Option(
+    "--weights", help="Weights of each --forger, in order: a manifest entry or a file (default: the forger's "
+    "shipped default; stargan-compact64 is the fast 64 px StarGAN). See `veil forgers`.")]
+
+
+def _forger_weights(forgers: list[str], weights: list[str] | None) -> dict[str, str]:
+    """``--weights`` as build_protection's checkpoints: one per ``--forger``, in order."""
+    if not weights:
+        return {}
+    if len(weights) != len(forgers):
+        raise ValueError(f"--weights names {len(weights)} weights for {len(forgers)} forgers; give one per --forger")
+    return dict(zip(forgers, weights, strict=True))
 
 
 @app.command()
@@ -84,6 +96,7 @@ def protect(
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path("out/protected"),
     method: MethodOpt = "pgd",
     forger: ForgerOpt = ["stargan"],  # noqa: B006 (typer reads the default)
+    weights: WeightsOpt = None,
     eps: EpsOpt = None,
     steps: StepsOpt = None,
     objective: ObjectiveOpt = None,
@@ -131,8 +144,9 @@ def protect(
     if at not in ("forger", "photo"):
         raise ValueError(f"--at must be forger or photo, got {at!r}")
     files = _collect_images(inputs)
-    build = functools.partial(build_protection, method, forger, device=device, steps=steps, objective=objective,
-                              seed=seed, eot=eot, eot_samples=eot_samples, **parse_options(option or []))
+    build = functools.partial(build_protection, method, forger, _forger_weights(forger, weights), device=device,
+                              steps=steps, objective=objective, seed=seed, eot=eot, eot_samples=eot_samples,
+                              **parse_options(option or []))
     protection = build(eps=eps)
 
     def stronger() -> Any:  # the --min-success retry: twice the budget, all else the same
@@ -220,6 +234,7 @@ def eval_cmd(
     data: Annotated[Path, typer.Argument(help="A folder of face images, or a CelebA root (validation split).")],
     method: Annotated[list[str], typer.Option("--method", "-m", help="Method(s) to evaluate.")] = ["pgd"],  # noqa: B006
     forger: ForgerOpt = ["stargan"],  # noqa: B006
+    weights: WeightsOpt = None,
     eps: EpsOpt = None,
     steps: StepsOpt = None,
     objective: ObjectiveOpt = None,
@@ -259,12 +274,13 @@ def eval_cmd(
                 m, forger, faces, attrs, names, condition, batch, out / m if grids else None, device,
                 dict(eps=eps, steps=steps, objective=objective, seed=seed, eot=eot, eot_samples=eot_samples,
                      **parse_options(option or [])),
-                advance, transfer or (),
+                advance, transfer or (), _forger_weights(forger, weights),
             ))
     out.mkdir(parents=True, exist_ok=True)
     table = markdown_table(summaries)
     (out / "results.md").write_text(table)
-    settings = {"limit": limit, "size": size, "batch": batch, "forgers": forger, "transfer": transfer or [],
+    settings = {"limit": limit, "size": size, "batch": batch, "forgers": forger, "weights": weights or [],
+                "transfer": transfer or [],
                 "conditions": condition, "seed": seed, "eps": eps, "steps": steps, "objective": objective,
                 "eot": eot, "eot_samples": eot_samples, "options": parse_options(option or [])}
     (out / "results.json").write_text(

@@ -17,6 +17,7 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -216,6 +217,7 @@ def summarize(
             rows.append({
                 "method": protection.name,
                 "forger": forger.name,
+                "weights": Path(forger.source).stem,  # which of the forger's weights (its default changes)
                 "condition": cond,
                 "success_rate": num(f"{key}/success_rate"),
                 "distortion": num(f"{key}/distortion"),

@@ -39,7 +39,8 @@ from core.faces import (
 from core.forgers import Forger, create_forger
 from core.image import SUFFIX_FORMATS, LoadedImage, encode_image, load_image, quantize, save_image
 from core.interrupt import checkpoint
-from core.methods import Protection, Through, create_method
+from core.methods import Protection, Through, create_method, method_class
+from core.methods.one_pass import trained_forger_weights
 from core.metrics import psnr_from_mse
 from core.receipt import (
     RECEIPT_CONDITIONS,
@@ -80,7 +81,7 @@ def build_protection(
     ``options`` are the method's (eps, steps, objective, ...; None means its default); ``eot`` names the
     random transforms to optimise through (e.g. "identity,jpeg,blur,resize"), for robustness.
     """
-    checkpoints = checkpoints or {}
+    checkpoints = {**_trained_against(method, forgers, options), **(checkpoints or {})}
     device = resolve_device(device)
     loaded = [load_forger(f, checkpoints.get(f), device) for f in forgers]
     clean = {k: v for k, v in options.items() if v is not None}
@@ -88,6 +89,14 @@ def build_protection(
         names = [n.strip() for n in eot.split(",")] if isinstance(eot, str) else list(eot)
         clean["eot"] = EoT.from_names(names)
     return create_method(method, loaded, **clean)
+
+
+def _trained_against(method: str, forgers: Sequence[str], options: dict[str, Any]) -> dict[str, str]:
+    """A one-pass method's forgers: the weights its generator was trained against (see
+    :func:`core.methods.one_pass.trained_forger_weights`); none for an iterative or untrained one."""
+    if not method_class(method).one_pass or options.get("pretrained") is False:
+        return {}
+    return trained_forger_weights(method, forgers, options.get("checkpoint"))
 
 
 @dataclass

@@ -106,10 +106,12 @@ def evaluate_faces(
     options: dict[str, Any],
     advance: Callable[[int], Any] = lambda n: None,
     transfer: Sequence[str] = (),
+    checkpoints: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    """Protect ``faces`` with ``method`` against ``forgers`` and measure it on them, and on the
-    ``transfer`` forgers (which the protection does not target: how it transfers to other editors)."""
-    protection = build_protection(method, forgers, device=device, **options)
+    """Protect ``faces`` with ``method`` against ``forgers`` (their weights from ``checkpoints``, by forger, else
+    the defaults) and measure it on them, and on the ``transfer`` forgers (which the protection does not
+    target: how it transfers to other editors)."""
+    protection = build_protection(method, forgers, checkpoints, device=device, **options)
     measured = list(protection.forgers) + [load_forger(f, None, resolve_device(device)) for f in transfer
                                              if f not in forgers]
     tally = Tally()

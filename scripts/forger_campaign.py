@@ -8,7 +8,8 @@ metadata: iteration and CPU seconds). ``benchmarks/forger_recipes.py`` measures 
 evaluation classifier and plots quality per CPU-hour.
 
 Stages in a ``pilot`` group share the CPU round-robin until each has had ``pilot_hours``; then only the
-group's best stage (by the last measured score) goes on. Stages are trained in plan order otherwise.
+group's best stage (by the last measured score) goes on. Architectures take turns of ``TURN_HOURS`` in plan
+order; after that the one furthest from the goals trains next.
 
     python scripts/forger_campaign.py             # run (Ctrl-C / SIGTERM saves and stops)
     python scripts/forger_campaign.py --status    # where each stage stands
@@ -179,11 +180,19 @@ def measure(trainer: Any, data: Path | None) -> dict[str, Any]:
         G.train(was_training)
 
 
+# Each architecture's turn, in CPU-hours of its training stage, before the next one starts (in plan order): the
+# default StarGAN first, then the FPGAN warm-started from it, then the AttGAN. Once every architecture has had
+# its turn, the one furthest from the goals (the lowest score) trains next, a chunk at a time.
+TURN_HOURS = {"stargan": 6.0, "fpgan": 4.0, "attgan": 4.0}
+
+
 def choose(state: Path, status: dict[str, Any]) -> dict[str, Any] | None:
-    """The next stage to train: the pilot stage with the least CPU time, else the group's winner."""
+    """The next stage to train: a pilot stage with the least CPU time, else the first architecture whose turn
+    is not over (see :data:`TURN_HOURS`), else the unfinished stage with the lowest score."""
+    done = status["stages"]
+    turns_over = []
     for group in dict.fromkeys(s["group"] for s in PLAN):
         stages = [s for s in PLAN if s["group"] == group]
-        done = status["stages"]
         pilots = [s for s in stages if "pilot_hours" in s]
         behind = [s for s in pilots if done.get(s["stage"], {}).get("cpu_seconds", 0) < 3600 * s["pilot_hours"]]
         if behind and group not in status["winners"]:  # a decided group stays decided
@@ -194,10 +203,13 @@ def choose(state: Path, status: dict[str, Any]) -> dict[str, Any] | None:
             write_status(state, status)
         winner = status["winners"].get(group)
         candidates = [s for s in stages if s["stage"] == winner] if pilots else stages
-        for s in candidates:
-            if not done.get(s["stage"], {}).get("finished"):
-                return s
-    return None
+        stage = next((s for s in candidates if not done.get(s["stage"], {}).get("finished")), None)
+        if stage is None:
+            continue
+        if done.get(stage["stage"], {}).get("cpu_seconds", 0) < 3600 * TURN_HOURS.get(group, 0.0):
+            return stage
+        turns_over.append(stage)
+    return min(turns_over, key=lambda s: done.get(s["stage"], {}).get("score", -1.0), default=None)
 
 
 def run(state: Path, data: Path | None, chunk_minutes: float, snapshot_minutes: float, hours: float | None) -> None:

@@ -8,7 +8,9 @@ forgers are only needed to *train* the generator (:mod:`core.train.generator`), 
 
 Weights: ``checkpoint=`` a ``.safetensors`` path or a manifest entry name; by default the shipped
 entry of ``checkpoints/manifest.json`` with ``role: "generator-method"`` and ``forger: <method name>``
-that was trained against the same forgers (else the method's default entry). ``pretrained=False``
+that was trained against the same forgers (else the method's default entry). Its forgers are the weights it
+was trained against (:func:`trained_forger_weights`, which ``core.protect.build_protection`` loads), not
+necessarily the forgers' current defaults. ``pretrained=False``
 builds random weights (tests, training from scratch). A checkpoint's metadata sets the network config
 and, unless given, ``eps`` and ``objective``.
 
@@ -31,7 +33,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from core.checkpoints import CheckpointError, ManifestEntry, load_weights, resolve_weights
+from core.checkpoints import CheckpointError, Manifest, ManifestEntry, load_weights, resolve_weights
 from core.forgers import Forger
 from core.generators.features import FeatureDistance, feature_distance
 from core.generators.nets import PerturbationUNet, generator_config
@@ -68,6 +70,21 @@ def locate_generator(
         log.warning("%s: no %s weights trained against %s; using %s (trained against %s)", method, ROLE,
                     ", ".join(wanted), entry.name, ", ".join(trained_against(entry)) or "?")
     return path, entry
+
+
+def trained_forger_weights(method: str, forgers: Sequence[str], checkpoint: str | Path | None = None
+                           ) -> dict[str, str]:
+    """The manifest entries of the forger weights a generator method's weights were trained against, by forger
+    name (e.g. ``{"stargan": "stargan-compact64"}``): a generator is only as good as against the editor it
+    learnt to break, so it is measured, and protects, against that one rather than the forger's newer
+    default. Empty when the weights do not say or their forgers are not in the manifest."""
+    _, entry = locate_generator(method, forgers, checkpoint)
+    if entry is None:
+        return {}
+    manifest = Manifest()
+    files = set(entry.info.get("forger_weights", []))
+    return {e.forger: e.name for e in manifest.entries
+            if e.role == "generator" and e.file in files and e.forger in forgers}
 
 
 # The keyword arguments of Protection.__init__ (eps, steps, ..., seed), told apart from a method's options.

@@ -48,3 +48,26 @@ def test_a_stage_resumes_from_its_seed(campaign: ModuleType, tmp_path: Path) -> 
         for (name, pa), pb in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
             assert torch.allclose(pa.float(), pb.float(), atol=2e-3, rtol=1e-3), name  # fp16 in git
     assert not campaign.load_seed(fresh, seed / "absent.safetensors")
+
+
+def test_architectures_take_turns_then_the_furthest_from_the_goals_trains(campaign: ModuleType,
+                                                                          tmp_path: Path) -> None:
+    decided = {"stargan": "stargan-compact128-cpu-warm"}
+
+    def status(**hours_and_scores: tuple[float, float]) -> dict:
+        stages = {name.replace("_", "-"): {"cpu_seconds": 3600 * h, "score": sc}
+                  for name, (h, sc) in hours_and_scores.items()}
+        return {"stages": stages, "winners": dict(decided)}
+
+    def chosen(st: dict) -> str:
+        return campaign.choose(tmp_path, st)["stage"]
+
+    turns = campaign.TURN_HOURS
+    assert chosen(status(stargan_compact128_cpu_warm=(turns["stargan"] - 1, 0.6))) == "stargan-compact128-cpu-warm"
+    # the StarGAN's turn is over: the FPGAN starts (it warm-starts from the StarGAN's snapshot)
+    assert chosen(status(stargan_compact128_cpu_warm=(turns["stargan"], 0.6))) == "fpgan-compact128-cpu"
+    assert chosen(status(stargan_compact128_cpu_warm=(turns["stargan"], 0.6),
+                         fpgan_compact128_cpu=(turns["fpgan"], 0.5))) == "attgan-compact128-cpu"
+    every_turn_over = {"stargan_compact128_cpu_warm": (turns["stargan"], 0.6),
+                       "fpgan_compact128_cpu": (turns["fpgan"], 0.5), "attgan_compact128_cpu": (turns["attgan"], 0.7)}
+    assert chosen(status(**every_turn_over)) == "fpgan-compact128-cpu"  # the lowest score

@@ -71,6 +71,8 @@ def test_bad_photo_is_reported_and_others_continue(tiny_checkpoints: Path, photo
         (["--forger", "attgan"], "no shipped"),
         (["--format", "gif"], "unsupported format"),
         (["--eot", "jpeg,warp"], "unknown EoT transform"),
+        (["--weights", "stargan-tiny", "--weights", "stargan-tiny"], "one per --forger"),
+        (["--weights", "stargan-nope"], "stargan-nope"),
     ],
 )
 def test_bad_options_exit_cleanly(tiny_checkpoints: Path, photos: Path, args: list[str], message: str) -> None:
@@ -114,6 +116,29 @@ def test_eval_folder_writes_tables_and_grids(tiny_checkpoints: Path, photos: Pat
     assert {r["condition"] for r in rows} == {"clean", "jpeg75"}
     assert "| pgd | stargan | clean |" in (out / "results.md").read_text()
     assert len(list((out / "pgd").glob("*.png"))) == 2
+
+
+def test_eval_with_chosen_weights_records_them(tiny_checkpoints: Path, photos: Path, tmp_path: Path) -> None:
+    """--weights picks a forger's weights other than its default; the table says which weights it measured."""
+    from core.checkpoints import Manifest, ManifestEntry, save_weights
+    from core.forgers import create_forger
+
+    torch.manual_seed(4)
+    other = create_forger("stargan", config="tiny", pretrained=False)
+    sha = save_weights(other.generator.state_dict(), tiny_checkpoints / "other.safetensors", {"config": "tiny"})
+    manifest = Manifest(tiny_checkpoints)
+    manifest.upsert(ManifestEntry(name="stargan-other", forger="stargan", file="other.safetensors", config="tiny",
+                                  sha256=sha, default=False))
+    manifest.save()
+    out = tmp_path / "eval"
+    result = run("eval", str(photos), "-m", "pgd", "--steps", "1", "--size", "32", "--weights", "stargan-other",
+                 "-o", str(out), "--no-grids")
+    assert result.exit_code == 0, result.output
+    data = json.loads((out / "results.json").read_text())
+    assert data["settings"]["weights"] == ["stargan-other"]
+    assert [r["weights"] for r in data["summaries"][0]["rows"]] == ["other"]
+    result = run("eval", str(photos), "-m", "pgd", "--steps", "1", "--size", "32", "-o", str(out), "--no-grids")
+    assert [r["weights"] for r in json.loads((out / "results.json").read_text())["summaries"][0]["rows"]] == ["tiny"]
 
 
 def test_eval_measures_transfer_to_forgers_it_does_not_target(

@@ -179,3 +179,37 @@ def test_checkpoint_by_path_and_manifest(forger, x: torch.Tensor, tmp_path: Path
     assert create_method("retentive", forger, eps=0.01).eps == 0.01  # explicit options win
     with pytest.raises(CheckpointError, match="not retentive"):
         create_method("retentive", forger, checkpoint="stargan-tiny")
+
+
+def test_a_generator_method_keeps_the_forger_it_was_trained_against(forger, tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """A newer default forger ships: a generator method still protects against (and is measured on) the forger
+    weights it learnt to break, while iterative methods take the new default."""
+    from core.methods.one_pass import trained_forger_weights
+    from core.protect import build_protection
+
+    monkeypatch.setenv("VEIL_CHECKPOINTS", str(tmp_path))
+    ship_forger(tmp_path)  # stargan-tiny, the default the generator is trained against
+    trained = random_method("retentive", forger, seed=5)
+    path = tmp_path / "retentive-stargan-tiny.safetensors"
+    sha = save_weights(trained.net.state_dict(), path, {"method": "retentive", "config": trained.config,
+                                                        "forgers": ["stargan"]})
+    newer = create_forger("stargan", config="tiny", pretrained=False)
+    torch.nn.init.normal_(next(newer.generator.parameters()))
+    newer_sha = save_weights(newer.generator.state_dict(), tmp_path / "stargan-newer.safetensors",
+                             {"forger": "stargan", "config": "tiny", "role": "generator"})
+    manifest = Manifest()
+    manifest.upsert(ManifestEntry(name="retentive-stargan-tiny", forger="retentive", file=path.name,
+                                  config=trained.config, sha256=sha, role="generator-method", default=True,
+                                  info={"forgers": ["stargan"], "forger_weights": ["stargan-tiny.safetensors"]}))
+    manifest.upsert(ManifestEntry(name="stargan-newer", forger="stargan", file="stargan-newer.safetensors",
+                                  config="tiny", sha256=newer_sha, default=True))
+    manifest.save()
+    assert trained_forger_weights("retentive", ["stargan"]) == {"stargan": "stargan-tiny"}
+    assert trained_forger_weights("retentive", ["attgan"]) == {}  # not among its forgers
+    one_pass = build_protection("retentive", ("stargan",))
+    assert Path(one_pass.forgers[0].source).name == "stargan-tiny.safetensors"
+    assert Path(build_protection("pgd", ("stargan",)).forgers[0].source).name == "stargan-newer.safetensors"
+    # an explicit choice of forger weights still wins
+    chosen = build_protection("retentive", ("stargan",), checkpoints={"stargan": "stargan-newer"})
+    assert Path(chosen.forgers[0].source).name == "stargan-newer.safetensors"

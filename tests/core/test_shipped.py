@@ -20,6 +20,16 @@ def test_manifest_files_exist_and_match_sha256() -> None:
             assert manifest.resolve(entry, verify=True).is_file(), entry.name
 
 
+def test_one_default_per_forger_and_role() -> None:
+    """Every reader (the resolver, the stack script, the cards) must agree on which weights are a forger's
+    default: a second default would be silently outranked by whichever is listed first."""
+    from collections import Counter
+
+    defaults = Counter((e.forger, e.role) for e in Manifest().entries if e.default)
+    assert all(n == 1 for n in defaults.values()), defaults
+    assert Manifest().find("stargan-compact64") is not None  # the fast option stays shipped
+
+
 @pytest.mark.dataset
 @pytest.mark.parametrize("name", [CLASSIFIER_NAME, JUDGE_NAME])
 def test_classifier_card_accuracy(celeba_root: Path, tmp_path: Path, name: str) -> None:
@@ -87,7 +97,8 @@ def test_generator_rows_of_the_eval_tables_reproduced(celeba_root: Path, table_f
     for want in summaries:
         name = want["method"]["method"]
         got = evaluate_faces(name, settings["forgers"], faces, attrs, names, settings["conditions"],
-                             settings["batch"], None, "cpu", options, transfer=settings["transfer"])
+                             settings["batch"], None, "cpu", options, transfer=settings["transfer"],
+                             checkpoints=dict(zip(settings["forgers"], settings.get("weights") or [], strict=False)))
         assert got["method"]["weights"].endswith(Path(want["method"]["weights"]).name), name
         for key in ("psnr", "ssim"):
             assert got[key] == pytest.approx(want[key], rel=1e-3), (name, key)
