@@ -130,7 +130,8 @@ def zoom_pair(x: torch.Tensor, x_adv: torch.Tensor, box: tuple[int, int, int, in
 
 def write_markdown(path: Path, info: dict[str, Any], summaries: dict[str, dict[str, Any]]) -> None:
     conds = list(RECEIPT_CONDITIONS)
-    lines = [f"# Photo benchmark ({info['forgers']}, {info['photos']} photos)", "",
+    weights = sorted({w for ws in info.get("weights", {}).values() for w in ws})
+    lines = [f"# Photo benchmark ({', '.join(weights) or info['forgers']}, {info['photos']} photos)", "",
              f"Command: `{info['command']}`", "",
              f"Machine: {info['machine']}; torch threads {info['threads']}; load average (1 min) "
              f"{info['load_average_1min_start']} at the start, {info['load_average_1min_end']} at the end.", "",

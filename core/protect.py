@@ -78,8 +78,10 @@ def build_protection(
 ) -> Protection:
     """A protection method over resident forgers.
 
-    ``options`` are the method's (eps, steps, objective, ...; None means its default); ``eot`` names the
-    random transforms to optimise through (e.g. "identity,jpeg,blur,resize"), for robustness.
+    ``checkpoints`` names the weights of some forgers (manifest entry or file, by forger name); the others
+    load their shipped defaults, except under a one-pass method, whose forgers are the weights its generator
+    was trained against. ``options`` are the method's (eps, steps, objective, ...; None means its default);
+    ``eot`` names the random transforms to optimise through (e.g. "identity,jpeg,blur,resize"), for robustness.
     """
     checkpoints = {**_trained_against(method, forgers, options), **(checkpoints or {})}
     device = resolve_device(device)
