@@ -118,18 +118,22 @@ def test_eval_folder_writes_tables_and_grids(tiny_checkpoints: Path, photos: Pat
     assert len(list((out / "pgd").glob("*.png"))) == 2
 
 
-def test_eval_with_chosen_weights_records_them(tiny_checkpoints: Path, photos: Path, tmp_path: Path) -> None:
-    """--weights picks a forger's weights other than its default; the table says which weights it measured."""
+def list_tiny_forger(folder: Path, forger: str, name: str, file: str, seed: int, default: bool) -> None:
+    """A random tiny ``forger`` (weights seeded by ``seed``) listed in the manifest of ``folder`` as ``name``."""
     from core.checkpoints import Manifest, ManifestEntry, save_weights
     from core.forgers import create_forger
 
-    torch.manual_seed(4)
-    other = create_forger("stargan", config="tiny", pretrained=False)
-    sha = save_weights(other.generator.state_dict(), tiny_checkpoints / "other.safetensors", {"config": "tiny"})
-    manifest = Manifest(tiny_checkpoints)
-    manifest.upsert(ManifestEntry(name="stargan-other", forger="stargan", file="other.safetensors", config="tiny",
-                                  sha256=sha, default=False))
+    torch.manual_seed(seed)
+    model = create_forger(forger, config="tiny", pretrained=False)
+    sha = save_weights(model.generator.state_dict(), folder / file, {"config": "tiny"})
+    manifest = Manifest(folder)
+    manifest.upsert(ManifestEntry(name=name, forger=forger, file=file, config="tiny", sha256=sha, default=default))
     manifest.save()
+
+
+def test_eval_with_chosen_weights_records_them(tiny_checkpoints: Path, photos: Path, tmp_path: Path) -> None:
+    """--weights picks a forger's weights other than its default; the table says which weights it measured."""
+    list_tiny_forger(tiny_checkpoints, "stargan", "stargan-other", "other.safetensors", seed=4, default=False)
     out = tmp_path / "eval"
     result = run("eval", str(photos), "-m", "pgd", "--steps", "1", "--size", "32", "--weights", "stargan-other",
                  "-o", str(out), "--no-grids")
@@ -144,16 +148,8 @@ def test_eval_with_chosen_weights_records_them(tiny_checkpoints: Path, photos: P
 def test_eval_measures_transfer_to_forgers_it_does_not_target(
     tiny_checkpoints: Path, photos: Path, tmp_path: Path
 ) -> None:
-    from core.checkpoints import Manifest, ManifestEntry, save_weights
-    from core.forgers import create_forger
-
-    torch.manual_seed(3)  # another tiny editor, listed as the shipped fpgan
-    other = create_forger("fpgan", config="tiny", pretrained=False)
-    sha = save_weights(other.generator.state_dict(), tiny_checkpoints / "fpgan-tiny.safetensors", {"config": "tiny"})
-    manifest = Manifest(tiny_checkpoints)
-    manifest.upsert(ManifestEntry(name="fpgan-tiny", forger="fpgan", file="fpgan-tiny.safetensors", config="tiny",
-                                  sha256=sha, default=True))
-    manifest.save()
+    # another tiny editor, listed as the shipped fpgan
+    list_tiny_forger(tiny_checkpoints, "fpgan", "fpgan-tiny", "fpgan-tiny.safetensors", seed=3, default=True)
     out = tmp_path / "eval"
     result = run("eval", str(photos), "-m", "pgd", "--steps", "2", "--size", "32", "--transfer", "fpgan",
                  "--transfer", "stargan", "-o", str(out), "--no-grids")
