@@ -200,6 +200,7 @@ def resolve_weights(
     prefer: Callable[[ManifestEntry], Any] | None = None,
     hint: str = "",
     manifest: Manifest | None = None,
+    verify: bool = True,
 ) -> tuple[Path, ManifestEntry | None]:
     """The weights file ``checkpoint`` names, and its manifest entry when the manifest lists it.
 
@@ -214,7 +215,7 @@ def resolve_weights(
       the first listed).
 
     ``hint`` (what to do instead: train, pass a file, use random weights) ends the error raised when no
-    shipped weights exist.
+    shipped weights exist. ``verify=False`` skips the sha256 check, for a caller that only reads the entry.
     """
     manifest = manifest or Manifest()
 
@@ -229,18 +230,18 @@ def resolve_weights(
             entry = manifest.find(default)
             if entry is None or not fits(entry):
                 raise missing(f"{role} weights {default!r}")
-            return manifest.resolve(entry), entry
+            return manifest.resolve(entry, verify), entry
         entries = [e for e in manifest.entries if fits(e)]
         if not entries:
             raise missing(f"{role} weights for {kind!r}")
         entry = max(entries, key=lambda e: (prefer(e) if prefer else 0, e.default))  # max keeps the first of ties
-        return manifest.resolve(entry), entry
+        return manifest.resolve(entry, verify), entry
     found = manifest.find(str(checkpoint))
     if found is not None:
         if not fits(found):
             raise CheckpointError(f"manifest entry {found.name!r} is a {found.forger} {found.role}, "
                                   f"not {kind} {role} weights")
-        return manifest.resolve(found), found
+        return manifest.resolve(found, verify), found
     path = Path(checkpoint)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {checkpoint} (neither a file nor a manifest entry)")

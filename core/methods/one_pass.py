@@ -49,12 +49,13 @@ def _forger_names(forgers: Forger | Sequence[Forger]) -> list[str]:
 
 
 def locate_generator(
-    method: str, forgers: Sequence[str], checkpoint: str | Path | None
+    method: str, forgers: Sequence[str], checkpoint: str | Path | None, load: bool = True
 ) -> tuple[Path, ManifestEntry | None]:
     """The weights file of a generator method, and its manifest entry when it has one.
 
     With no ``checkpoint``: the manifest's ``generator-method`` entries of ``method``, preferring one
-    trained against exactly ``forgers``, then the default entry, then the first listed.
+    trained against exactly ``forgers``, then the default entry, then the first listed. ``load=False`` only
+    looks the entry up: no sha256 check of the file and no warning (the load that follows does both).
     """
     wanted = sorted(forgers)
 
@@ -65,8 +66,9 @@ def locate_generator(
         checkpoint, method, ROLE, prefer=lambda e: trained_against(e) == wanted,
         hint=f"train them with `veil train generator --method {method}`, pass checkpoint=<file or manifest "
              f"entry>, or use pretrained=False for random (untrained) weights",
+        verify=load,
     )
-    if checkpoint is None and entry is not None and trained_against(entry) != wanted:
+    if load and checkpoint is None and entry is not None and trained_against(entry) != wanted:
         log.warning("%s: no %s weights trained against %s; using %s (trained against %s)", method, ROLE,
                     ", ".join(wanted), entry.name, ", ".join(trained_against(entry)) or "?")
     return path, entry
@@ -78,7 +80,7 @@ def trained_forger_weights(method: str, forgers: Sequence[str], checkpoint: str 
     name (e.g. ``{"stargan": "stargan-compact64"}``): a generator is only as good as against the editor it
     learnt to break, so it is measured, and protects, against that one rather than the forger's newer
     default. Empty when the weights do not say or their forgers are not in the manifest."""
-    _, entry = locate_generator(method, forgers, checkpoint)
+    _, entry = locate_generator(method, forgers, checkpoint, load=False)
     if entry is None:
         return {}
     manifest = Manifest()
