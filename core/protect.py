@@ -26,8 +26,10 @@ from core.device import resolve_device
 from core.evaluate import PSNR_CAP, Tally, measure, summarize
 from core.faces import (
     DEFAULT_MAX_FACES,
+    PHOTO_FRAMING,
     Face,
     Frame,
+    Framing,
     RoundTrip,
     align_crop,
     box_iou,
@@ -312,10 +314,12 @@ def detect(
 
 def perturb(
     protection: Protection, detected: Sequence[Detected], *, channel: ChannelSpec | None = None, refine: int = 1,
-    max_faces: int = DEFAULT_MAX_FACES,
+    max_faces: int = DEFAULT_MAX_FACES, framing: Framing | None = PHOTO_FRAMING,
 ) -> list[Perturbed]:
     """Stage 2: protect every photo that has something to protect; the crops of all photos in one batch, or
-    with a ``channel`` each face on its window of the photo (see :func:`protect_images`); then ``refine``."""
+    with a ``channel`` each face on its window of the photo (see :func:`protect_images`); then ``refine``.
+    The crops are optimised through the paste back and an attacker's new crop, framed as ``framing`` draws
+    (:class:`core.faces.RoundTrip`; None: exactly our framing)."""
     at_photo = channel is not None and not protection.one_pass
     out: list[Perturbed | None] = [None] * len(detected)
     batch = []
@@ -327,12 +331,12 @@ def perturb(
             out[i] = _protect_windows(protection, d, channel)
         else:
             batch.append(i)
-    advs = _protect_crops(protection, [(detected[i], detected[i].faces, detected[i].crops) for i in batch])
+    advs = _protect_crops(protection, [(detected[i], detected[i].faces, detected[i].crops) for i in batch], framing)
     for i, adv in zip(batch, advs, strict=True):
         d = detected[i]
         out[i] = _paste(protection, d, d.faces, d.crops, adv)
     done = [p for p in out if p is not None]
-    return _refine(protection, done, [i for i in batch if detected[i].faces], max_faces, refine)
+    return _refine(protection, done, [i for i in batch if detected[i].faces], max_faces, refine, framing)
 
 
 def deliver(perturbed: Perturbed, output_format: str = "PNG", keep_metadata: bool = False
@@ -387,18 +391,19 @@ def _protect_windows(protection: Protection, d: Detected, spec: ChannelSpec) -> 
 Framed = tuple[Detected, tuple[Face, ...], torch.Tensor | None]
 
 
-def _protect_crops(protection: Protection, items: Sequence[Framed]) -> list[torch.Tensor]:
+def _protect_crops(protection: Protection, items: Sequence[Framed], framing: Framing | None = PHOTO_FRAMING
+                   ) -> list[torch.Tensor]:
     """The protected crops of every item, computed in one batch."""
     if not items:
         return []
     crops = torch.cat([c for _, _, c in items if c is not None])
     targets = torch.cat([d.targets for d, _, _ in items if d.targets is not None])
-    frames: list[tuple[Frame, tuple[int, int]] | None] = []
+    frames: list[tuple[Frame, torch.Tensor] | None] = []
     for d, faces, _ in items:
-        frames += [(face.frame(), d.image.size) for face in faces] if faces else [None]
+        frames += [(face.frame(), d.x) for face in faces] if faces else [None]
     # optimise what an attacker's crop of the delivered photo will hold, not the crop itself
     # the channel's draws per step and momentum: one draw of a wide framing spread a step hardly moves
-    through = Through(RoundTrip(crops, frames, then=protection.eot),
+    through = Through(RoundTrip(crops, frames, framing=framing, then=protection.eot),
                       max(ChannelSpec.samples, protection.eot_samples), ChannelSpec.momentum)
     advs = protection(crops, targets=targets, through=through)
     return list(advs.split([len(c) for _, _, c in items if c is not None]))
@@ -460,8 +465,8 @@ def _attacker_success(protection: Protection, p: Perturbed, frames: Sequence[Fac
     return sum(rates) / len(rates) if rates else 0.0
 
 
-def _refine(protection: Protection, results: list[Perturbed], open_: list[int], max_faces: int, rounds: int
-            ) -> list[Perturbed]:
+def _refine(protection: Protection, results: list[Perturbed], open_: list[int], max_faces: int, rounds: int,
+            framing: Framing | None = PHOTO_FRAMING) -> list[Perturbed]:
     """Protect ``results[i]`` (i in ``open_``) again for the framing an attacker finds on it; keep the better
     (see :func:`protect_images`). A photo whose new framing did no better is not tried again: the same
     framing would give the same result."""
@@ -478,9 +483,9 @@ def _refine(protection: Protection, results: list[Perturbed], open_: list[int], 
                 tries.append((i, tuple(frames), crops, score))
         if not tries:
             break
-        advs = _protect_crops(protection, [(results[i].detected, f, c) for i, f, c, _ in tries])
-        for (i, framing, crops, score), adv in zip(tries, advs, strict=True):
-            candidate = _paste(protection, results[i].detected, framing, crops, adv)
+        advs = _protect_crops(protection, [(results[i].detected, f, c) for i, f, c, _ in tries], framing)
+        for (i, found, crops, score), adv in zip(tries, advs, strict=True):
+            candidate = _paste(protection, results[i].detected, found, crops, adv)
             seen = _attacker_frames(candidate.x_adv, candidate.faces, candidate.detected.detector, max_faces)[0]
             if _attacker_success(protection, candidate, seen) < score:
                 open_.remove(i)

@@ -148,13 +148,25 @@ def test_round_trip_is_what_an_attacker_crops() -> None:
     crop = quantize(fc.align_crop(x, face, 64))
     g = torch.Generator().manual_seed(1)
     adv = quantize(crop + (torch.rand(crop.shape, generator=g) * 2 - 1) * 0.05)
-    trip = fc.RoundTrip(crop, [(face.frame(), (800, 700))], framing=None)
-    seen = trip(adv) - crop
+    trip = fc.RoundTrip(crop, [(face.frame(), x)], framing=None)
+    seen, ref = trip.pair(adv, crop)
     pasted = fc.paste_back(x, adv, [face], crop)
-    again = fc.align_crop(pasted, face, 64) - fc.align_crop(x, face, 64)
+    again = fc.align_crop(pasted, face, 64)
     levels = (seen - again).abs().flatten() * 127.5  # the photo's 8-bit rounding, and clipping at white/black
     assert levels.mean() < 0.1 and levels.quantile(0.99) < 0.5
-    assert seen.abs().mean() > 0.2 * (adv - crop).abs().mean()
+    assert torch.allclose(ref, fc.align_crop(x, face, 64), atol=1e-5)
+    assert (seen - ref).abs().mean() > 0.2 * (adv - crop).abs().mean()
+
+
+def test_round_trip_moves_the_face_with_its_perturbation() -> None:
+    """An attacker framing the face otherwise crops the face otherwise too: both members of a pair move."""
+    x = from_uint8(canvas(800, 700, [(astronaut(1.3), 100, 20)]))
+    [face] = fc.detect_faces(x)
+    crop = quantize(fc.align_crop(x, face, 64))
+    trip = fc.RoundTrip(crop, [(face.frame(), x)], framing=fc.Framing(scale_span=0.25))
+    seen, ref = trip.pair(crop, crop, torch.Generator().manual_seed(3))
+    assert (ref - crop).abs().mean() > 0.02  # another framing of the face ...
+    assert (seen - ref).abs().max() < 1e-5  # ... and with no perturbation, the same crop of both
 
 
 # ----- the pipeline ------------------------------------------------------------------------------------
