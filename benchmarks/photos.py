@@ -216,9 +216,10 @@ def main() -> None:
     for m, s in summaries.items():
         print(m, json.dumps({k: (round(v, 3) if isinstance(v, float) else v) for k, v in s.items()}))
     RESULTS.mkdir(parents=True, exist_ok=True)
-    stem = RESULTS / f"photos-{args.name}"
-    stem.with_suffix(".json").write_text(json.dumps({"info": info, "summary": summaries, "photos": rows}, indent=1))
-    write_markdown(stem.with_suffix(".md"), info, summaries)
+    stem = RESULTS / f"photos-{args.name}"  # a name may hold dots (eps0.1): no with_suffix
+    data = {"info": info, "summary": summaries, "photos": rows}
+    (stem.parent / f"{stem.name}.json").write_text(json.dumps(data, indent=1))
+    write_markdown(stem.parent / f"{stem.name}.md", info, summaries)
     if zooms:
         save_image(torch.cat(zooms, dim=-2), stem.parent / f"{stem.name}-zoom.png")
     print(f"wrote {stem}.json, .md")

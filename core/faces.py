@@ -473,6 +473,8 @@ class RoundTrip:
             face's (passed through unchanged).
         then: the protection's own EoT transform (JPEG, blur, ...), applied after the trip (one draw for both
             members of a pair).
+        budget: (N, 1, S, S) weights of each crop's perturbation (e.g. :func:`core.channel.texture_mask`), the
+            share of it that is delivered; None: all of it.
     """
 
     def __init__(
@@ -482,10 +484,12 @@ class RoundTrip:
         feather: float = FEATHER,
         framing: Framing | None = PHOTO_FRAMING,
         then: Callable[..., torch.Tensor] | None = None,
+        budget: torch.Tensor | None = None,
     ) -> None:
         if len(frames) != crops.shape[0]:
             raise ValueError(f"{crops.shape[0]} crops but {len(frames)} frames")
         self.crops = crops
+        self.budget = budget
         size = crops.shape[-1]
         self.canvases: list[tuple[Frame, torch.Tensor] | None] = []
         for item in frames:
@@ -501,10 +505,12 @@ class RoundTrip:
             generator = torch.Generator().manual_seed(int(torch.randint(2**31, (1,))))
         size = x_adv.shape[-1]
         delta = x_adv - self.crops
+        if self.budget is not None:
+            delta = delta * self.budget
         seen, ref = [], []
         for i, canvas in enumerate(self.canvases):  # faces differ in size: one at a time
             if canvas is None:
-                seen.append(x_adv[i : i + 1])
+                seen.append(self.crops[i : i + 1] + delta[i : i + 1])
                 ref.append(x[i : i + 1])
                 continue
             frame, clean = canvas

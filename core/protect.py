@@ -20,7 +20,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from core.channel import AttackerChannel, ChannelSpec
+from core.channel import AttackerChannel, ChannelSpec, texture_mask
 from core.classifier import default_classifier, default_judge
 from core.device import resolve_device
 from core.evaluate import PSNR_CAP, Tally, measure, summarize
@@ -228,6 +228,7 @@ def protect_images(
     keep_metadata: bool = False,
     channel: ChannelSpec | None = None,
     detector: str | None = None,
+    flat_budget: float = 1.0,
 ) -> list[Protected]:
     """Protect the faces of decoded photos in one batch; measure each photo as delivered, at full size.
 
@@ -255,6 +256,7 @@ def protect_images(
     clean one, and that alone can void a perturbation made for the first framing. Each round detects the
     faces again on the protected photo, as an attacker would, protects the crops of that framing, and keeps
     whichever of the two protections the forgers fail on more often (seen through that same re-detection).
+    ``flat_budget`` below 1 shapes each face's budget by texture masking: flat skin gets that share of it.
     """
     if max_faces < 1:
         raise ValueError(f"max_faces must be at least 1, got {max_faces}")
@@ -262,7 +264,8 @@ def protect_images(
         select_edits(fixed_targets(protection.attributes)[None], protection.attributes, only)
     start = time.perf_counter()
     detected = detect(protection, images, only, whole_image=whole_image, max_faces=max_faces, detector=detector)
-    perturbed = perturb(protection, detected, channel=channel, refine=refine, max_faces=max_faces)
+    perturbed = perturb(protection, detected, channel=channel, refine=refine, max_faces=max_faces,
+                        flat_budget=flat_budget)
     files = [deliver(p, output_format, keep_metadata) for p in perturbed]
     seconds = (time.perf_counter() - start) / max(len(images), 1)
     out = []
@@ -314,12 +317,13 @@ def detect(
 
 def perturb(
     protection: Protection, detected: Sequence[Detected], *, channel: ChannelSpec | None = None, refine: int = 1,
-    max_faces: int = DEFAULT_MAX_FACES, framing: Framing | None = PHOTO_FRAMING,
+    max_faces: int = DEFAULT_MAX_FACES, framing: Framing | None = PHOTO_FRAMING, flat_budget: float = 1.0,
 ) -> list[Perturbed]:
     """Stage 2: protect every photo that has something to protect; the crops of all photos in one batch, or
     with a ``channel`` each face on its window of the photo (see :func:`protect_images`); then ``refine``.
     The crops are optimised through the paste back and an attacker's new crop, framed as ``framing`` draws
-    (:class:`core.faces.RoundTrip`; None: exactly our framing)."""
+    (:class:`core.faces.RoundTrip`; None: exactly our framing), with each crop's budget shaped by texture
+    masking down to ``flat_budget`` of it on flat skin (:func:`core.channel.texture_mask`; 1: uniform)."""
     at_photo = channel is not None and not protection.one_pass
     out: list[Perturbed | None] = [None] * len(detected)
     batch = []
@@ -331,12 +335,13 @@ def perturb(
             out[i] = _protect_windows(protection, d, channel)
         else:
             batch.append(i)
-    advs = _protect_crops(protection, [(detected[i], detected[i].faces, detected[i].crops) for i in batch], framing)
+    shape = Shaping(framing, flat_budget)
+    advs = _protect_crops(protection, [(detected[i], detected[i].faces, detected[i].crops) for i in batch], shape)
     for i, adv in zip(batch, advs, strict=True):
         d = detected[i]
         out[i] = _paste(protection, d, d.faces, d.crops, adv)
     done = [p for p in out if p is not None]
-    return _refine(protection, done, [i for i in batch if detected[i].faces], max_faces, refine, framing)
+    return _refine(protection, done, [i for i in batch if detected[i].faces], max_faces, refine, shape)
 
 
 def deliver(perturbed: Perturbed, output_format: str = "PNG", keep_metadata: bool = False
@@ -391,7 +396,15 @@ def _protect_windows(protection: Protection, d: Detected, spec: ChannelSpec) -> 
 Framed = tuple[Detected, tuple[Face, ...], torch.Tensor | None]
 
 
-def _protect_crops(protection: Protection, items: Sequence[Framed], framing: Framing | None = PHOTO_FRAMING
+@dataclass(frozen=True)
+class Shaping:
+    """How crops are optimised and shaped: the attacker framing modelled, the texture-masking floor."""
+
+    framing: Framing | None = PHOTO_FRAMING
+    flat_budget: float = 1.0
+
+
+def _protect_crops(protection: Protection, items: Sequence[Framed], shape: Shaping = Shaping()
                    ) -> list[torch.Tensor]:
     """The protected crops of every item, computed in one batch."""
     if not items:
@@ -403,9 +416,12 @@ def _protect_crops(protection: Protection, items: Sequence[Framed], framing: Fra
         frames += [(face.frame(), d.x) for face in faces] if faces else [None]
     # optimise what an attacker's crop of the delivered photo will hold, not the crop itself
     # the channel's draws per step and momentum: one draw of a wide framing spread a step hardly moves
-    through = Through(RoundTrip(crops, frames, framing=framing, then=protection.eot),
+    budget = None if shape.flat_budget >= 1.0 else texture_mask(crops, shape.flat_budget)
+    through = Through(RoundTrip(crops, frames, framing=shape.framing, then=protection.eot, budget=budget),
                       max(ChannelSpec.samples, protection.eot_samples), ChannelSpec.momentum)
     advs = protection(crops, targets=targets, through=through)
+    if budget is not None:  # what the round trip delivered: the shaped share of each perturbation
+        advs = quantize(crops + budget * (advs - crops))
     return list(advs.split([len(c) for _, _, c in items if c is not None]))
 
 
@@ -466,7 +482,7 @@ def _attacker_success(protection: Protection, p: Perturbed, frames: Sequence[Fac
 
 
 def _refine(protection: Protection, results: list[Perturbed], open_: list[int], max_faces: int, rounds: int,
-            framing: Framing | None = PHOTO_FRAMING) -> list[Perturbed]:
+            shape: Shaping = Shaping()) -> list[Perturbed]:
     """Protect ``results[i]`` (i in ``open_``) again for the framing an attacker finds on it; keep the better
     (see :func:`protect_images`). A photo whose new framing did no better is not tried again: the same
     framing would give the same result."""
@@ -483,7 +499,7 @@ def _refine(protection: Protection, results: list[Perturbed], open_: list[int], 
                 tries.append((i, tuple(frames), crops, score))
         if not tries:
             break
-        advs = _protect_crops(protection, [(results[i].detected, f, c) for i, f, c, _ in tries], framing)
+        advs = _protect_crops(protection, [(results[i].detected, f, c) for i, f, c, _ in tries], shape)
         for (i, found, crops, score), adv in zip(tries, advs, strict=True):
             candidate = _paste(protection, results[i].detected, found, crops, adv)
             seen = _attacker_frames(candidate.x_adv, candidate.faces, candidate.detected.detector, max_faces)[0]

@@ -169,6 +169,20 @@ def test_round_trip_moves_the_face_with_its_perturbation() -> None:
     assert (seen - ref).abs().max() < 1e-5  # ... and with no perturbation, the same crop of both
 
 
+def test_round_trip_delivers_the_budgeted_share() -> None:
+    """A budget map scales what the round trip delivers: none of the perturbation at 0, all of it at 1."""
+    x = from_uint8(canvas(800, 700, [(astronaut(1.3), 100, 20)]))
+    [face] = fc.detect_faces(x)
+    crop = quantize(fc.align_crop(x, face, 64))
+    adv = quantize(crop + (torch.rand(crop.shape, generator=torch.Generator().manual_seed(2)) * 2 - 1) * 0.05)
+    frames = [(face.frame(), x)]
+    full = fc.RoundTrip(crop, frames, framing=None).pair(adv, crop)[0]
+    ones = fc.RoundTrip(crop, frames, framing=None, budget=torch.ones_like(crop[:, :1])).pair(adv, crop)[0]
+    none, ref = fc.RoundTrip(crop, frames, framing=None, budget=torch.zeros_like(crop[:, :1])).pair(adv, crop)
+    assert torch.equal(full, ones)
+    assert torch.allclose(none, ref, atol=1e-6) and (full - ref).abs().mean() > 0.005
+
+
 # ----- the pipeline ------------------------------------------------------------------------------------
 
 
