@@ -186,6 +186,28 @@ def test_round_trip_delivers_the_budgeted_share() -> None:
 # ----- the pipeline ------------------------------------------------------------------------------------
 
 
+def test_texture_masking_spares_flat_skin(protection: Protection) -> None:
+    """With ``flat_budget`` each crop's perturbation shrinks where the crop is flat, and only there."""
+    from core.channel import texture_mask
+    from core.protect import detect, perturb
+
+    [d] = detect(protection, [LoadedImage(from_uint8(canvas(800, 700, [(astronaut(), 200, 80)])), None, "PNG")])
+    [uniform] = perturb(protection, [d], refine=0, framing=None)
+    [shaped] = perturb(protection, [d], refine=0, framing=None, flat_budget=0.25)
+    assert d.crops is not None and uniform.advs is not None and shaped.advs is not None
+    mask = texture_mask(d.crops, 0.25)[:, 0]
+    flat, busy = mask <= 0.3, mask >= 1.0
+    assert flat.sum() > 50 and busy.sum() > 50
+
+    def level(advs: torch.Tensor, where: torch.Tensor) -> float:
+        return float((advs - d.crops).abs().amax(dim=1)[where].mean())
+
+    assert level(shaped.advs, flat) < 0.5 * level(uniform.advs, flat)
+    assert level(shaped.advs, busy) > 0.7 * level(uniform.advs, busy)
+    support = fc.face_support(d.x, list(d.faces))  # and the photo outside the faces is untouched either way
+    assert torch.equal(shaped.x_adv[..., ~support], d.x[..., ~support])
+
+
 def test_protect_a_face_at_full_resolution(protection: Protection) -> None:
     upright = canvas(900, 700, [(astronaut(), 300, 120)])
     image = load_image(jpeg_with_orientation(upright, 6))
