@@ -542,14 +542,15 @@ def _canvas(frame: Frame, photo: torch.Tensor, size: int, framing: Framing | Non
     grow = 1.0
     if framing is not None:  # the largest, furthest and most tilted square a draw can give
         f = framing
-        grow = math.exp(f.clip * f.log_scale + f.scale_span) * 1.1 + 2 * f.clip * f.shift
+        tilt = min(math.radians(f.clip * f.angle), math.pi / 4)
+        grow = math.exp(f.clip * f.log_scale + f.scale_span) * (math.cos(tilt) + math.sin(tilt)) + 2 * f.clip * f.shift
     reach = Frame(frame.cx, frame.cy, frame.side * grow, frame.angle)
     x0, y0, x1, y1 = reach.bounds(w, h) or (0, 0, w, h)
     region = photo[..., y0:y1, x0:x1].float()
     k = min(1.0, TRIP_SCALE * size / frame.side)
-    if k < 1.0:
-        shape = (max(1, round((y1 - y0) * k)), max(1, round((x1 - x0) * k)))
-        region = F.interpolate(region, size=shape, mode="bilinear", antialias=True, align_corners=False)
+    if k < 1.0:  # by the factor itself, not to a rounded size: the frame below is placed by k exactly
+        region = F.interpolate(region, scale_factor=k, mode="bilinear", antialias=True, align_corners=False,
+                               recompute_scale_factor=False)
     # the region shifted to the origin and scaled by k (keeping its sub-pixel phase at k = 1)
     return Frame((frame.cx - x0) * k, (frame.cy - y0) * k, frame.side * k, frame.angle), region
 

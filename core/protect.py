@@ -256,10 +256,13 @@ def protect_images(
     clean one, and that alone can void a perturbation made for the first framing. Each round detects the
     faces again on the protected photo, as an attacker would, protects the crops of that framing, and keeps
     whichever of the two protections the forgers fail on more often (seen through that same re-detection).
-    ``flat_budget`` below 1 shapes each face's budget by texture masking: flat skin gets that share of it.
+    ``flat_budget`` below 1 shapes each face's budget by texture masking: flat skin gets that share of it
+    (with a ``channel``, the channel's own ``flat_budget`` does: one giving both is refused).
     """
     if max_faces < 1:
         raise ValueError(f"max_faces must be at least 1, got {max_faces}")
+    if channel is not None and flat_budget < 1.0:
+        raise ValueError("give flat_budget in the channel (ChannelSpec.flat_budget), not beside it")
     if only is not None:  # unknown attribute names fail before any work, whether or not faces are found
         select_edits(fixed_targets(protection.attributes)[None], protection.attributes, only)
     start = time.perf_counter()

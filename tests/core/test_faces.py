@@ -169,6 +169,40 @@ def test_round_trip_moves_the_face_with_its_perturbation() -> None:
     assert (seen - ref).abs().max() < 1e-5  # ... and with no perturbation, the same crop of both
 
 
+def test_round_trip_pairs_share_the_platform_draw() -> None:
+    """The protection's own random transform draws once for both members of a pair (and deterministically)."""
+    from core.transforms.eot import EoT
+
+    x = from_uint8(canvas(800, 700, [(astronaut(1.3), 100, 20)]))
+    [face] = fc.detect_faces(x)
+    crop = quantize(fc.align_crop(x, face, 64))
+    trip = fc.RoundTrip(crop, [(face.frame(), x)], then=EoT.from_names(["blur", "resize", "avgblur"]))
+    adv = quantize(crop + 0.05)
+    draws = []
+    for seed in range(4):
+        seen, ref = trip.pair(crop, crop, torch.Generator().manual_seed(seed))
+        assert (seen - ref).abs().max() < 1e-5  # no perturbation: the same draw leaves no difference
+        once = trip.pair(adv, crop, torch.Generator().manual_seed(seed))
+        again = trip.pair(adv, crop, torch.Generator().manual_seed(seed))
+        assert torch.equal(once[0], again[0]) and torch.equal(once[1], again[1])
+        draws.append(ref)
+    assert any((draws[0] - d).abs().max() > 0.01 for d in draws[1:])  # and the draws do differ
+
+
+def test_round_trip_of_a_large_face_is_what_an_attacker_crops() -> None:
+    """A face far larger than the crop is simulated on a downscaled canvas: still the paste back + crop again."""
+    x = from_uint8(canvas(1700, 1500, [(astronaut(2.8), 150, 60)]))
+    [face] = fc.detect_faces(x)
+    assert face.frame().side > fc.TRIP_SCALE * 64  # the canvas is scaled down
+    crop = quantize(fc.align_crop(x, face, 64))
+    adv = quantize(crop + (torch.rand(crop.shape, generator=torch.Generator().manual_seed(1)) * 2 - 1) * 0.05)
+    seen, ref = fc.RoundTrip(crop, [(face.frame(), x)], framing=None).pair(adv, crop)
+    again = fc.align_crop(fc.paste_back(x, adv, [face], crop), face, 64)
+    clean = fc.align_crop(x, face, 64)
+    assert (ref - clean).abs().mean() < 0.01
+    assert (seen - again).abs().mean() < 0.25 * (again - clean).abs().mean()
+
+
 def test_round_trip_delivers_the_budgeted_share() -> None:
     """A budget map scales what the round trip delivers: none of the perturbation at 0, all of it at 1."""
     x = from_uint8(canvas(800, 700, [(astronaut(1.3), 100, 20)]))
@@ -206,6 +240,14 @@ def test_texture_masking_spares_flat_skin(protection: Protection) -> None:
     assert level(shaped.advs, busy) > 0.7 * level(uniform.advs, busy)
     support = fc.face_support(d.x, list(d.faces))  # and the photo outside the faces is untouched either way
     assert torch.equal(shaped.x_adv[..., ~support], d.x[..., ~support])
+
+
+def test_flat_budget_beside_a_channel_is_refused(protection: Protection) -> None:
+    from core.channel import ChannelSpec
+
+    image = LoadedImage(from_uint8(canvas(800, 700, [(astronaut(), 200, 80)])), None, "PNG")
+    with pytest.raises(ValueError, match="flat_budget"):
+        protect_images(protection, [image], channel=ChannelSpec(), flat_budget=0.5)
 
 
 def test_protect_a_face_at_full_resolution(protection: Protection) -> None:
