@@ -42,7 +42,7 @@ from core.evaluate import measure
 from core.faces import PHOTO_FRAMING, Frame
 from core.image import load_image
 from core.metrics import psnr
-from core.protect import _attacker_frames, build_protection, detect, perturb, protect_images, work_size
+from core.protect import attacker_frames, build_protection, detect, perturb, protect_images, work_size
 from core.receipt import attacker_crops, forger_numbers
 from core.workflows import demo_image
 
@@ -133,6 +133,7 @@ ROUND_TRIP_FRAMINGS: tuple[tuple[str, Framing | None], ...] = (
 
 def _distortion(protection: Any, x: torch.Tensor, x_adv: torch.Tensor, frame: Frame, targets: torch.Tensor
                 ) -> dict[str, float]:
+    """The first forger's distortion and success rate on the face cropped at ``frame`` of both photos."""
     size = work_size(protection)
     tally = measure(attacker_crops(x, [frame], size), attacker_crops(x_adv, [frame], size), targets,
                     protection.forgers, ("clean",), quality=False)
@@ -170,7 +171,7 @@ def round_trip(n_utkface: int, steps: int, threads: int, budgets: tuple[float, .
                 seen = Frame(ours.cx, ours.cy, ours.side * scale, ours.angle)
                 row[f"x{scale}"] = _distortion(protection, d.x, p.x_adv, seen, d.targets[:1])
             for detector in ("mtcnn", "haar"):
-                [found], [matched] = _attacker_frames(p.x_adv, d.faces, detector, 1)
+                [found], [matched] = attacker_frames(p.x_adv, d.faces, detector, 1)
                 f = found.frame()
                 row[detector] = {**_distortion(protection, d.x, p.x_adv, f, d.targets[:1]), "matched": matched,
                                  "log_scale": round(math.log(f.side / ours.side), 3),
@@ -232,7 +233,6 @@ def main() -> None:
     if UTKFACE.is_dir():
         files += sorted(UTKFACE.iterdir())[1 : 1 + args.utkface]
     protection = build_protection("pgd", ("stargan",), {"stargan": WEIGHTS}, steps=args.steps)
-    size = work_size(protection)
     load = [round(os.getloadavg()[0], 2)]
     rows: list[dict[str, Any]] = []
     for spread in SPREADS:
@@ -249,10 +249,7 @@ def main() -> None:
                                    "seconds": round(time.perf_counter() - start, 1)}
             for scale in SCALES:
                 seen = Frame(frame.cx, frame.cy, frame.side * scale, frame.angle)
-                tally = measure(attacker_crops(image.tensor, [seen], size), attacker_crops(result.x_adv, [seen], size),
-                                result.targets[:1], protection.forgers, ("clean",), quality=False)
-                n = forger_numbers(tally, protection.forgers)["stargan"]
-                row[f"x{scale}"] = {"distortion": n["distortion"], "success_rate": n["success_rate"]}
+                row[f"x{scale}"] = _distortion(protection, image.tensor, result.x_adv, seen, result.targets[:1])
             rows.append(row)
             print(json.dumps(row), flush=True)
     load.append(round(os.getloadavg()[0], 2))

@@ -444,7 +444,7 @@ def _paste(protection: Protection, d: Detected, faces: tuple[Face, ...], crops: 
     return Perturbed(d, x_adv, ok, faces, crops, advs)
 
 
-def _attacker_frames(x_adv: torch.Tensor, faces: Sequence[Face], detector: str, max_faces: int
+def attacker_frames(x_adv: torch.Tensor, faces: Sequence[Face], detector: str, max_faces: int
                      ) -> tuple[list[Face], list[bool]]:
     """The faces as ``detector`` finds them again on the protected photo, matched to ``faces`` by overlap,
     and which matched (an unmatched face keeps its own framing)."""
@@ -464,10 +464,10 @@ def _receipt_frames(x_adv: torch.Tensor, faces: Sequence[Face], detector: str, m
     """The faces as the receipt's attacker finds them: by the held-out detector where it finds them, else by
     the protection's own ``detector`` again; (frames, redetected, held_out)."""
     other = held_out_detector(detector)
-    frames, matched = _attacker_frames(x_adv, faces, other, max_faces)
+    frames, matched = attacker_frames(x_adv, faces, other, max_faces)
     if other == detector or all(matched):
         return frames, matched, [m and other != detector for m in matched]
-    own, own_matched = _attacker_frames(x_adv, faces, detector, max_faces)
+    own, own_matched = attacker_frames(x_adv, faces, detector, max_faces)
     return ([f if m else o for f, m, o in zip(frames, matched, own, strict=True)],
             [m or om for m, om in zip(matched, own_matched, strict=True)], matched)
 
@@ -495,7 +495,7 @@ def _refine(protection: Protection, results: list[Perturbed], open_: list[int], 
         tries: list[tuple[int, tuple[Face, ...], torch.Tensor, float]] = []
         for i in open_:
             p = results[i]
-            frames, matched = _attacker_frames(p.x_adv, p.faces, p.detected.detector, max_faces)
+            frames, matched = attacker_frames(p.x_adv, p.faces, p.detected.detector, max_faces)
             score = _attacker_success(protection, p, frames)
             if score < 1.0 and any(matched):
                 crops = torch.cat([quantize(align_crop(p.detected.x, f, size)) for f in frames])
@@ -505,7 +505,7 @@ def _refine(protection: Protection, results: list[Perturbed], open_: list[int], 
         advs = _protect_crops(protection, [(results[i].detected, f, c) for i, f, c, _ in tries], shape)
         for (i, found, crops, score), adv in zip(tries, advs, strict=True):
             candidate = _paste(protection, results[i].detected, found, crops, adv)
-            seen = _attacker_frames(candidate.x_adv, candidate.faces, candidate.detected.detector, max_faces)[0]
+            seen = attacker_frames(candidate.x_adv, candidate.faces, candidate.detected.detector, max_faces)[0]
             if _attacker_success(protection, candidate, seen) < score:
                 open_.remove(i)
             else:
