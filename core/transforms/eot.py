@@ -14,7 +14,8 @@ from dataclasses import dataclass, replace
 import torch
 from torch import Tensor
 
-from core.transforms.filters import box_blur, gaussian_blur, random_reframe, rescale
+from core.faces import PHOTO_FRAMING, Frame
+from core.transforms.filters import box_blur, gaussian_blur, random_reframe, reframe, rescale
 from core.transforms.jpeg import diff_jpeg
 
 
@@ -65,6 +66,32 @@ def _jpeg(x: Tensor, quality: float) -> Tensor:
     return diff_jpeg(x, int(quality))
 
 
+def _seeded(seed: float) -> torch.Generator:
+    return torch.Generator().manual_seed(int(seed * 2**31))
+
+
+def _framing(x: Tensor, seed: float) -> Tensor:
+    """The crop as an attacker's detector frames the face: one draw of the photo framing spread
+    (:data:`core.faces.PHOTO_FRAMING`, a quarter larger or smaller, a percent off centre, degrees of tilt)."""
+    side = 1.0
+    off = PHOTO_FRAMING.offset(Frame(0.0, 0.0, side), _seeded(seed))
+    return reframe(x, (off.cx / side, off.cy / side), off.side / side, off.angle)
+
+
+def chain(specs: Sequence[TransformSpec]) -> TransformSpec:
+    """One transform applying ``specs`` in order (``"framing+jpeg"``: a re-crop, then a re-encode), each with
+    its own parameter drawn from the chain's, a seed in [0, 1), so that a draw stays one number."""
+    specs = list(specs)
+
+    def apply(x: Tensor, seed: float) -> Tensor:
+        gen = _seeded(seed)
+        for spec in specs:
+            x = spec(x, spec.sample_param(gen))
+        return x
+
+    return TransformSpec("+".join(s.name for s in specs), apply, 0.0, 1.0)
+
+
 # Default ranges: JPEG qualities that platforms actually use (social networks re-encode at ~70..90),
 # blurs that keep a face recognisable, and downscales a platform might store at.
 DEFAULT_TRANSFORMS: dict[str, TransformSpec] = {
@@ -76,6 +103,8 @@ DEFAULT_TRANSFORMS: dict[str, TransformSpec] = {
     "wideblur": TransformSpec("wideblur", gaussian_blur, 0.5, 3.0),
     # a detector's new framing of the face: the parameter seeds the shift, scale and rotation it draws
     "reframe": TransformSpec("reframe", random_reframe, 0.0, 1.0),
+    # the framing spread protections of photos are optimised over (core.faces.Framing), on an aligned crop
+    "framing": TransformSpec("framing", _framing, 0.0, 1.0),
 }
 
 # Names that stand for several transforms. "spread": the spread-spectrum evasion of blur defences of Ruiz et
@@ -106,25 +135,27 @@ class EoT:
 
     @classmethod
     def from_names(cls, names: Sequence[str], ranges: Mapping[str, tuple[float, float]] | None = None) -> EoT:
-        """Build from names in :data:`DEFAULT_TRANSFORMS` or :data:`GROUPS`, optionally overriding ranges.
+        """Build from names in :data:`DEFAULT_TRANSFORMS` or :data:`GROUPS`, optionally overriding ranges;
+        ``"a+b"`` applies ``a`` then ``b`` as one transform (:func:`chain`).
 
         Raises:
             ValueError: for an unknown name (the message lists the known ones) or an empty list.
         """
         ranges = dict(ranges or {})
         names = [member for name in names for member in GROUPS.get(name, (name,))]
-        unknown = [n for n in [*names, *ranges] if n not in DEFAULT_TRANSFORMS]
+        parts = [part for name in names for part in name.split("+")]
+        unknown = [n for n in [*parts, *ranges] if n not in DEFAULT_TRANSFORMS]
         if unknown:
             known = ", ".join([*DEFAULT_TRANSFORMS, *GROUPS])
             raise ValueError(f"unknown EoT transform(s) {', '.join(map(repr, unknown))}; known: {known}")
-        specs = []
-        for name in names:
+        def one(name: str) -> TransformSpec:
             spec = DEFAULT_TRANSFORMS[name]
             if name in ranges:
                 low, high = ranges[name]
                 spec = replace(spec, low=low, high=high)
-            specs.append(spec)
-        return cls(specs)
+            return spec
+
+        return cls([one(n) if "+" not in n else chain([one(p) for p in n.split("+")]) for n in names])
 
     @classmethod
     def none(cls) -> EoT:

@@ -105,3 +105,33 @@ def test_spread_spectrum_group_draws_both_blurs_over_their_ranges() -> None:
     assert x.grad is not None and torch.isfinite(x.grad).all()
     with pytest.raises(ValueError, match="spread"):
         EoT.from_names(["sprad"])
+
+
+def test_chain_applies_its_parts_in_order_with_parameters_drawn_from_its_seed() -> None:
+    eot = EoT.from_names(["blur+resize"], ranges={"resize": (0.5, 0.5)})
+    assert eot.names == ["blur+resize"]
+    spec, seed = eot.sample(torch.Generator().manual_seed(3))
+    assert 0.0 <= seed < 1.0
+    sigma = DEFAULT_TRANSFORMS["blur"].sample_param(torch.Generator().manual_seed(int(seed * 2**31)))
+    x = _image()
+    expected = DEFAULT_TRANSFORMS["resize"](DEFAULT_TRANSFORMS["blur"](x, sigma), 0.5)
+    assert torch.equal(spec(x, seed), expected)
+    assert not torch.equal(expected, DEFAULT_TRANSFORMS["blur"](DEFAULT_TRANSFORMS["resize"](x, 0.5), sigma))
+    with pytest.raises(ValueError, match="'crop'"):
+        EoT.from_names(["framing+crop"])
+
+
+def test_framing_draws_the_photo_spread_and_keeps_a_flat_image_flat() -> None:
+    spec = DEFAULT_TRANSFORMS["framing"]
+    flat = torch.full((1, 3, 32, 32), 0.25)
+    assert torch.allclose(spec(flat, 0.3), flat, atol=1e-6)  # borders repeat edge pixels: nothing invented
+    # a centred dot moves and changes size with the draw: the scale spans +-25 % (log), so the dot's
+    # area over many draws must vary by well over the 10 % a mere jitter would give
+    dot = torch.full((1, 3, 64, 64), -1.0)
+    dot[..., 24:40, 24:40] = 1.0
+    areas = [float((spec(dot, s / 50) > 0).float().mean()) for s in range(50)]
+    assert max(areas) / min(areas) > 1.5
+    assert torch.equal(spec(dot, 0.42), spec(dot, 0.42))
+    x = _image(requires_grad=True)
+    EoT.from_names(["framing+jpeg"])(x, torch.Generator().manual_seed(0)).sum().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
