@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from core.faces import PHOTO_FRAMING, Frame
-from core.transforms.filters import box_blur, gaussian_blur, random_reframe, reframe, rescale
+from core.transforms.filters import box_blur, gaussian_blur, random_reframe, reframe, rescale, seeded
 from core.transforms.jpeg import diff_jpeg
 
 
@@ -66,16 +66,11 @@ def _jpeg(x: Tensor, quality: float) -> Tensor:
     return diff_jpeg(x, int(quality))
 
 
-def _seeded(seed: float) -> torch.Generator:
-    return torch.Generator().manual_seed(int(seed * 2**31))
-
-
 def _framing(x: Tensor, seed: float) -> Tensor:
     """The crop as an attacker's detector frames the face: one draw of the photo framing spread
     (:data:`core.faces.PHOTO_FRAMING`, a quarter larger or smaller, a percent off centre, degrees of tilt)."""
-    side = 1.0
-    off = PHOTO_FRAMING.offset(Frame(0.0, 0.0, side), _seeded(seed))
-    return reframe(x, (off.cx / side, off.cy / side), off.side / side, off.angle)
+    off = PHOTO_FRAMING.offset(Frame(0.0, 0.0, 1.0), seeded(seed))  # a unit square: offsets are fractions
+    return reframe(x, (off.cx, off.cy), off.side, off.angle)
 
 
 def chain(specs: Sequence[TransformSpec]) -> TransformSpec:
@@ -84,7 +79,7 @@ def chain(specs: Sequence[TransformSpec]) -> TransformSpec:
     specs = list(specs)
 
     def apply(x: Tensor, seed: float) -> Tensor:
-        gen = _seeded(seed)
+        gen = seeded(seed)
         for spec in specs:
             x = spec(x, spec.sample_param(gen))
         return x
@@ -148,6 +143,7 @@ class EoT:
         if unknown:
             known = ", ".join([*DEFAULT_TRANSFORMS, *GROUPS])
             raise ValueError(f"unknown EoT transform(s) {', '.join(map(repr, unknown))}; known: {known}")
+
         def one(name: str) -> TransformSpec:
             spec = DEFAULT_TRANSFORMS[name]
             if name in ranges:

@@ -138,11 +138,17 @@ def reframe(x: Tensor, shift: tuple[float, float] = (0.0, 0.0), scale: float = 1
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
+def seeded(seed: float) -> torch.Generator:
+    """A generator seeded by an EoT parameter in [0, 1): a transform whose draw is one number draws the rest
+    from it."""
+    return torch.Generator().manual_seed(int(seed * 2**31))
+
+
 def random_reframe(x: Tensor, seed: float, jitter: float = 0.03) -> Tensor:
     """:func:`reframe` with a framing drawn from ``seed`` (the EoT parameter, in [0, 1)): shift up to
     ``jitter`` of the side on each axis, scale within 1 +- ``1.5 * jitter``, rotation up to ``jitter``
     radians (1.7 degrees at 0.03) - about the spread of face detectors' framings."""
-    gen = torch.Generator().manual_seed(int(seed * 2**31))
+    gen = seeded(seed)
     u = torch.rand(4, generator=gen).tolist()
     return reframe(x, ((2 * u[0] - 1) * jitter, (2 * u[1] - 1) * jitter), 1 + (2 * u[2] - 1) * 1.5 * jitter,
                    (2 * u[3] - 1) * jitter)
