@@ -75,6 +75,8 @@ SeedOpt = Annotated[int, typer.Option(help="Seed of every random choice.")]
 EotOpt = Annotated[str | None, typer.Option(help="Optimise through random transforms, e.g. identity,jpeg,blur,resize.")]
 EotSamplesOpt = Annotated[int, typer.Option(help="EoT draws averaged per step.")]
 DeviceOpt = Annotated[str, typer.Option(help="cpu, cuda or cuda:N.")]
+ThreadsOpt = Annotated[int | None, typer.Option(
+    min=1, help="CPU threads (default: the cores other work leaves free, from the load average).")]
 WeightsOpt = Annotated[list[str] | None, typer.Option(
     "--weights", help="Weights of each --forger, in order: a manifest entry or a file (default: the forger's "
     "shipped default; stargan-compact64 is the fast 64 px StarGAN). See `veil forgers`.")]
@@ -124,6 +126,7 @@ def protect(
         "--min-success", min=0.0, max=1.0, help="The receipt's lowest success rate (0..1, over every condition) a "
         "photo must show; below it the photo is protected again at twice the budget (as the API's high preset), "
         "and if it still falls short it is not written and the report says why.")] = None,
+    threads: ThreadsOpt = None,
 ) -> None:
     """Protect the faces in photos: writes OUT/<name>.png and OUT/report.json (quality and forger success
     per photo and per face).
@@ -135,6 +138,7 @@ def protect(
     "protection": "no_face") unless --whole-image asks to protect it whole.
     """
     from core.channel import ChannelSpec
+    from core.device import use_cpu_threads
     from core.image import ImageError
     from core.methods import parse_options
     from core.protect import build_protection, protect_file
@@ -144,6 +148,7 @@ def protect(
     if at not in ("forger", "photo"):
         raise ValueError(f"--at must be forger or photo, got {at!r}")
     files = _collect_images(inputs)
+    use_cpu_threads(threads)
     build = functools.partial(build_protection, method, forger, _forger_weights(forger, weights), device=device,
                               steps=steps, objective=objective, seed=seed, eot=eot, eot_samples=eot_samples,
                               **parse_options(option or []))
@@ -251,8 +256,10 @@ def eval_cmd(
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path("out/eval"),
     grids: Annotated[bool, typer.Option(help="Write a PNG grid per face.")] = True,
     device: DeviceOpt = "cpu",
+    threads: ThreadsOpt = None,
 ) -> None:
     """Evaluate methods x forgers x conditions: Markdown + JSON table and a PNG grid per face."""
+    from core.device import use_cpu_threads
     from core.evaluate import markdown_table
     from core.methods import parse_options
     from core.transforms import condition_names
@@ -261,6 +268,7 @@ def eval_cmd(
     for cond in condition:
         if cond not in condition_names():
             raise ValueError(f"unknown condition {cond!r}; known: {', '.join(condition_names())}")
+    use_cpu_threads(threads)
     faces, attrs, names = load_faces(data, limit, size)
     summaries = []
     with _progress() as bar:
@@ -402,6 +410,7 @@ def demo(
     method: MethodOpt = "pgd",
     forger: ForgerOpt = ["stargan"],  # noqa: B006
     steps: StepsOpt = None,
+    threads: ThreadsOpt = None,
 ) -> None:
     """Protect a sample portrait (scikit-image's public-domain astronaut, 512x512) end to end: her face is
     found, protected and mapped back onto the full photo."""
@@ -410,7 +419,7 @@ def demo(
     src = demo_image(out)
     protect([src], out=out, method=method, forger=forger, eps=None, steps=steps, objective=None, seed=0,
             eot=None, eot_samples=1, fmt="png", device="cpu", whole_image=False, max_faces=8, refine=1,
-            keep_metadata=False)
+            keep_metadata=False, threads=threads)
 
 
 @train_app.command("forger")
