@@ -34,6 +34,14 @@ def synthetic_faces(n: int = 2, size: int = 32, seed: int = 0) -> torch.Tensor:
     return torch.round((x + 1) * 127.5) / 127.5 - 1
 
 
+@pytest.fixture(autouse=True)
+def _torch_threads_kept():
+    """A CLI command run in-process sets torch's threads from the load (``--threads``): not for later tests."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture
 def faces() -> torch.Tensor:
     return synthetic_faces(2, 32)
