@@ -127,6 +127,10 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
                         ("12MP", lambda r: r["width"] * r["height"] > 3_000_000)):
         secs = [r["seconds"] for r in rows if test(r) and r["protection"] == "faces"]
         out[f"median_seconds_{label}"] = _median(secs)
+    # what verifying costs against protecting (the receipt, its re-detection and the quality metrics)
+    shares = [r["report_seconds"] / (r["seconds"] - r["report_seconds"]) for r in faces
+              if r.get("report_seconds") is not None and r["seconds"] > r["report_seconds"]]
+    out["median_verify_share"] = _median(shares)
     return out
 
 
@@ -152,10 +156,13 @@ def write_markdown(path: Path, info: dict[str, Any], summaries: dict[str, dict[s
              "target), the share that fail or are visibly ruined on the protected one (median over photos, as "
              "delivered and at each photo's weakest condition; `-`: not measured). `distortion`: how far the edits "
              "of the protected faces move from those of the clean ones (MSE; 0.05 defends an edit), median over "
-             "photos, as delivered and at each photo's weakest condition.", "",
+             "photos, as delivered and at each photo's weakest condition. `verify / protect`: the seconds of the "
+             "report (re-detection, receipt, quality metrics) against those of the protection, median over "
+             "photos.", "",
              "| method | faces/photos | " + " | ".join(conds) + " | median min | worst 10 % | edit blocked | "
-             "edit blocked (min) | distortion | PSNR dB | LPIPS | s (512 px) | s (2 MP) | s (12 MP) |",
-             "|---" * (len(conds) + 12) + "|"]
+             "edit blocked (min) | distortion | PSNR dB | LPIPS | s (512 px) | s (2 MP) | s (12 MP) | "
+             "verify / protect |",
+             "|---" * (len(conds) + 13) + "|"]
 
     def f(v: Any, pct: bool = False, digits: int = 1) -> str:
         if v is None:
@@ -171,14 +178,17 @@ def write_markdown(path: Path, info: dict[str, Any], summaries: dict[str, dict[s
                      f"{f(s.get('median_distortion_clean'), digits=4)} / "
                      f"{f(s.get('median_min_distortion'), digits=4)} | "
                      f"{f(s['median_psnr'])} | {f(s['median_lpips'], digits=4)} | {f(s['median_seconds_512px'])} | "
-                     f"{f(s['median_seconds_2MP'])} | {f(s['median_seconds_12MP'])} |")
+                     f"{f(s['median_seconds_2MP'])} | {f(s['median_seconds_12MP'])} | "
+                     f"{f(s.get('median_verify_share'), pct=True)} |")
     path.write_text("\n".join(lines) + "\n")
 
 
 def rewrite_markdown(json_path: Path) -> None:
-    """Re-render a result's Markdown from its JSON (after a change of layout)."""
+    """Summarise a result's photos again and re-render its Markdown (after a change of summary or layout)."""
     data = json.loads(json_path.read_text())
-    write_markdown(json_path.with_suffix(".md"), data["info"], data["summary"])
+    data["summary"] = {m: summarize(rows) for m, rows in data["photos"].items()}
+    json_path.write_text(json.dumps(data, indent=1))
+    write_markdown(json_path.parent / f"{json_path.stem}.md", data["info"], data["summary"])
 
 
 def main() -> None:
