@@ -339,14 +339,18 @@ def measure_forger_cmd(
     name: Annotated[str, typer.Argument(help="Manifest entry of a generator, e.g. stargan-compact64.")],
     data: Annotated[Path | None, typer.Option(help="CelebA root (default: the shared dataset).")] = None,
     limit: Annotated[int, typer.Option(help="Validation faces to use.")] = 2000,
+    check_only: Annotated[bool, typer.Option(
+        "--check-only", help="Only the card's check: its numbers on the first 100 faces, which the tests "
+        "recompute (the card is left as it is).")] = False,
 ) -> None:
     """Measure a forger's edits (strength, target accuracy, reconstruction) and record them in its card."""
     from core.data import default_celeba_dir
-    from core.workflows import measure_and_record
+    from core.workflows import CHECK_FACES, measure_and_record
 
     with _progress() as bar:
-        task = bar.add_task(f"measure {name}", total=limit)
-        numbers = measure_and_record(name, data or default_celeba_dir(), limit, lambda n: bar.advance(task, n))
+        task = bar.add_task(f"measure {name}", total=CHECK_FACES if check_only else limit)
+        numbers = measure_and_record(name, data or default_celeba_dir(), limit, lambda n: bar.advance(task, n),
+                                     check_only=check_only)
     typer.echo(json.dumps(numbers, indent=2))
 
 

@@ -50,25 +50,28 @@ MEASURED_FORGERS = [e.name for e in Manifest().entries if e.role == "generator" 
 
 @pytest.mark.dataset
 @pytest.mark.slow
-@pytest.mark.timeout(3000)  # a forger's card faces: minutes at 64 px; 15-30 at 128 px on a busy 2-core CPU
+@pytest.mark.timeout(900)  # a card's check faces: seconds at 64 px, a minute or two at 128 px on a busy CPU
 @pytest.mark.parametrize("name", MEASURED_FORGERS)
 def test_forger_cards_recomputed(celeba_root: Path, name: str) -> None:
-    """A shipped forger's card numbers, recomputed from its weights on the validation faces."""
+    """A shipped forger's card check (its numbers on the first validation faces), recomputed from its weights.
+    The whole card's faces (1,000-2,000) are `veil measure-forger`'s; the weights are pinned by sha256 above."""
     from core.forger_eval import measure_forger
     from core.forgers import create_forger
     from core.workflows import load_faces
 
     entry = Manifest().find(name)
     assert entry is not None
-    card = entry.info["metrics"]
+    check = entry.info.get("metrics_check")
+    assert check is not None, f"{name}: no card check; run `veil measure-forger {name} --check-only`"
+    assert check.get("judge", CLASSIFIER_NAME) == entry.info["metrics"].get("judge", CLASSIFIER_NAME)
     forger = create_forger(entry.forger, entry.name)
-    faces, attrs, _ = load_faces(celeba_root, card["faces"], forger.image_size)
-    assert attrs is not None
-    # measured by the classifier the card names (cards made before the 128 px judge: the 64 px one)
-    got = measure_forger(forger, faces, attrs, load_classifier(name=card.get("judge", CLASSIFIER_NAME)))
+    faces, attrs, _ = load_faces(celeba_root, check["faces"], forger.image_size)
+    assert attrs is not None and len(faces) == check["faces"]
+    got = measure_forger(forger, faces, attrs, load_classifier(name=check.get("judge", CLASSIFIER_NAME)))
     for key in ("edit_strength", "reconstruction_mse", "identity_mse"):
-        assert got[key] == pytest.approx(card[key], rel=1e-3), (entry.name, key)
-    assert got["target_accuracy"] == pytest.approx(card["target_accuracy"], abs=2e-3), entry.name
+        assert got[key] == pytest.approx(check[key], rel=1e-3), (entry.name, key)
+    # one of the faces x edits the judge reads may flip with the CPU's float order
+    assert got["target_accuracy"] == pytest.approx(check["target_accuracy"], abs=1.01 / (len(faces) * forger.c_dim))
 
 
 RESULTS = Path(__file__).resolve().parents[2] / "benchmarks" / "results"

@@ -97,6 +97,41 @@ def test_cli_train_export_and_load(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     assert missing.exit_code == 2 and "no CelebA layout" in missing.output
 
 
+def test_measure_forger_records_a_check_the_check_only_run_reproduces(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, one_thread: None
+) -> None:
+    import json
+
+    from typer.testing import CliRunner
+
+    from core.checkpoints import Manifest
+    from core.cli import app
+
+    monkeypatch.setenv("VEIL_CHECKPOINTS", str(tmp_path / "ckpt"))
+    root = fake_celeba(tmp_path / "celeba")
+    runner = CliRunner()
+    run_dir = tmp_path / "run"
+    trained = runner.invoke(app, ["train", "forger", "--forger", "stargan", "--config", "tiny", "--data", str(root),
+                                  "--run-dir", str(run_dir), "--iters", "2", "--batch-size", "4"])
+    assert trained.exit_code == 0, trained.output
+    assert runner.invoke(app, ["train", "export", str(run_dir), "--name", "stargan-tiny"]).exit_code == 0
+    early = runner.invoke(app, ["measure-forger", "stargan-tiny", "--data", str(root), "--check-only"])
+    assert early.exit_code == 2 and "measure it whole first" in early.output
+    whole = runner.invoke(app, ["measure-forger", "stargan-tiny", "--data", str(root), "--limit", "3"])
+    assert whole.exit_code == 0, whole.output
+    entry = Manifest().find("stargan-tiny")
+    assert entry is not None
+    card = (tmp_path / "ckpt" / "stargan-tiny.md").read_text()
+    check = entry.info["metrics_check"]
+    assert check["faces"] == 3  # the 3 validation faces, all of them within the check's 100
+    assert check["edit_strength"] == pytest.approx(entry.info["metrics"]["edit_strength"], rel=1e-6)
+    (tmp_path / "ckpt" / "stargan-tiny.md").write_text(card + "edited by hand\n")
+    again = runner.invoke(app, ["measure-forger", "stargan-tiny", "--data", str(root), "--check-only"])
+    assert again.exit_code == 0, again.output
+    assert json.loads(again.output[again.output.index("{"):]) == pytest.approx(check)
+    assert (tmp_path / "ckpt" / "stargan-tiny.md").read_text().endswith("edited by hand\n")  # card untouched
+
+
 def test_signal_handlers_are_restored(tmp_path: Path) -> None:
     import signal
 
