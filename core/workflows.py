@@ -292,7 +292,8 @@ def measure_and_record(name: str, data: Path, limit: int, advance: Callable[[int
         entry.info["metrics_detail"] = {k: v for k, v in numbers.items() if isinstance(v, dict)}
     check = measure_forger(forger, faces[:CHECK_FACES], attrs[:CHECK_FACES], classifier,
                            advance=advance if check_only else lambda n: None)
-    entry.info["metrics_check"] = {"faces": min(CHECK_FACES, len(faces)), **{k: check[k] for k in CHECK_KEYS if k in check},
+    entry.info["metrics_check"] = {"faces": min(CHECK_FACES, len(faces)),
+                                   **{k: check[k] for k in CHECK_KEYS if k in check},
                                    **({"judge": judge} if judge is not None else {})}
     manifest.upsert(entry)
     manifest.save()
