@@ -129,6 +129,49 @@ def evaluate_faces(
     return summarize(tally, protection, measured, conditions)
 
 
+# A `veil eval` table's check: its one-pass rows on the first faces only, which the tests recompute from the
+# shipped generators (a whole table's 100 faces x conditions x forgers take a quarter of an hour on a busy CPU).
+TABLE_CHECK_FACES = 20
+
+
+def one_pass_summaries(table: dict[str, Any]) -> list[dict[str, Any]]:
+    """The rows of a `veil eval` table (its JSON) made by one-pass methods: shipped generators."""
+    from core.methods import method_class
+
+    return [s for s in table["summaries"] if getattr(method_class(s["method"]["method"]), "one_pass", False)]
+
+
+def reproduce_table(table: dict[str, Any], data: Path, limit: int | None = None) -> list[dict[str, Any]]:
+    """The one-pass summaries of a `veil eval` table recomputed with the settings it records, each with the
+    generator weights its row names (even where a newer generator is the method's default now), on the
+    table's first ``limit`` faces (all of them by default)."""
+    settings = table["settings"]
+    faces, attrs, names = load_faces(data, limit or settings["limit"], settings["size"])
+    options = {k: settings[k] for k in ("eps", "steps", "objective", "seed", "eot", "eot_samples")}
+    options.update(settings.get("options", {}))
+    forger_weights = dict(zip(settings["forgers"], settings.get("weights") or [], strict=False))
+    return [evaluate_faces(want["method"]["method"], settings["forgers"], faces, attrs, names,
+                           settings["conditions"], settings["batch"], None, "cpu",
+                           {"checkpoint": Path(want["method"]["weights"]).stem, **options},
+                           transfer=settings["transfer"], checkpoints=forger_weights)
+            for want in one_pass_summaries(table)]
+
+
+def record_table_check(path: Path, data: Path, faces: int = TABLE_CHECK_FACES) -> dict[str, Any] | None:
+    """Store in a `veil eval` table (JSON at ``path``) its check: its one-pass rows on its first ``faces``
+    faces (:func:`reproduce_table`). None, and the file untouched, for a table without settings or one-pass
+    rows."""
+    import json
+
+    table = json.loads(path.read_text())
+    if table.get("settings") is None or not one_pass_summaries(table):
+        return None
+    n = min(faces, table["settings"]["limit"])
+    table["check"] = {"faces": n, "summaries": reproduce_table(table, data, n)}
+    path.write_text(json.dumps(table, indent=2) + "\n")
+    return table["check"]
+
+
 def train_forger(
     forger: str, config: str, data: Path | None, run_dir: Path | None, iters: int | None,
     max_minutes: float | None, batch_size: int | None, threads: int | None, device: str, init_from: str | None,
