@@ -63,9 +63,10 @@ def photo_set(n_utk: int, n_celeba: int, large: bool) -> list[tuple[str, str, Lo
     return out
 
 
-def run_photo(protection: Any, image: LoadedImage, channel: ChannelSpec | None) -> tuple[dict[str, Any], torch.Tensor]:
+def run_photo(protection: Any, image: LoadedImage, channel: ChannelSpec | None, refine: int = 1
+              ) -> tuple[dict[str, Any], torch.Tensor]:
     start = time.perf_counter()
-    result = protect_images(protection, [image], channel=channel)[0]
+    result = protect_images(protection, [image], channel=channel, refine=refine)[0]
     total = time.perf_counter() - start
     r = result.report
     receipt = r.get("receipt") or {}
@@ -204,6 +205,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--name", default="compact64")
     ap.add_argument("--steps", type=int, default=None, help="iterative methods' steps (default: theirs)")
+    ap.add_argument("--refine", type=int, default=1, help="rounds re-protecting the framing a detector finds")
     ap.add_argument("--at", choices=("forger", "photo"), default="forger",
                     help="protect faces at the forgers' resolution (round trip) or at the photo's (channel)")
     args = ap.parse_args()
@@ -216,7 +218,8 @@ def main() -> None:
             [*(f"-m {m}" for m in methods), f"--utkface {args.utkface}", f"--celeba {args.celeba}",
              *(["--no-large"] if args.no_large else []), *(f"--weights {w}" for w in args.weights or []),
              f"--threads {args.threads}", f"--name {args.name}",
-             f"--at {args.at}", *([f"--steps {args.steps}"] if args.steps else [])]),
+             f"--at {args.at}", *([f"--steps {args.steps}"] if args.steps else []),
+             *([f"--refine {args.refine}"] if args.refine != 1 else [])]),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores", "threads": args.threads,
         "forgers": ", ".join(forgers), "photos": len(photos), "at": args.at, "conditions": list(RECEIPT_CONDITIONS),
         "load_average_1min_start": round(os.getloadavg()[0], 2),
@@ -230,7 +233,7 @@ def main() -> None:
         info.setdefault("weights", {})[method] = [Path(f.source).stem for f in protection.forgers]
         rows[method] = []
         for kind, ident, image in photos:
-            row, x_adv = run_photo(protection, image, ChannelSpec() if args.at == "photo" else None)
+            row, x_adv = run_photo(protection, image, ChannelSpec() if args.at == "photo" else None, args.refine)
             rows[method].append({"set": kind, "id": ident, **row})
             print(f"{method:12s} {kind:10s} {ident:5s} {row['protection']:10s} {row['seconds']:6.2f} s "
                   f"min {row['min_success_rate']} {row['receipt']}", flush=True)
