@@ -114,7 +114,8 @@ def protect(
     max_faces: Annotated[int, typer.Option(help="Protect at most this many faces per photo (the surest).",
                                            min=1)] = 8,
     refine: Annotated[int, typer.Option(min=0, max=4, help="Rounds protecting the framing a detector finds "
-                                        "on the protected photo (keeps the better).")] = 1,
+                                        "on the protected photo (keeps the better); a --min-success retry does "
+                                        "at least one.")] = 0,
     keep_metadata: Annotated[bool, typer.Option(help="Write the photos' EXIF (camera, date, GPS) into the "
                                                 "outputs; by default none is written.")] = False,
     option: OptionOpt = None,
@@ -422,7 +423,7 @@ def demo(
 
     src = demo_image(out)
     protect([src], out=out, method=method, forger=forger, eps=None, steps=steps, objective=None, seed=0,
-            eot=None, eot_samples=1, fmt="png", device="cpu", whole_image=False, max_faces=8, refine=1,
+            eot=None, eot_samples=1, fmt="png", device="cpu", whole_image=False, max_faces=8, refine=0,
             keep_metadata=False, threads=threads)
 
 
