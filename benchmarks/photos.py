@@ -63,7 +63,7 @@ def photo_set(n_utk: int, n_celeba: int, large: bool) -> list[tuple[str, str, Lo
     return out
 
 
-def run_photo(protection: Any, image: LoadedImage, channel: ChannelSpec | None, refine: int = 1
+def run_photo(protection: Any, image: LoadedImage, channel: ChannelSpec | None, refine: int = 0
               ) -> tuple[dict[str, Any], torch.Tensor]:
     start = time.perf_counter()
     result = protect_images(protection, [image], channel=channel, refine=refine)[0]
@@ -205,7 +205,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--name", default="compact64")
     ap.add_argument("--steps", type=int, default=None, help="iterative methods' steps (default: theirs)")
-    ap.add_argument("--refine", type=int, default=1, help="rounds re-protecting the framing a detector finds")
+    ap.add_argument("--refine", type=int, default=0,
+                    help="rounds re-protecting the framing a detector finds (results before it was an option: 1)")
     ap.add_argument("--at", choices=("forger", "photo"), default="forger",
                     help="protect faces at the forgers' resolution (round trip) or at the photo's (channel)")
     args = ap.parse_args()
@@ -219,8 +220,8 @@ def main() -> None:
              *(["--no-large"] if args.no_large else []), *(f"--weights {w}" for w in args.weights or []),
              f"--threads {args.threads}", f"--name {args.name}",
              f"--at {args.at}", *([f"--steps {args.steps}"] if args.steps else []),
-             *([f"--refine {args.refine}"] if args.refine != 1 else [])]),
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores", "threads": args.threads,
+             f"--refine {args.refine}"]),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores", "threads": args.threads, "refine": args.refine,
         "forgers": ", ".join(forgers), "photos": len(photos), "at": args.at, "conditions": list(RECEIPT_CONDITIONS),
         "load_average_1min_start": round(os.getloadavg()[0], 2),
     }
