@@ -529,8 +529,9 @@ class Attempted:
 
 
 # A retry for --min-success also re-protects the framing a detector finds on the protected photo: on 20 photos
-# against the 128 px StarGAN one such round moved the edits 25 % further (0.0157 against 0.0125 as delivered)
-# for more than twice the time, so it is spent only where the receipt asks for more.
+# against the 128 px StarGAN one such round moved pgd's edits 25 % further (0.0157 against 0.0125 as delivered;
+# 0.0068 against 0.0058 at the weakest condition, where neither defeats an edit) in 1.8 times the time, so it is
+# spent only where the receipt asks for more (benchmarks/results/photos-compact128-pgd-refine{0,1}.md).
 RETRY_REFINE = 1
 
 
