@@ -125,8 +125,9 @@ def protect(
         "JPEG, resize, blur, noise; iterative methods; slower, and more robust with --steps 50).")] = "forger",
     min_success: Annotated[float | None, typer.Option(
         "--min-success", min=0.0, max=1.0, help="The receipt's lowest success rate (0..1, over every condition) a "
-        "photo must show; below it the photo is protected again at twice the budget (as the API's high preset), "
-        "and if it still falls short it is not written and the report says why.")] = None,
+        "photo must show; below it the photo is protected again at twice the budget (as the API's high preset) "
+        "and for the framing a detector finds on it; if it still falls short it is not written and the report "
+        "says why.")] = None,
     threads: ThreadsOpt = None,
 ) -> None:
     """Protect the faces in photos: writes OUT/<name>.png and OUT/report.json (quality and forger success
@@ -155,7 +156,7 @@ def protect(
                               **parse_options(option or []))
     protection = build(eps=eps)
 
-    def stronger() -> Any:  # the --min-success retry: twice the budget, all else the same
+    def stronger() -> Any:  # the --min-success retry: twice the budget (and a refine round, see protect_file)
         return build(eps=2 * protection.eps)
 
     suffix = "." + ("jpg" if fmt.lower() in {"jpeg", "jpg"} else fmt.lower())

@@ -61,3 +61,26 @@ def test_only_named_edits_are_covered() -> None:
     assert result.report["within_budget"]
     with pytest.raises(ValueError, match="unknown target"):
         protect_images(protection, [photo(32, 32, 0)], only=["Bald"])
+
+
+def test_protect_until_retries_only_the_photos_short_of_min_success_and_says_which_attempt() -> None:
+    from types import SimpleNamespace
+    from typing import Any
+
+    from core.protect import protect_until
+
+    until: Any = protect_until  # strings stand in for protections and photos
+
+    calls: list[tuple[str, list[str], int]] = []
+    rates = {("weak", "a"): 0.9, ("weak", "b"): 0.2, ("strong", "b"): 0.6}
+
+    def run(prot: str, photos: list[str], attempt: int) -> list[SimpleNamespace]:
+        calls.append((prot, list(photos), attempt))
+        return [SimpleNamespace(report={"receipt": {"min_success_rate": rates[(prot, p)]}}) for p in photos]
+
+    done = until(run, "weak", ["a", "b"], 0.5, [lambda: "strong"])
+    assert calls == [("weak", ["a", "b"], 1), ("strong", ["b"], 2)]
+    assert [(d.protection, d.attempts) for d in done] == [("weak", 1), ("strong", 2)]
+    calls.clear()
+    until(run, "weak", ["a", "b"], None, [lambda: "strong"])
+    assert calls == [("weak", ["a", "b"], 1)]  # no requirement: no retry
