@@ -24,6 +24,10 @@ ATTGAN_CONFIGS = {
     # The reference depth at 128 px, half the reference widths: CPU-trainable.
     "compact128": dict(image_size=128, dim=32, layers=5, max_dim=512, shortcut_layers=1, inject_layers=1,
                        attr_scale=0.5, d_dim=32, d_fc_dim=256),
+    # compact64's depth at 128 px: its generator has compact64's parameter shapes (fully convolutional), so the
+    # shipped 64 px weights can warm-start it, as they did the 128 px StarGAN; its bottleneck is 8x8, not 4x4.
+    "compact128l4": dict(image_size=128, dim=32, layers=4, max_dim=512, shortcut_layers=1, inject_layers=1,
+                         attr_scale=0.5, d_dim=32, d_fc_dim=256),
     "tiny": dict(image_size=32, dim=8, layers=3, max_dim=32, shortcut_layers=1, inject_layers=1,
                  attr_scale=0.5, d_dim=8, d_fc_dim=16),
 }

@@ -68,6 +68,12 @@ def test_architectures_take_turns_then_the_furthest_from_the_goals_trains(campai
     assert chosen(status(stargan_compact128_cpu_warm=(turns["stargan"], 0.6))) == "fpgan-compact128-cpu"
     assert chosen(status(stargan_compact128_cpu_warm=(turns["stargan"], 0.6),
                          fpgan_compact128_cpu=(turns["fpgan"], 0.5))) == "attgan-compact128-cpu"
-    every_turn_over = {"stargan_compact128_cpu_warm": (turns["stargan"], 0.6),
-                       "fpgan_compact128_cpu": (turns["fpgan"], 0.5), "attgan_compact128_cpu": (turns["attgan"], 0.7)}
+    # the AttGAN's pilots: the one with less CPU time trains until each has had its pilot hours
+    both = {"stargan_compact128_cpu_warm": (turns["stargan"], 0.6), "fpgan_compact128_cpu": (turns["fpgan"], 0.5)}
+    assert chosen(status(**both, attgan_compact128_cpu=(1.2, -0.09))) == "attgan-compact128l4-cpu-warm"
+    # then the better-scored pilot is the AttGAN's, and its turn goes on
+    st = status(**both, attgan_compact128_cpu=(1.2, -0.09), attgan_compact128l4_cpu_warm=(0.4, 0.3))
+    assert chosen(st) == "attgan-compact128l4-cpu-warm" and st["winners"]["attgan"] == "attgan-compact128l4-cpu-warm"
+    every_turn_over = {**both, "attgan_compact128_cpu": (1.2, -0.09),
+                       "attgan_compact128l4_cpu_warm": (turns["attgan"], 0.7)}
     assert chosen(status(**every_turn_over)) == "fpgan-compact128-cpu"  # the lowest score
