@@ -150,7 +150,7 @@ def protect(
     if at not in ("forger", "photo"):
         raise ValueError(f"--at must be forger or photo, got {at!r}")
     files = _collect_images(inputs)
-    use_cpu_threads(threads)
+    threads = use_cpu_threads(threads)
     build = functools.partial(build_protection, method, forger, _forger_weights(forger, weights), device=device,
                               steps=steps, objective=objective, seed=seed, eot=eot, eot_samples=eot_samples,
                               **parse_options(option or []))
@@ -186,7 +186,7 @@ def protect(
                 err_console.print(f"[yellow]skipped[/yellow] {src}: {reason}", highlight=False)
             bar.advance(task)
     out.mkdir(parents=True, exist_ok=True)
-    report = {"method": protection.describe(), "photos": results}
+    report = {"method": protection.describe(), "cpu_threads": threads, "photos": results}
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     _print_protect_table(results)
     console.print(f"wrote {len(results) - failed - no_face} protected image(s) and {out / 'report.json'}"

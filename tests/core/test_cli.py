@@ -185,10 +185,11 @@ def test_bad_device_is_a_clear_error(tiny_checkpoints: Path, photos: Path) -> No
 def test_protect_method_options(tiny_checkpoints: Path, photos: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
     ok = run("protect", str(photos), "-o", str(out), "--method", "dwt-pgd", "--steps", "1", "--whole-image",
-             "--option", "luma_eps=0.02")
+             "--option", "luma_eps=0.02", "--threads", "1")
     assert ok.exit_code == 0, ok.output
     report = json.loads((out / "report.json").read_text())
     assert report["method"]["luma_eps"] == 0.02 and report["photos"][0]["within_budget"] is True
+    assert report["cpu_threads"] == 1
     bad = run("protect", str(photos), "-o", str(out), "--method", "pgd", "--option", "luma_eps=0.02")
     assert bad.exit_code == 2 and "pgd does not take that option" in bad.output
     malformed = run("protect", str(photos), "-o", str(out), "--option", "luma_eps")
