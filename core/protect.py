@@ -535,6 +535,11 @@ class Attempted:
 RETRY_REFINE = 1
 
 
+def refine_rounds(refine: int, attempt: int) -> int:
+    """The refine rounds of a protect_until attempt: ``refine`` first, at least :data:`RETRY_REFINE` on a retry."""
+    return refine if attempt == 1 else max(refine, RETRY_REFINE)
+
+
 def protect_until(
     run: Callable[[Protection, Sequence[LoadedImage], int], list[Protected]],
     protection: Protection,
@@ -778,8 +783,8 @@ def protect_file(
     fmt = SUFFIX_FORMATS.get(dst.suffix.lower(), "PNG")
 
     def run(prot: Protection, photos: Sequence[LoadedImage], attempt: int) -> list[Protected]:
-        rounds = refine if attempt == 1 else max(refine, RETRY_REFINE)
-        return protect_images(prot, photos, whole_image=whole_image, max_faces=max_faces, refine=rounds,
+        return protect_images(prot, photos, whole_image=whole_image, max_faces=max_faces,
+                              refine=refine_rounds(refine, attempt),
                               output_format=fmt, keep_metadata=keep_metadata, channel=channel)
 
     [attempted] = protect_until(run, protection, [load_image(src)], min_success, stronger)

@@ -209,7 +209,7 @@ def protect(
     ``keep_metadata``: write the photo's EXIF (without orientation) into the output; none by default.
     """
     from core.image import encode_image
-    from core.protect import RETRY_REFINE, protect_images, protect_until, record_min_success
+    from core.protect import protect_images, protect_until, record_min_success, refine_rounds
 
     fmt, _ext, _ctype = OUTPUT_FORMATS[output_format.lower()]
     check_targets(protection, targets)
@@ -218,7 +218,7 @@ def protect(
         # Faces when the detector finds them; a photo without one is protected whole, not returned as is.
         # A min_success retry also re-protects the framing a detector finds on the protected photo.
         return protect_images(prot, photos, only=targets, whole_image=True, output_format=fmt,
-                              keep_metadata=keep_metadata, refine=0 if attempt == 1 else RETRY_REFINE)
+                              keep_metadata=keep_metadata, refine=refine_rounds(0, attempt))
 
     out = []
     for attempted in protect_until(run, protection, images, min_success, stronger):
