@@ -106,3 +106,14 @@ def reset_context() -> None:
     global _context
     with _lock:
         _context = None
+
+
+def _after_fork_in_child() -> None:
+    # The parent's heartbeat thread takes the lock (the reconciler's get_context); a fork at that moment
+    # would hand the child a lock no thread of its will ever release, and worker_process_init would hang.
+    global _lock, _context
+    _lock = threading.Lock()
+    _context = None
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)

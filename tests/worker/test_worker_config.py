@@ -81,6 +81,34 @@ def test_importing_the_worker_touches_no_torch() -> None:
     assert out.stdout.strip() == "['core', 'core.interrupt', 'core.report']"
 
 
+def test_a_child_forked_while_the_parent_holds_the_context_lock_can_start() -> None:
+    """The parent's heartbeat thread takes the context lock (the reconciler); a prefork child forked at that
+    moment must still reset its context in worker_process_init instead of waiting forever."""
+    code = """
+import os, threading, time
+from worker import context
+held, done = threading.Event(), threading.Event()
+def hold():
+    with context._lock:
+        held.set()
+        done.wait(10)
+threading.Thread(target=hold, daemon=True).start()
+held.wait(10)
+pid = os.fork()
+if pid == 0:
+    t = threading.Thread(target=context.reset_context, daemon=True)
+    t.start()
+    t.join(5)
+    os._exit(1 if t.is_alive() else 0)
+_, status = os.waitpid(pid, 0)
+done.set()
+print(os.waitstatus_to_exitcode(status))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "0", "the forked child hung on the context lock"
+
+
 def test_protect_with_targets_and_formats() -> None:
     from core.forgers import create_forger
     from core.methods import create_method
