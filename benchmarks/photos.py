@@ -63,10 +63,10 @@ def photo_set(n_utk: int, n_celeba: int, large: bool) -> list[tuple[str, str, Lo
     return out
 
 
-def run_photo(protection: Any, image: LoadedImage, channel: ChannelSpec | None, refine: int = 0
-              ) -> tuple[dict[str, Any], torch.Tensor]:
+def run_photo(protection: Any, image: LoadedImage, channel: ChannelSpec | None, refine: int = 0,
+              samples: int = ChannelSpec.samples) -> tuple[dict[str, Any], torch.Tensor]:
     start = time.perf_counter()
-    result = protect_images(protection, [image], channel=channel, refine=refine)[0]
+    result = protect_images(protection, [image], channel=channel, refine=refine, samples=samples)[0]
     total = time.perf_counter() - start
     r = result.report
     receipt = r.get("receipt") or {}
@@ -209,6 +209,8 @@ def main() -> None:
                     help="rounds re-protecting the framing a detector finds (results before it was an option: 1)")
     ap.add_argument("--at", choices=("forger", "photo"), default="forger",
                     help="protect faces at the forgers' resolution (round trip) or at the photo's (channel)")
+    ap.add_argument("--samples", type=int, default=ChannelSpec.samples,
+                    help="attacker framings (or channel draws) averaged per optimisation step")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     methods = args.method or ["pgd"]
@@ -220,8 +222,9 @@ def main() -> None:
              *(["--no-large"] if args.no_large else []), *(f"--weights {w}" for w in args.weights or []),
              f"--threads {args.threads}", f"--name {args.name}",
              f"--at {args.at}", *([f"--steps {args.steps}"] if args.steps else []),
-             f"--refine {args.refine}"]),
+             f"--refine {args.refine}", f"--samples {args.samples}"]),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores", "threads": args.threads, "refine": args.refine,
+        "samples": args.samples,
         "forgers": ", ".join(forgers), "photos": len(photos), "at": args.at, "conditions": list(RECEIPT_CONDITIONS),
         "load_average_1min_start": round(os.getloadavg()[0], 2),
     }
@@ -234,7 +237,8 @@ def main() -> None:
         info.setdefault("weights", {})[method] = [Path(f.source).stem for f in protection.forgers]
         rows[method] = []
         for kind, ident, image in photos:
-            row, x_adv = run_photo(protection, image, ChannelSpec() if args.at == "photo" else None, args.refine)
+            channel = ChannelSpec(samples=args.samples) if args.at == "photo" else None
+            row, x_adv = run_photo(protection, image, channel, args.refine, args.samples)
             rows[method].append({"set": kind, "id": ident, **row})
             print(f"{method:12s} {kind:10s} {ident:5s} {row['protection']:10s} {row['seconds']:6.2f} s "
                   f"min {row['min_success_rate']} {row['receipt']}", flush=True)

@@ -229,6 +229,7 @@ def protect_images(
     channel: ChannelSpec | None = None,
     detector: str | None = None,
     flat_budget: float = 1.0,
+    samples: int = ChannelSpec.samples,
 ) -> list[Protected]:
     """Protect the faces of decoded photos in one batch; measure each photo as delivered, at full size.
 
@@ -257,7 +258,8 @@ def protect_images(
     faces again on the protected photo, as an attacker would, protects the crops of that framing, and keeps
     whichever of the two protections the forgers fail on more often (seen through that same re-detection).
     ``flat_budget`` below 1 shapes each face's budget by texture masking: flat skin gets that share of it
-    (with a ``channel``, the channel's own ``flat_budget`` does: one giving both is refused).
+    (with a ``channel``, the channel's own ``flat_budget`` does: one giving both is refused). ``samples``: the
+    attacker's framings drawn per optimisation step (with a ``channel``, its own ``samples`` count).
     """
     if max_faces < 1:
         raise ValueError(f"max_faces must be at least 1, got {max_faces}")
@@ -268,7 +270,7 @@ def protect_images(
     start = time.perf_counter()
     detected = detect(protection, images, only, whole_image=whole_image, max_faces=max_faces, detector=detector)
     perturbed = perturb(protection, detected, channel=channel, refine=refine, max_faces=max_faces,
-                        flat_budget=flat_budget)
+                        flat_budget=flat_budget, samples=samples)
     files = [deliver(p, output_format, keep_metadata) for p in perturbed]
     seconds = (time.perf_counter() - start) / max(len(images), 1)
     out = []
@@ -321,12 +323,14 @@ def detect(
 def perturb(
     protection: Protection, detected: Sequence[Detected], *, channel: ChannelSpec | None = None, refine: int = 0,
     max_faces: int = DEFAULT_MAX_FACES, framing: Framing | None = PHOTO_FRAMING, flat_budget: float = 1.0,
+    samples: int = ChannelSpec.samples,
 ) -> list[Perturbed]:
     """Stage 2: protect every photo that has something to protect; the crops of all photos in one batch, or
     with a ``channel`` each face on its window of the photo (see :func:`protect_images`); then ``refine``.
     The crops are optimised through the paste back and an attacker's new crop, framed as ``framing`` draws
     (:class:`core.faces.RoundTrip`; None: exactly our framing), with each crop's budget shaped by texture
-    masking down to ``flat_budget`` of it on flat skin (:func:`core.channel.texture_mask`; 1: uniform)."""
+    masking down to ``flat_budget`` of it on flat skin (:func:`core.channel.texture_mask`; 1: uniform), and
+    ``samples`` framings drawn per step (at least the method's own ``eot_samples``)."""
     at_photo = channel is not None and not protection.one_pass
     out: list[Perturbed | None] = [None] * len(detected)
     batch = []
@@ -338,7 +342,9 @@ def perturb(
             out[i] = _protect_windows(protection, d, channel)
         else:
             batch.append(i)
-    shape = Shaping(framing, flat_budget)
+    if samples < 1:
+        raise ValueError(f"samples must be at least 1, got {samples}")
+    shape = Shaping(framing, flat_budget, samples)
     advs = _protect_crops(protection, [(detected[i], detected[i].faces, detected[i].crops) for i in batch], shape)
     for i, adv in zip(batch, advs, strict=True):
         d = detected[i]
@@ -401,10 +407,12 @@ Framed = tuple[Detected, tuple[Face, ...], torch.Tensor | None]
 
 @dataclass(frozen=True)
 class Shaping:
-    """How crops are optimised and shaped: the attacker framing modelled, the texture-masking floor."""
+    """How crops are optimised and shaped: the attacker framing modelled, the texture-masking floor, the
+    framings drawn per step."""
 
     framing: Framing | None = PHOTO_FRAMING
     flat_budget: float = 1.0
+    samples: int = ChannelSpec.samples
 
 
 def _protect_crops(protection: Protection, items: Sequence[Framed], shape: Shaping = Shaping()
@@ -421,7 +429,7 @@ def _protect_crops(protection: Protection, items: Sequence[Framed], shape: Shapi
     # the channel's draws per step and momentum: one draw of a wide framing spread a step hardly moves
     budget = None if shape.flat_budget >= 1.0 else texture_mask(crops, shape.flat_budget)
     through = Through(RoundTrip(crops, frames, framing=shape.framing, then=protection.eot, budget=budget),
-                      max(ChannelSpec.samples, protection.eot_samples), ChannelSpec.momentum)
+                      max(shape.samples, protection.eot_samples), ChannelSpec.momentum)
     advs = protection(crops, targets=targets, through=through)
     if budget is not None:  # what the round trip delivered: the shaped share of each perturbation
         advs = quantize(crops + budget * (advs - crops))

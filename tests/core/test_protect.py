@@ -5,6 +5,8 @@ themselves are tested in test_faces.py)."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import torch
 
@@ -54,6 +56,26 @@ def test_large_photo_gets_a_smooth_perturbation() -> None:
     assert (big[..., 1:, :] - big[..., :-1, :]).abs().mean() < big.abs().mean()
 
 
+@pytest.mark.parametrize(("samples", "eot_samples", "drawn"), [(1, 1, 1), (3, 1, 3), (1, 4, 4)])
+def test_framings_drawn_per_step_are_the_asked_ones_or_the_methods_own(
+    samples: int, eot_samples: int, drawn: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    forger = create_forger("stargan", config="tiny", pretrained=False)
+    protection = create_method("pgd", forger, steps=1, eot_samples=eot_samples)
+    seen: list[int] = []
+    perturb = type(protection).perturb
+
+    def spy(self: object, x: torch.Tensor, targets: torch.Tensor, gen: torch.Generator, through: Any) -> torch.Tensor:
+        seen.append(through.samples)
+        return perturb(self, x, targets, gen, through)
+
+    monkeypatch.setattr(type(protection), "perturb", spy)
+    protect_images(protection, [photo(32, 32, 0)], whole_image=True, verify=False, samples=samples)
+    assert seen == [drawn]
+    with pytest.raises(ValueError, match="samples"):
+        protect_images(protection, [photo(32, 32, 0)], whole_image=True, verify=False, samples=0)
+
+
 def test_only_named_edits_are_covered() -> None:
     forger = create_forger("stargan", config="tiny", pretrained=False)
     protection = create_method("pgd", forger, steps=1)
@@ -65,7 +87,6 @@ def test_only_named_edits_are_covered() -> None:
 
 def test_protect_until_retries_only_the_photos_short_of_min_success_and_says_which_attempt() -> None:
     from types import SimpleNamespace
-    from typing import Any
 
     from core.protect import protect_until
 
