@@ -65,7 +65,7 @@ def test_framings_drawn_per_step_are_the_asked_ones_or_the_methods_own(
     seen: list[int] = []
     perturb = type(protection).perturb
 
-    def spy(self: object, x: torch.Tensor, targets: torch.Tensor, gen: torch.Generator, through: Any) -> torch.Tensor:
+    def spy(self: Any, x: torch.Tensor, targets: torch.Tensor, gen: torch.Generator, through: Any) -> torch.Tensor:
         seen.append(through.samples)
         return perturb(self, x, targets, gen, through)
 
