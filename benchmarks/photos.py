@@ -28,7 +28,7 @@ from core.channel import ChannelSpec
 from core.data import default_celeba_dir, read_index
 from core.image import LoadedImage, load_image, quantize, save_image
 from core.methods import parse_options
-from core.protect import build_protection, protect_images
+from core.protect import ROUND_TRIP_SAMPLES, build_protection, protect_images
 from core.receipt import RECEIPT_CONDITIONS
 from core.workflows import demo_image
 
@@ -64,7 +64,7 @@ def photo_set(n_utk: int, n_celeba: int, large: bool) -> list[tuple[str, str, Lo
 
 
 def run_photo(protection: Any, image: LoadedImage, channel: ChannelSpec | None, refine: int = 0,
-              samples: int = ChannelSpec.samples) -> tuple[dict[str, Any], torch.Tensor]:
+              samples: int = ROUND_TRIP_SAMPLES) -> tuple[dict[str, Any], torch.Tensor]:
     start = time.perf_counter()
     result = protect_images(protection, [image], channel=channel, refine=refine, samples=samples)[0]
     total = time.perf_counter() - start
@@ -209,9 +209,12 @@ def main() -> None:
                     help="rounds re-protecting the framing a detector finds (results before it was an option: 1)")
     ap.add_argument("--at", choices=("forger", "photo"), default="forger",
                     help="protect faces at the forgers' resolution (round trip) or at the photo's (channel)")
-    ap.add_argument("--samples", type=int, default=ChannelSpec.samples,
-                    help="attacker framings (or channel draws) averaged per optimisation step")
+    ap.add_argument("--samples", type=int, default=None,
+                    help="attacker framings (or channel draws) averaged per optimisation step (default: the "
+                         "pipeline's, 1 for the round trip and 2 for the channel)")
     args = ap.parse_args()
+    if args.samples is None:
+        args.samples = ChannelSpec.samples if args.at == "photo" else ROUND_TRIP_SAMPLES
     torch.set_num_threads(args.threads)
     methods = args.method or ["pgd"]
     forgers = args.forger or ["stargan"]
