@@ -209,6 +209,8 @@ def main() -> None:
                     help="rounds re-protecting the framing a detector finds (results before it was an option: 1)")
     ap.add_argument("--at", choices=("forger", "photo"), default="forger",
                     help="protect faces at the forgers' resolution (round trip) or at the photo's (channel)")
+    ap.add_argument("--eot", default=None,
+                    help="random transforms iterative methods optimise through, e.g. identity,jpeg,resize,blur")
     ap.add_argument("--samples", type=int, default=None,
                     help="attacker framings (or channel draws) averaged per optimisation step (default: the "
                          "pipeline's, 1 for the round trip and 2 for the channel)")
@@ -225,9 +227,9 @@ def main() -> None:
              *(["--no-large"] if args.no_large else []), *(f"--weights {w}" for w in args.weights or []),
              f"--threads {args.threads}", f"--name {args.name}",
              f"--at {args.at}", *([f"--steps {args.steps}"] if args.steps else []),
-             f"--refine {args.refine}", f"--samples {args.samples}"]),
+             f"--refine {args.refine}", f"--samples {args.samples}", *([f"--eot {args.eot}"] if args.eot else [])]),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores", "threads": args.threads, "refine": args.refine,
-        "samples": args.samples,
+        "samples": args.samples, "eot": args.eot,
         "forgers": ", ".join(forgers), "photos": len(photos), "at": args.at, "conditions": list(RECEIPT_CONDITIONS),
         "load_average_1min_start": round(os.getloadavg()[0], 2),
     }
@@ -235,7 +237,7 @@ def main() -> None:
     zooms = []
     for method in methods:
         name, _, options = method.partition(":")
-        protection = build_protection(name, forgers, dict(zip(forgers, args.weights or [], strict=False)),
+        protection = build_protection(name, forgers, dict(zip(forgers, args.weights or [], strict=False)), eot=args.eot,
                                       **{"steps": args.steps, **parse_options(options.split(",") if options else [])})
         info.setdefault("weights", {})[method] = [Path(f.source).stem for f in protection.forgers]
         rows[method] = []
