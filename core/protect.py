@@ -337,6 +337,8 @@ def perturb(
     (:class:`core.faces.RoundTrip`; None: exactly our framing), with each crop's budget shaped by texture
     masking down to ``flat_budget`` of it on flat skin (:func:`core.channel.texture_mask`; 1: uniform), and
     ``samples`` framings drawn per step (at least the method's own ``eot_samples``)."""
+    if samples < 1:
+        raise ValueError(f"samples must be at least 1, got {samples}")
     at_photo = channel is not None and not protection.one_pass
     out: list[Perturbed | None] = [None] * len(detected)
     batch = []
@@ -348,8 +350,6 @@ def perturb(
             out[i] = _protect_windows(protection, d, channel)
         else:
             batch.append(i)
-    if samples < 1:
-        raise ValueError(f"samples must be at least 1, got {samples}")
     shape = Shaping(framing, flat_budget, samples)
     advs = _protect_crops(protection, [(detected[i], detected[i].faces, detected[i].crops) for i in batch], shape)
     for i, adv in zip(batch, advs, strict=True):
@@ -432,7 +432,8 @@ def _protect_crops(protection: Protection, items: Sequence[Framed], shape: Shapi
     for d, faces, _ in items:
         frames += [(face.frame(), d.x) for face in faces] if faces else [None]
     # optimise what an attacker's crop of the delivered photo will hold, not the crop itself
-    # the channel's draws per step and momentum: one draw of a wide framing spread a step hardly moves
+    # framings drawn per step, with the channel's MI-FGSM momentum carrying each step's draw into the next
+    # (without momentum one draw of so wide a framing spread a step hardly moves the perturbation)
     budget = None if shape.flat_budget >= 1.0 else texture_mask(crops, shape.flat_budget)
     through = Through(RoundTrip(crops, frames, framing=shape.framing, then=protection.eot, budget=budget),
                       max(shape.samples, protection.eot_samples), ChannelSpec.momentum)
