@@ -337,8 +337,7 @@ def perturb(
     (:class:`core.faces.RoundTrip`; None: exactly our framing), with each crop's budget shaped by texture
     masking down to ``flat_budget`` of it on flat skin (:func:`core.channel.texture_mask`; 1: uniform), and
     ``samples`` framings drawn per step (at least the method's own ``eot_samples``)."""
-    if samples < 1:
-        raise ValueError(f"samples must be at least 1, got {samples}")
+    shape = Shaping(framing, flat_budget, samples)  # checked before any work
     at_photo = channel is not None and not protection.one_pass
     out: list[Perturbed | None] = [None] * len(detected)
     batch = []
@@ -350,7 +349,6 @@ def perturb(
             out[i] = _protect_windows(protection, d, channel)
         else:
             batch.append(i)
-    shape = Shaping(framing, flat_budget, samples)
     advs = _protect_crops(protection, [(detected[i], detected[i].faces, detected[i].crops) for i in batch], shape)
     for i, adv in zip(batch, advs, strict=True):
         d = detected[i]
@@ -419,6 +417,10 @@ class Shaping:
     framing: Framing | None = PHOTO_FRAMING
     flat_budget: float = 1.0
     samples: int = ROUND_TRIP_SAMPLES
+
+    def __post_init__(self) -> None:
+        if self.samples < 1:
+            raise ValueError(f"samples must be at least 1, got {self.samples}")
 
 
 def _protect_crops(protection: Protection, items: Sequence[Framed], shape: Shaping = Shaping()
