@@ -76,4 +76,30 @@ def test_architectures_take_turns_then_the_furthest_from_the_goals_trains(campai
     assert chosen(st) == "attgan-compact128l4-cpu-warm" and st["winners"]["attgan"] == "attgan-compact128l4-cpu-warm"
     every_turn_over = {**both, "attgan_compact128_cpu": (1.2, -0.09),
                        "attgan_compact128l4_cpu_warm": (turns["attgan"], 0.7)}
-    assert chosen(status(**every_turn_over)) == "fpgan-compact128-cpu"  # the lowest score
+    # the AttGAN's second recipe has its own turn, from the first recipe's seed
+    assert chosen(status(**every_turn_over)) == "attgan-compact128l4-cpu-rec20"
+    every_turn_over["attgan_compact128l4_cpu_rec20"] = (turns["attgan-rec20"], 0.2)
+    # each architecture is represented by its best stage (the AttGAN by 0.7, not 0.2); the lowest of them trains
+    assert chosen(status(**every_turn_over)) == "fpgan-compact128-cpu"
+    every_turn_over["attgan_compact128l4_cpu_warm"] = (turns["attgan"], 0.1)
+    assert chosen(status(**every_turn_over)) == "attgan-compact128l4-cpu-rec20"
+
+
+def test_a_new_recipe_starts_from_another_stages_seed_with_its_own_counters(campaign: ModuleType,
+                                                                           tmp_path: Path) -> None:
+    state, seed = tmp_path / "state", tmp_path / "seed"
+    first = trainer(state / "runs" / "stargan-tiny-cpu")
+    with torch.no_grad():
+        for p in first.G.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    first.iteration, first.cpu_seconds = 1234, 567.8
+    first.save()
+    (state / "status.json").write_text(json.dumps({"stages": {}, "winners": {}}))
+    [path] = campaign.export_seed(state, seed)
+    other = ForgerTrainer(TrainConfig.for_forger("stargan", "tiny", "cpu", run_dir=tmp_path / "other", threads=1,
+                                                 lambda_rec=2.0))
+    assert campaign.load_seed(other, path, counters=False)
+    assert (other.iteration, other.cpu_seconds, other.cfg.lambda_rec) == (0, 0.0, 2.0)
+    assert other.cfg.extra["warm_start"]["from"] == "stargan-tiny-cpu"
+    for (name, pa), pb in zip(first.G.state_dict().items(), other.G.state_dict().values(), strict=True):
+        assert torch.allclose(pa.float(), pb.float(), atol=2e-3, rtol=1e-3), name
