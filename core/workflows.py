@@ -110,10 +110,10 @@ def evaluate_faces(
 ) -> dict[str, Any]:
     """Protect ``faces`` with ``method`` against ``forgers`` (their weights from ``checkpoints``, by forger, else
     the defaults) and measure it on them, and on the ``transfer`` forgers (which the protection does not
-    target: how it transfers to other editors)."""
+    target: how it transfers to other editors; their weights from ``checkpoints`` too)."""
     protection = build_protection(method, forgers, checkpoints, device=device, **options)
-    measured = list(protection.forgers) + [load_forger(f, None, resolve_device(device)) for f in transfer
-                                             if f not in forgers]
+    measured = list(protection.forgers) + [load_forger(f, (checkpoints or {}).get(f), resolve_device(device))
+                                             for f in transfer if f not in forgers]
     tally = Tally()
     for start in range(0, len(faces), batch):
         x = faces[start : start + batch].to(device)
@@ -143,13 +143,16 @@ def one_pass_summaries(table: dict[str, Any]) -> list[dict[str, Any]]:
 
 def reproduce_table(table: dict[str, Any], data: Path, limit: int | None = None) -> list[dict[str, Any]]:
     """The one-pass summaries of a `veil eval` table recomputed with the settings it records, each with the
-    generator weights its row names (even where a newer generator is the method's default now), on the
+    generator and forger weights its rows name (even where newer weights are the default now), on the
     table's first ``limit`` faces (all of them by default)."""
     settings = table["settings"]
     faces, attrs, names = load_faces(data, limit or settings["limit"], settings["size"])
     options = {k: settings[k] for k in ("eps", "steps", "objective", "seed", "eot", "eot_samples")}
     options.update(settings.get("options", {}))
     forger_weights = dict(zip(settings["forgers"], settings.get("weights") or [], strict=False))
+    # Each row names the weights it was measured with, the transfer forgers' too: a forger's default changes.
+    forger_weights.update({row["forger"]: row["weights"] for s in one_pass_summaries(table) for row in s["rows"]
+                           if row.get("weights")})
     return [evaluate_faces(want["method"]["method"], settings["forgers"], faces, attrs, names,
                            settings["conditions"], settings["batch"], None, "cpu",
                            {"checkpoint": Path(want["method"]["weights"]).stem, **options},

@@ -14,6 +14,7 @@ order; after that the one furthest from the goals trains next.
     python scripts/forger_campaign.py             # run (Ctrl-C / SIGTERM saves and stops)
     python scripts/forger_campaign.py --status    # where each stage stands
     python scripts/forger_campaign.py --export-seed   # write checkpoints/campaign/ from the state, to commit
+    python scripts/forger_campaign.py --ship STAGE NAME  # export a stage as the default NAME in checkpoints/
 
 A lost machine loses the state directory. The seed (``checkpoints/campaign/``, committed) holds each stage's
 generator, its moving average and its critic in fp16, with the iteration, the CPU seconds and the campaign's
@@ -162,6 +163,45 @@ def load_seed(trainer: Any, path: Path, counters: bool = True) -> bool:
     return True
 
 
+def origin(stage: dict[str, Any]) -> dict[str, Any] | None:
+    """Where a stage's first iterations came from, for its card (a stage resumed from the seed lost it)."""
+    from core.checkpoints import Manifest, load_weights
+
+    if stage.get("init_from_seed"):
+        meta = load_weights(SEED / f"{stage['init_from_seed']}.safetensors")[1]
+        return {"from": stage["init_from_seed"], "forger": stage["forger"], "iterations": int(meta["iteration"])}
+    entry = Manifest().find(stage["init_from"]) if stage.get("init_from") else None
+    if entry is None:
+        return None
+    return {"from": entry.name, "forger": entry.forger, "iterations": int(entry.info.get("iterations", 0))}
+
+
+def ship(state: Path, stage_name: str, name: str) -> list[Any]:
+    """Export a stage's generator (its moving average) and critic into checkpoints/ as the default ``name``,
+    from its state, or from the seed when the state is gone. ``veil measure-forger NAME`` then writes its card."""
+    import tempfile
+
+    import torch
+
+    from core.workflows import export_run
+
+    stage = next((s for s in PLAN if s["stage"] == stage_name), None)
+    if stage is None:
+        raise SystemExit(f"no stage {stage_name!r} in the plan")
+    with tempfile.TemporaryDirectory() as tmp:
+        run_dir = state / "runs" / stage_name
+        if not (run_dir / "state.pt").is_file():
+            if not (SEED / f"{stage_name}.safetensors").is_file():
+                raise SystemExit(f"{stage_name} has neither a state nor a seed")
+            trainer = make_trainer(stage, Path(tmp), read_status(state), None)
+            if stage.get("init_from") or stage.get("init_from_seed"):
+                trainer.cfg.extra.setdefault("warm_start", origin(stage))
+            run_dir = trainer.save().parent
+        hours = float(torch.load(run_dir / "state.pt", map_location="cpu", weights_only=True)["cpu_seconds"]) / 3600
+        hardware = f"CPU (2 cores, 1 torch thread at nice 10 beside other work), {hours:.2f} CPU-hours at 128 px"
+        return export_run(run_dir, name, default=True, half=True, hardware=hardware)
+
+
 def snapshot(trainer: Any, stage: str) -> Path:
     from core.checkpoints import save_weights
 
@@ -287,8 +327,14 @@ def main() -> None:
     ap.add_argument("--hours", type=float, default=None, help="stop after this much wall time")
     ap.add_argument("--status", action="store_true", help="print where each stage stands and exit")
     ap.add_argument("--export-seed", action="store_true", help=f"write the seed ({SEED.relative_to(REPO)}/) and exit")
+    ap.add_argument("--ship", nargs=2, metavar=("STAGE", "NAME"),
+                    help="export STAGE into checkpoints/ as the default NAME (then: veil measure-forger NAME)")
     args = ap.parse_args()
     args.state.mkdir(parents=True, exist_ok=True)
+    if args.ship:
+        for entry in ship(args.state, *args.ship):
+            print(f"shipped: checkpoints/{entry.file}")
+        return
     if args.status:
         print(json.dumps(read_status(args.state), indent=1))
         return

@@ -161,6 +161,24 @@ def test_eval_measures_transfer_to_forgers_it_does_not_target(
     assert "| pgd | stargan | clean |" in table and "| pgd | fpgan (transfer) | clean |" in table
 
 
+def test_a_transfer_forger_is_measured_with_the_weights_asked_for(tiny_checkpoints: Path) -> None:
+    """A committed table is re-made with the weights its rows name, the transfer forgers' too: the default
+    weights of a forger change when a better model ships."""
+    from core.workflows import evaluate_faces
+
+    list_tiny_forger(tiny_checkpoints, "fpgan", "fpgan-new", "fpgan-new.safetensors", seed=3, default=True)
+    list_tiny_forger(tiny_checkpoints, "fpgan", "fpgan-old", "fpgan-old.safetensors", seed=5, default=False)
+    faces = synthetic_faces(1, 32, seed=2)
+
+    def transfer_weights(checkpoints: dict[str, str] | None) -> list[str]:
+        summary = evaluate_faces("pgd", ["stargan"], faces, None, ["a.png"], ["clean"], 1, None, "cpu",
+                                 {"steps": 1}, transfer=["fpgan"], checkpoints=checkpoints)
+        return [r["weights"] for r in summary["rows"] if r["forger"] == "fpgan"]
+
+    assert transfer_weights(None) == ["fpgan-new"]
+    assert transfer_weights({"fpgan": "fpgan-old"}) == ["fpgan-old"]
+
+
 @pytest.mark.slow  # more than 5 s: not in `make test-fast`
 def test_same_stems_do_not_overwrite(tiny_checkpoints: Path, tmp_path: Path) -> None:
     folder = tmp_path / "in"
