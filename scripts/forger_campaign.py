@@ -13,6 +13,7 @@ order; after that the one furthest from the goals trains next.
 
     python scripts/forger_campaign.py             # run (Ctrl-C / SIGTERM saves and stops)
     python scripts/forger_campaign.py --status    # where each stage stands
+    python scripts/forger_campaign.py --only STAGE   # train one stage (a second process, on another core)
     python scripts/forger_campaign.py --export-seed   # write checkpoints/campaign/ from the state, to commit
     python scripts/forger_campaign.py --ship STAGE NAME  # export a stage as the default NAME in checkpoints/
 
@@ -30,11 +31,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import fcntl
 import json
 import os
 import signal
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -185,9 +188,7 @@ def ship(state: Path, stage_name: str, name: str) -> list[Any]:
 
     from core.workflows import export_run
 
-    stage = next((s for s in PLAN if s["stage"] == stage_name), None)
-    if stage is None:
-        raise SystemExit(f"no stage {stage_name!r} in the plan")
+    stage = planned(stage_name)
     with tempfile.TemporaryDirectory() as tmp:
         run_dir = state / "runs" / stage_name
         if not (run_dir / "state.pt").is_file():
@@ -272,7 +273,25 @@ def choose(state: Path, status: dict[str, Any]) -> dict[str, Any] | None:
     return min(leaders.values(), key=lambda s: done.get(s["stage"], {}).get("score", -1.0), default=None)
 
 
-def run(state: Path, data: Path | None, chunk_minutes: float, snapshot_minutes: float, hours: float | None) -> None:
+@contextlib.contextmanager
+def status_lock(state: Path) -> Iterator[None]:
+    """Held while a campaign process reads and rewrites the status: two may train side by side (``--only``)."""
+    with open(state / "status.lock", "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        yield
+
+
+def planned(name: str) -> dict[str, Any]:
+    stage = next((s for s in PLAN if s["stage"] == name), None)
+    if stage is None:
+        raise SystemExit(f"no stage {name!r} in the plan; known: {', '.join(s['stage'] for s in PLAN)}")
+    return stage
+
+
+def run(state: Path, data: Path | None, chunk_minutes: float, snapshot_minutes: float, hours: float | None,
+        only: str | None = None) -> None:
+    """Train chunk after chunk: the stage :func:`choose` picks, or only the stage ``only`` (a second process
+    beside the scheduled one, on the other core)."""
     import torch
 
     torch.set_num_threads(1)
@@ -286,8 +305,9 @@ def run(state: Path, data: Path | None, chunk_minutes: float, snapshot_minutes: 
     start = time.monotonic()
     trainers: dict[str, Any] = {}
     while not stop["now"] and (hours is None or time.monotonic() - start < hours * 3600):
-        status = read_status(state)
-        stage = choose(state, status)
+        with status_lock(state):
+            status = read_status(state)
+            stage = planned(only) if only else choose(state, status)
         if stage is None:
             print("campaign: every stage finished", flush=True)
             return
@@ -313,9 +333,10 @@ def run(state: Path, data: Path | None, chunk_minutes: float, snapshot_minutes: 
                        measured={k: m[k] for k in ("edit_strength", "identity_mse", "reconstruction_mse",
                                                    "target_accuracy")})
             print(f"campaign: {name} snapshot {path.name}: {rec['measured']} score {rec['score']:.3f}", flush=True)
-        status = read_status(state)
-        status["stages"][name] = rec
-        write_status(state, status)
+        with status_lock(state):  # another process may have written its own stage's record meanwhile
+            status = read_status(state)
+            status["stages"][name] = rec
+            write_status(state, status)
 
 
 def main() -> None:
@@ -327,6 +348,7 @@ def main() -> None:
     ap.add_argument("--hours", type=float, default=None, help="stop after this much wall time")
     ap.add_argument("--status", action="store_true", help="print where each stage stands and exit")
     ap.add_argument("--export-seed", action="store_true", help=f"write the seed ({SEED.relative_to(REPO)}/) and exit")
+    ap.add_argument("--only", metavar="STAGE", help="train only this stage (e.g. beside the scheduled campaign)")
     ap.add_argument("--ship", nargs=2, metavar=("STAGE", "NAME"),
                     help="export STAGE into checkpoints/ as the default NAME (then: veil measure-forger NAME)")
     args = ap.parse_args()
@@ -344,7 +366,9 @@ def main() -> None:
         return
     with contextlib.suppress(OSError):
         os.nice(10)
-    run(args.state, args.data, args.chunk_minutes, args.snapshot_minutes, args.hours)
+    if args.only:
+        planned(args.only)  # an unknown stage fails before any work
+    run(args.state, args.data, args.chunk_minutes, args.snapshot_minutes, args.hours, args.only)
 
 
 if __name__ == "__main__":

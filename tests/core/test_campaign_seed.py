@@ -103,3 +103,50 @@ def test_a_new_recipe_starts_from_another_stages_seed_with_its_own_counters(camp
     assert other.cfg.extra["warm_start"]["from"] == "stargan-tiny-cpu"
     for (name, pa), pb in zip(first.G.state_dict().items(), other.G.state_dict().values(), strict=True):
         assert torch.allclose(pa.float(), pb.float(), atol=2e-3, rtol=1e-3), name
+
+
+def test_only_trains_the_stage_asked_for_and_keeps_the_others_records(campaign: ModuleType, tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch,
+                                                                     one_thread: None) -> None:
+    """``--only STAGE`` beside the scheduled process: its stage trains whatever the schedule would pick, and
+    the status it writes back keeps what the other process recorded meanwhile."""
+    import signal
+    from types import SimpleNamespace
+
+    class Trainer:
+        iteration, cpu_seconds, stop_requested = 0, 0.0, False
+        cfg = SimpleNamespace(iters=100)
+
+        def train(self, max_seconds: float, progress: bool) -> None:
+            self.iteration += 5
+            self.cpu_seconds += 60.0
+            # the other process records its own stage while this one trains
+            st = json.loads((tmp_path / "status.json").read_text())
+            st["stages"]["attgan-compact128l4-cpu-rec20"] = {"iteration": 77}
+            (tmp_path / "status.json").write_text(json.dumps(st))
+            self.stop_requested = True  # one chunk
+
+    made: list[str] = []
+
+    def make(stage: dict, state: Path, status: dict, data: Path | None) -> Trainer:
+        made.append(stage["stage"])
+        return Trainer()
+
+    monkeypatch.setattr(campaign, "make_trainer", make)
+    monkeypatch.setattr(campaign, "snapshot", lambda trainer, stage: tmp_path / "0000005.safetensors")
+    measured = {"edit_strength": 0.1, "identity_mse": 0.02, "reconstruction_mse": 0.03, "target_accuracy": 0.8}
+    monkeypatch.setattr(campaign, "measure", lambda trainer, data: measured)
+    (tmp_path / "status.json").write_text(json.dumps({"stages": {}, "winners": {}}))
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        campaign.run(tmp_path, None, 1.0, 10.0, None, only="stargan-compact128-cpu-warm")
+    finally:
+        for s, h in handlers.items():
+            signal.signal(s, h)
+    assert made == ["stargan-compact128-cpu-warm"]  # not the stage the schedule picks (the first pilot)
+    stages = json.loads((tmp_path / "status.json").read_text())["stages"]
+    assert stages["stargan-compact128-cpu-warm"]["iteration"] == 5
+    assert stages["stargan-compact128-cpu-warm"]["measured"] == measured
+    assert stages["attgan-compact128l4-cpu-rec20"] == {"iteration": 77}
+    with pytest.raises(SystemExit, match="no stage 'nope'"):
+        campaign.planned("nope")
