@@ -151,8 +151,10 @@ def reproduce_table(table: dict[str, Any], data: Path, limit: int | None = None)
     options.update(settings.get("options", {}))
     forger_weights = dict(zip(settings["forgers"], settings.get("weights") or [], strict=False))
     # Each row names the weights it was measured with, the transfer forgers' too: a forger's default changes.
-    forger_weights.update({row["forger"]: row["weights"] for s in one_pass_summaries(table) for row in s["rows"]
-                           if row.get("weights")})
+    # (A table older than that names them only in its check's rows, measured with the same weights.)
+    rows = [row for t in (table, table.get("check") or {"summaries": []}) for s in one_pass_summaries(t)
+            for row in s["rows"]]
+    forger_weights.update({row["forger"]: row["weights"] for row in rows if row.get("weights")})
     return [evaluate_faces(want["method"]["method"], settings["forgers"], faces, attrs, names,
                            settings["conditions"], settings["batch"], None, "cpu",
                            {"checkpoint": Path(want["method"]["weights"]).stem, **options},
