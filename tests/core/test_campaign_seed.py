@@ -79,6 +79,8 @@ def test_architectures_take_turns_then_the_furthest_from_the_goals_trains(campai
     # the AttGAN's second recipe has its own turn, from the first recipe's seed
     assert chosen(status(**every_turn_over)) == "attgan-compact128l4-cpu-rec20"
     every_turn_over["attgan_compact128l4_cpu_rec20"] = (turns["attgan-rec20"], 0.2)
+    assert chosen(status(**every_turn_over)) == "fpgan-compact128-cpu-id2"  # the FPGAN's second recipe, alike
+    every_turn_over["fpgan_compact128_cpu_id2"] = (turns["fpgan-id2"], 0.4)
     # each architecture is represented by its best stage (the AttGAN by 0.7, not 0.2); the lowest of them trains
     assert chosen(status(**every_turn_over)) == "fpgan-compact128-cpu"
     every_turn_over["attgan_compact128l4_cpu_warm"] = (turns["attgan"], 0.1)
