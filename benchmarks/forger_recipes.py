@@ -23,7 +23,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
 
-from forger_campaign import default_state
+from forger_campaign import PLAN, SEED, SELECT_FACES, default_state, read_status
 
 from core.checkpoints import load_weights
 from core.classifier import load_judge
@@ -69,15 +69,30 @@ def collect(state: Path, n_faces: int) -> dict[str, list[dict[str, Any]]]:
     return out
 
 
+def started_at(curves: dict[str, list[dict[str, Any]]]) -> dict[str, tuple[str, float]]:
+    """For a stage that went on from another stage's seed with another recipe: that stage, and the CPU-hours it
+    had spent by then (the new stage counts its own hours from 0; the curve is drawn from there)."""
+    out = {}
+    for stage in PLAN:
+        source = stage.get("init_from_seed")
+        if stage["stage"] in curves and source and (SEED / f"{source}.safetensors").is_file():
+            out[stage["stage"]] = (source, float(load_weights(SEED / f"{source}.safetensors")[1]["cpu_seconds"]) / 3600)
+    return out
+
+
 def plot(curves: dict[str, list[dict[str, Any]]], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    fig, axes = plt.subplots(1, 3, figsize=(15, 5.4))
+    origins = started_at(curves)
     for name, rows in curves.items():
-        hours = [r["cpu_hours"] for r in rows]
+        source, offset = origins.get(name, ("", 0.0))
+        if source:
+            name = f"{name} (on from {source} at {offset:.2f} h)"
+        hours = [offset + r["cpu_hours"] for r in rows]
         axes[0].plot(hours, [100 * r["target_accuracy"] for r in rows], marker="o", label=name)
         axes[1].plot(hours, [r["edit_strength"] for r in rows], marker="o", label=name)
         axes[2].plot(hours, [r["identity_mse"] / max(r["edit_strength"], 1e-9) for r in rows], marker="o", label=name)
@@ -89,8 +104,9 @@ def plot(curves: dict[str, list[dict[str, Any]]], path: Path) -> None:
         ax.set_title(title)
         ax.set_xlabel("CPU-hours (one thread)")
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8)
-    fig.tight_layout()
+    handles, labels = axes[0].get_legend_handles_labels()  # below the plots, where it hides no point
+    fig.legend(handles, labels, loc="lower center", ncol=3, fontsize=8)
+    fig.tight_layout(rect=(0, 0.16, 1, 1))
     fig.savefig(path, dpi=100)
 
 
@@ -102,6 +118,19 @@ def committed_curves(n_faces: int) -> dict[str, list[dict[str, Any]]]:
         return {}
     data = json.loads(path.read_text())
     return data["curves"] if data.get("info", {}).get("faces") == n_faces else {}
+
+
+def status_points(state: Path, n_faces: int) -> dict[str, list[dict[str, Any]]]:
+    """Each stage's last snapshot as the campaign measured it (on its selection faces, by the same judge): all
+    that is left of a stage whose snapshots went with a machine."""
+    if n_faces != SELECT_FACES:
+        return {}
+    out = {}
+    for stage, rec in read_status(state)["stages"].items():
+        if rec.get("measured") and rec.get("snapshot"):
+            point = {"iteration": int(Path(rec["snapshot"]).stem), "cpu_hours": rec["snapshot_cpu_seconds"] / 3600}
+            out[stage] = [{**point, **{k: rec["measured"][k] for k in KEYS}}]
+    return out
 
 
 def merged(old: dict[str, list[dict[str, Any]]], new: dict[str, list[dict[str, Any]]]
@@ -122,7 +151,8 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     load = round(os.getloadavg()[0], 2)
-    curves = merged(committed_curves(args.faces), collect(args.state, args.faces))
+    curves = merged(merged(committed_curves(args.faces), status_points(args.state, args.faces)),
+                    collect(args.state, args.faces))
     for name, rows in curves.items():
         print(f"\n{name}")
         print("  iteration  CPU-h  target acc  edit    identity  id/edit")
