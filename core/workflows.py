@@ -204,8 +204,10 @@ def train_forger(
     return trainer.train(max_seconds=max_minutes * 60 if max_minutes else None)
 
 
-def export_run(run_dir: Path, name: str, default: bool, half: bool, hardware: str) -> list[ManifestEntry]:
-    """Write a run's G and D as safetensors into checkpoints/ and list them in the manifest."""
+def export_run(run_dir: Path, name: str, default: bool, half: bool, hardware: str,
+               warm_start: dict[str, Any] | None = None) -> list[ManifestEntry]:
+    """Write a run's G and D as safetensors into checkpoints/ and list them in the manifest (``warm_start``:
+    where its first iterations came from, when the run's own record of it is incomplete)."""
     state_path = run_dir / "state.pt"
     if not state_path.is_file():
         raise CheckpointError(f"no training state in {run_dir}")
@@ -234,7 +236,7 @@ def export_run(run_dir: Path, name: str, default: bool, half: bool, hardware: st
                 "exported": dt.date.today().isoformat(),
                 "licence": "CelebA: non-commercial research use only",
                 "recipe": {k: cfg[k] for k in RECIPE_KEYS if k in cfg},
-                **({"warm_start": cfg["extra"]["warm_start"]} if cfg.get("extra", {}).get("warm_start") else {}),
+                **({"warm_start": warm} if (warm := warm_start or cfg.get("extra", {}).get("warm_start")) else {}),
             },
         )
         manifest.upsert(entry)
@@ -248,7 +250,10 @@ def _warm_note(info: dict[str, Any]) -> str:
     warm = info.get("warm_start")
     if not warm:
         return ""
-    return f" (the first {warm['iterations']} warm-started from `{warm['from']}`, a {warm['forger']} run)"
+    run = f", a {warm['forger']} run" if warm.get("forger") else ""
+    if warm.get("restarted"):  # a new recipe that counted its iterations from 0
+        return f" of its own recipe, after {warm['iterations']} of `{warm['from']}`{run}"
+    return f" (the first {warm['iterations']} warm-started from `{warm['from']}`{run})"
 
 
 RECIPE_KEYS = ("forger", "batch_size", "lr", "n_critic", "lambda_cls", "lambda_rec", "lambda_gp", "lambda_id",

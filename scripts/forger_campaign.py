@@ -161,7 +161,8 @@ def load_seed(trainer: Any, path: Path, counters: bool = True) -> bool:
         prefix = f"{part}."
         module.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
     if not counters:
-        trainer.cfg.extra["warm_start"] = {"from": meta["stage"], "iterations": int(meta["iteration"])}
+        trainer.cfg.extra["warm_start"] = {"from": meta["stage"], "forger": trainer.cfg.forger,
+                                           "iterations": int(meta["iteration"]), "restarted": True}
         print(f"campaign: started from {meta['stage']}'s seed ({meta['iteration']} it)", flush=True)
         return True
     trainer.iteration = int(meta["iteration"])
@@ -174,9 +175,10 @@ def origin(stage: dict[str, Any]) -> dict[str, Any] | None:
     """Where a stage's first iterations came from, for its card (a stage resumed from the seed lost it)."""
     from core.checkpoints import Manifest, load_weights
 
-    if stage.get("init_from_seed"):
+    if stage.get("init_from_seed"):  # its own iteration count, from 0 (see load_seed)
         meta = load_weights(SEED / f"{stage['init_from_seed']}.safetensors")[1]
-        return {"from": stage["init_from_seed"], "forger": stage["forger"], "iterations": int(meta["iteration"])}
+        return {"from": stage["init_from_seed"], "forger": stage["forger"], "iterations": int(meta["iteration"]),
+                "restarted": True}
     entry = Manifest().find(stage["init_from"]) if stage.get("init_from") else None
     if entry is None:
         return None
@@ -198,13 +200,11 @@ def ship(state: Path, stage_name: str, name: str) -> list[Any]:
         if not (run_dir / "state.pt").is_file():
             if not (SEED / f"{stage_name}.safetensors").is_file():
                 raise SystemExit(f"{stage_name} has neither a state nor a seed")
-            trainer = make_trainer(stage, Path(tmp), read_status(state), None)
-            if stage.get("init_from") or stage.get("init_from_seed"):
-                trainer.cfg.extra.setdefault("warm_start", origin(stage))
-            run_dir = trainer.save().parent
+            run_dir = make_trainer(stage, Path(tmp), read_status(state), None).save().parent
         hours = float(torch.load(run_dir / "state.pt", map_location="cpu", weights_only=True)["cpu_seconds"]) / 3600
         hardware = f"CPU (2 cores, 1 torch thread at nice 10 beside other work), {hours:.2f} CPU-hours at 128 px"
-        return export_run(run_dir, name, default=True, half=True, hardware=hardware)
+        # from the plan: a state resumed from the seed no longer knows it
+        return export_run(run_dir, name, default=True, half=True, hardware=hardware, warm_start=origin(stage))
 
 
 def snapshot(trainer: Any, stage: str) -> Path:

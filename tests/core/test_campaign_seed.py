@@ -102,7 +102,15 @@ def test_a_new_recipe_starts_from_another_stages_seed_with_its_own_counters(camp
                                                  lambda_rec=2.0))
     assert campaign.load_seed(other, path, counters=False)
     assert (other.iteration, other.cpu_seconds, other.cfg.lambda_rec) == (0, 0.0, 2.0)
-    assert other.cfg.extra["warm_start"]["from"] == "stargan-tiny-cpu"
+    assert other.cfg.extra["warm_start"] == {"from": "stargan-tiny-cpu", "forger": "stargan", "iterations": 1234,
+                                            "restarted": True}
+    # its card counts its own iterations after the other stage's, not within them
+    from core.workflows import _warm_note
+
+    assert _warm_note({"warm_start": other.cfg.extra["warm_start"]}) == (
+        " of its own recipe, after 1234 of `stargan-tiny-cpu`, a stargan run")
+    assert _warm_note({"warm_start": {"from": "stargan-compact64", "forger": "stargan", "iterations": 7580}}) == (
+        " (the first 7580 warm-started from `stargan-compact64`, a stargan run)")
     for (name, pa), pb in zip(first.G.state_dict().items(), other.G.state_dict().values(), strict=True):
         assert torch.allclose(pa.float(), pb.float(), atol=2e-3, rtol=1e-3), name
 
