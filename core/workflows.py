@@ -246,11 +246,16 @@ def export_run(run_dir: Path, name: str, default: bool, half: bool, hardware: st
     return entries
 
 
+def _a(word: str) -> str:
+    """``word`` with its indefinite article: "a stargan", "an attgan"."""
+    return f"{'an' if word[:1].lower() in 'aeiou' else 'a'} {word}"
+
+
 def _warm_note(info: dict[str, Any]) -> str:
     warm = info.get("warm_start")
     if not warm:
         return ""
-    run = f", a {warm['forger']} run" if warm.get("forger") else ""
+    run = f", {_a(warm['forger'])} run" if warm.get("forger") else ""
     if warm.get("restarted"):  # a new recipe that counted its iterations from 0
         return f" of its own recipe, after {warm['iterations']} of `{warm['from']}`{run}"
     return f" (the first {warm['iterations']} warm-started from `{warm['from']}`{run})"
@@ -269,7 +274,7 @@ def write_model_card(entry: ManifestEntry) -> Path:
     recipe = ", ".join(f"{k} {v}" for k, v in info.get("recipe", {}).items())
     card = f"""# {entry.name}
 
-A {entry.forger} face-attribute editor (generator `{entry.file}`,
+{_a(entry.forger).capitalize()} face-attribute editor (generator `{entry.file}`,
 discriminator `{entry.name}-D.safetensors`), config `{entry.config}`, trained by Veil as an adversary
 to protect against. It is not a product feature:
 it exists so that Veil's protections are measured against a real editor.
