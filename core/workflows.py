@@ -207,7 +207,7 @@ def train_forger(
 def export_run(run_dir: Path, name: str, default: bool, half: bool, hardware: str,
                warm_start: dict[str, Any] | None = None) -> list[ManifestEntry]:
     """Write a run's G and D as safetensors into checkpoints/ and list them in the manifest (``warm_start``:
-    where its first iterations came from, when the run's own record of it is incomplete)."""
+    where its first iterations came from, in place of the run's own record of it)."""
     state_path = run_dir / "state.pt"
     if not state_path.is_file():
         raise CheckpointError(f"no training state in {run_dir}")

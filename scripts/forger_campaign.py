@@ -201,10 +201,14 @@ def ship(state: Path, stage_name: str, name: str) -> list[Any]:
             if not (SEED / f"{stage_name}.safetensors").is_file():
                 raise SystemExit(f"{stage_name} has neither a state nor a seed")
             run_dir = make_trainer(stage, Path(tmp), read_status(state), None).save().parent
-        hours = float(torch.load(run_dir / "state.pt", map_location="cpu", weights_only=True)["cpu_seconds"]) / 3600
-        hardware = f"CPU (2 cores, 1 torch thread at nice 10 beside other work), {hours:.2f} CPU-hours at 128 px"
-        # from the plan: a state resumed from the seed no longer knows it
-        return export_run(run_dir, name, default=True, half=True, hardware=hardware, warm_start=origin(stage))
+        saved = torch.load(run_dir / "state.pt", map_location="cpu", weights_only=True)
+        hardware = (f"CPU (2 cores, 1 torch thread at nice 10 beside other work), "
+                    f"{float(saved['cpu_seconds']) / 3600:.2f} CPU-hours at 128 px")
+        # The run's own record of where it started, when complete; else the plan's (a state resumed from the
+        # seed lost it, and one written before records named the forger lacks that)
+        own = saved["config"].get("extra", {}).get("warm_start")
+        warm = own if own and "forger" in own else origin(stage)
+        return export_run(run_dir, name, default=True, half=True, hardware=hardware, warm_start=warm)
 
 
 def snapshot(trainer: Any, stage: str) -> Path:
