@@ -41,8 +41,9 @@ class JobOptions(BaseModel):
         default=None,
         ge=0,
         le=1,
-        description="success rate the receipt must show under every condition (clean, JPEG q90/q75, 0.5x "
-        "resize); below it the worker retries with the method's stronger presets, then fails the photo",
+        description="success rate the receipt must show under every condition (as delivered, JPEG q90/q75, WebP "
+        "q80, 0.5x resize, blur, noise); below it the worker retries with the method's stronger presets, then "
+        "fails the photo",
     )
     keep_metadata: StrictBool = Field(
         default=False, description="write the photo's EXIF (camera, date, GPS) into the output; none by default"

@@ -50,7 +50,65 @@ def edited_attributes(judge: Judge, xs: torch.Tensor, cs: torch.Tensor) -> torch
     return torch.where(set_on.any(dim=1, keepdim=True), set_on, changed)
 
 
+@dataclass(frozen=True)
+class CleanEdits:
+    """A forger's edits of clean faces: what its edits of the protected faces are measured against.
+
+    Tensors are per (face, edit) pair, face-major (see :func:`core.methods.expand_targets`); with a judge,
+    ``counted`` says which edits work on the clean face (:func:`edit_blocked`) and ``own`` is each edit's
+    LPIPS distance to its face (None without LPIPS's weights)."""
+
+    faces: torch.Tensor
+    targets: torch.Tensor
+    edits: torch.Tensor
+    per_face: int
+    edited: torch.Tensor | None = None
+    counted: torch.Tensor | None = None
+    own: torch.Tensor | None = None
+
+    def face(self, i: int) -> CleanEdits:
+        """The pairs of the ``i``-th face only."""
+        rows = slice(i * self.per_face, (i + 1) * self.per_face)
+
+        def cut(t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else t[rows]
+
+        return CleanEdits(self.faces[rows], self.targets[rows], self.edits[rows], self.per_face,
+                          cut(self.edited), cut(self.counted), cut(self.own))
+
+
+def _reached(judge: Judge, out: torch.Tensor, cs: torch.Tensor, edited: torch.Tensor) -> torch.Tensor:
+    """(N,) bool: the judge reads every edited attribute of ``out`` at its target value."""
+    hit = ((judge(out) > 0) == cs.bool()) | ~edited
+    return hit.all(dim=1)
+
+
 @torch.no_grad()
+def clean_edits(forger: Forger, x: torch.Tensor, targets: torch.Tensor, judge: Judge | None = None) -> CleanEdits:
+    """The forger's edits of clean faces ``x`` (``(N, 3, H, W)``) to ``targets`` (``(N, T, A)``), and with a
+    ``judge`` which of them work."""
+    xs, cs = expand_targets(x, targets)
+    out = forger(xs, cs)
+    if judge is None:
+        return CleanEdits(xs, cs, out, targets.shape[1])
+    edited = edited_attributes(judge, xs, cs)
+    counted = edited.any(dim=1) & _reached(judge, out, cs, edited)
+    return CleanEdits(xs, cs, out, targets.shape[1], edited, counted, _lpips_or_none(out, xs))
+
+
+@torch.no_grad()
+def blocked_edits(judge: Judge, ref: CleanEdits, out_adv: torch.Tensor) -> torch.Tensor:
+    """(N,) bool per pair: the edit of the protected face fails (the judge no longer reads the target) or is
+    visibly ruined (its LPIPS distance to the clean edit exceeds the clean edit's own distance to the face)."""
+    assert ref.edited is not None, "clean edits measured without a judge"
+    fails = ~_reached(judge, out_adv, ref.targets, ref.edited)
+    if ref.own is None:
+        return fails
+    far = _lpips_or_none(out_adv, ref.edits)
+    assert far is not None
+    return fails | (far > ref.own)
+
+
 def edit_blocked(
     judge: Judge, xs: torch.Tensor, cs: torch.Tensor, out_clean: torch.Tensor, out_adv: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -63,44 +121,41 @@ def edit_blocked(
     the edit did. Without LPIPS's weights only the judge decides.
     """
     edited = edited_attributes(judge, xs, cs)
-    target = cs.bool()
-
-    def reached(out: torch.Tensor) -> torch.Tensor:
-        hit = ((judge(out) > 0) == target) | ~edited
-        return hit.all(dim=1)
-
-    counted = edited.any(dim=1) & reached(out_clean)
-    fails = ~reached(out_adv)
-    far = _lpips_or_none(out_adv, out_clean)
-    if far is None:
-        return counted, fails
-    own = _lpips_or_none(out_clean, xs)
-    assert own is not None
-    return counted, fails | (far > own)
+    counted = edited.any(dim=1) & _reached(judge, out_clean, cs, edited)
+    ref = CleanEdits(xs, cs, out_clean, 1, edited, counted, _lpips_or_none(out_clean, xs))
+    return counted, blocked_edits(judge, ref, out_adv)
 
 
 @torch.no_grad()
+def effect_against(
+    forger: Forger, ref: CleanEdits, x_adv: torch.Tensor, judge: Judge | None = None
+) -> dict[str, torch.Tensor]:
+    """Per pair of ``ref``: the forger's edits of protected faces ``x_adv`` (in ``ref``'s order, possibly after
+    a condition) against its clean edits: distortion, success flag, nullification error (against the clean
+    face), the clean edit's strength, and with a ``judge`` ``edit_blocked`` over the pairs whose clean edit
+    works."""
+    xas = x_adv.repeat_interleave(ref.per_face, dim=0)
+    out_adv = forger(xas, ref.targets)
+    out = {
+        "distortion": metrics.mse(out_adv, ref.edits),
+        "defended": metrics.defended(out_adv, ref.edits),
+        "nullification": metrics.nullification_error(out_adv, ref.faces),
+        "edit_strength": metrics.mse(ref.edits, ref.faces),
+    }
+    if judge is not None and ref.counted is not None:
+        out["edit_blocked"] = blocked_edits(judge, ref, out_adv)[ref.counted]
+    return out
+
+
 def forger_effect(
     forger: Forger, x: torch.Tensor, x_adv: torch.Tensor, targets: torch.Tensor, condition: str = "clean",
     judge: Judge | None = None,
 ) -> dict[str, torch.Tensor]:
     """Per (face, target) pair: edit distortion, success flag and nullification error, flattened (N*T,);
-    with a ``judge``, ``edit_blocked`` over the pairs whose clean edit works (see :func:`edit_blocked`)."""
-    xt, xat = apply_condition(condition, x), apply_condition(condition, x_adv)
-    xs, cs = expand_targets(xt, targets)
-    xas, _ = expand_targets(xat, targets)
-    out_clean, out_adv = forger(xs, cs), forger(xas, cs)
-    distortion = metrics.mse(out_adv, out_clean)
-    out = {
-        "distortion": distortion,
-        "defended": metrics.defended(out_adv, out_clean),
-        "nullification": metrics.nullification_error(out_adv, xs),
-        "edit_strength": metrics.mse(out_clean, xs),
-    }
-    if judge is not None:
-        counted, blocked = edit_blocked(judge, xs, cs, out_clean, out_adv)
-        out["edit_blocked"] = blocked[counted]
-    return out
+    with a ``judge``, ``edit_blocked`` over the pairs whose clean edit works (see :func:`edit_blocked`).
+    Both faces go through ``condition``: the reference is the edit of the equally transformed clean face."""
+    ref = clean_edits(forger, apply_condition(condition, x), targets, judge)
+    return effect_against(forger, ref, apply_condition(condition, x_adv), judge)
 
 
 @dataclass
@@ -177,18 +232,22 @@ def measure(
         _add_quality(tally, x, x_adv)
     for forger in forgers:
         for cond in conditions:
-            eff = forger_effect(forger, x, x_adv, targets, cond, judge if _judges(judge, forger) else None)
-            key = f"{forger.name}/{cond}"
-            if "edit_blocked" in eff:
-                tally.add(f"{key}/edit_blocked", eff["edit_blocked"].float())
-            tally.add(f"{key}/distortion", eff["distortion"])
-            tally.add(f"{key}/success_rate", eff["defended"].float())
-            tally.add(f"{key}/nullification", eff["nullification"])
-            tally.add(f"{key}/edit_strength", eff["edit_strength"])
+            add_effect(tally, f"{forger.name}/{cond}",
+                       forger_effect(forger, x, x_adv, targets, cond, judge if judges(judge, forger) else None))
     return tally
 
 
-def _judges(judge: Judge | None, forger: Forger) -> bool:
+def add_effect(tally: Tally, key: str, effect: dict[str, torch.Tensor]) -> None:
+    """Add one forger's effect under one condition (:func:`effect_against`) to ``tally`` under ``key``."""
+    if "edit_blocked" in effect:
+        tally.add(f"{key}/edit_blocked", effect["edit_blocked"].float())
+    tally.add(f"{key}/distortion", effect["distortion"])
+    tally.add(f"{key}/success_rate", effect["defended"].float())
+    tally.add(f"{key}/nullification", effect["nullification"])
+    tally.add(f"{key}/edit_strength", effect["edit_strength"])
+
+
+def judges(judge: Judge | None, forger: Forger) -> bool:
     """A judge reads the forger's attributes, in its order (else its logits would be misread)."""
     return judge is not None and tuple(getattr(judge, "attributes", ())) == tuple(forger.attributes)
 

@@ -59,8 +59,9 @@ def test_a_visibly_ruined_edit_is_blocked_even_when_it_reaches_the_target(monkey
     judge = RedJudge()
     xs, cs = faces(-0.5, -0.5), torch.tensor([[1.0, 0.0], [1.0, 0.0]])
     out_clean, out_adv = faces(0.5, 0.5), faces(0.6, 0.6)  # both reach A
-    # LPIPS stand-in: the protected edits' distance from the clean edits is 0.3 and 0.1; the edits' own 0.2
-    distances = iter([torch.tensor([0.3, 0.1]), torch.tensor([0.2, 0.2])])
+    # LPIPS stand-in: the edits' own distance is 0.2 (measured first, with the clean edits); the protected
+    # edits' distance from the clean edits is 0.3 and 0.1
+    distances = iter([torch.tensor([0.2, 0.2]), torch.tensor([0.3, 0.1])])
     monkeypatch.setattr(evaluate, "_lpips_or_none", lambda a, b: next(distances))
     counted, blocked = edit_blocked(judge, xs, cs, out_clean, out_adv)
     assert counted.tolist() == [True, True]
