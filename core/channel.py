@@ -17,8 +17,7 @@ simulates the whole journey of one face's *window of the photo at the photo's ow
    the forger's input (:func:`core.faces.align_crop`).
 
 :meth:`AttackerChannel.pair` sends the protected and the clean window through the *same* draw, so that a
-distortion objective compares the forger's edits of the two under the same framing and condition (the
-receipt compares with the clean photo's edit unconditioned, which a condition alone hardly moves).
+distortion objective compares the forger's edits of the two as the receipt will: under the same condition.
 Used as a protection's ``eot`` (the methods call ``pair`` when it exists).
 """
 

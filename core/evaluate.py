@@ -50,7 +50,7 @@ def edited_attributes(judge: Judge, xs: torch.Tensor, cs: torch.Tensor) -> torch
     return torch.where(set_on.any(dim=1, keepdim=True), set_on, changed)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # holds tensors: compared by identity
 class CleanEdits:
     """A forger's edits of clean faces: what its edits of the protected faces are measured against.
 
@@ -109,6 +109,7 @@ def blocked_edits(judge: Judge, ref: CleanEdits, out_adv: torch.Tensor) -> torch
     return fails | (far > ref.own)
 
 
+@torch.no_grad()
 def edit_blocked(
     judge: Judge, xs: torch.Tensor, cs: torch.Tensor, out_clean: torch.Tensor, out_adv: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:

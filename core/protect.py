@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from core.channel import AttackerChannel, ChannelSpec, texture_mask
 from core.classifier import default_classifier, default_judge
 from core.device import resolve_device
-from core.evaluate import PSNR_CAP, CleanEdits, Tally, add_effect, effect_against, judges, measure, summarize
+from core.evaluate import PSNR_CAP, Tally, add_effect, effect_against, judges, measure, summarize
 from core.faces import (
     DEFAULT_MAX_FACES,
     PHOTO_FRAMING,
@@ -656,14 +656,13 @@ def verify_photo(
         "forgers": {},
     })
     frames: list[Face] | None = None
-    refs: dict[str, CleanEdits] | None = None
     if mode == "whole_image" and d.targets is not None:
         size = work_size(protection)  # the forgers see the photo resized, as it was protected
         tally = measure(attacker_crops(x, None, size), attacker_crops(x_adv, None, size), d.targets,
                         protection.forgers, ("clean",), judge=default_judge())
         report["forgers"] = forger_numbers(tally, protection.forgers)
     elif mode == "faces":
-        report["faces"], report["forgers"], frames, refs = _face_reports(protection, delivered, max_faces, verify)
+        report["faces"], report["forgers"], frames = _face_reports(protection, delivered, max_faces, verify)
         for entry, region in zip(report["faces"], quality.pop("regions"), strict=True):
             entry.update(region)
     if verify and d.targets is not None and mode != "no_face":
@@ -671,7 +670,7 @@ def verify_photo(
         report["receipt"] = photo_receipt(protection.forgers, x, x_adv, frames, d.targets,
                                           work_size(protection), receipt_conditions,
                                           measured={"clean": report["forgers"]} if report["forgers"] else None,
-                                          judge=default_judge(), reference=refs)
+                                          judge=default_judge())
         report["receipt"]["scope"] = "faces" if mode == "faces" else "whole_photo"
         if mode == "whole_image":
             report["receipt"]["note"] = WHOLE_PHOTO_NOTE
@@ -750,10 +749,9 @@ def _face_quality(protection: Protection, x: torch.Tensor, x_adv: torch.Tensor, 
 
 def _face_reports(
     protection: Protection, delivered: Delivered, max_faces: int, verify: bool
-) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any]], list[Face], dict[str, CleanEdits]]:
+) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any]], list[Face]]:
     """Per face: where, within budget, and the forgers' numbers on the attacker's crops; those over all faces;
-    the attacker's framing of the faces (with ``verify``; else the protected framing); and the forgers' edits
-    of the clean crops, which the receipt measures every condition against."""
+    and the attacker's framing of the faces (with ``verify``; else the protected framing)."""
     p = delivered.perturbed
     d, x_adv = p.detected, delivered.x_adv
     assert p.crops is not None and p.advs is not None and d.targets is not None
@@ -765,7 +763,7 @@ def _face_reports(
         frames, matched, held_out = list(p.faces), [False] * len(p.faces), [False] * len(p.faces)
         clean, seen = p.crops, p.advs
     judge = default_judge() if verify else None
-    refs = references(protection.forgers, clean, d.targets, judge)  # reused by every receipt condition
+    refs = references(protection.forgers, clean, d.targets, judge)  # all faces' clean edits in one pass
     overall = Tally()
     reports = []
     for i, face in enumerate(p.faces):
@@ -788,7 +786,7 @@ def _face_reports(
             # the attacker's detector: the held-out one (which the protection never saw) where it found the face
             entry["receipt_detector"] = held_out_detector(d.detector) if held_out[i] else d.detector
         reports.append(entry)
-    return reports, forger_numbers(overall, protection.forgers), frames, refs
+    return reports, forger_numbers(overall, protection.forgers), frames
 
 
 def protect_file(
