@@ -81,6 +81,8 @@ def test_architectures_take_turns_then_the_furthest_from_the_goals_trains(campai
     every_turn_over["attgan_compact128l4_cpu_rec20"] = (turns["attgan-rec20"], 0.2)
     assert chosen(status(**every_turn_over)) == "fpgan-compact128-cpu-id2"  # the FPGAN's second recipe, alike
     every_turn_over["fpgan_compact128_cpu_id2"] = (turns["fpgan-id2"], 0.4)
+    assert chosen(status(**every_turn_over)) == "fpgan-compact128-cpu-id1"  # from the StarGAN's seed
+    every_turn_over["fpgan_compact128_cpu_id1"] = (turns["fpgan-id1"], 0.3)
     # each architecture is represented by its best stage (the AttGAN by 0.7, not 0.2); the lowest of them trains
     assert chosen(status(**every_turn_over)) == "fpgan-compact128-cpu"
     every_turn_over["attgan_compact128l4_cpu_warm"] = (turns["attgan"], 0.1)
@@ -88,7 +90,8 @@ def test_architectures_take_turns_then_the_furthest_from_the_goals_trains(campai
 
 
 def test_a_new_recipe_starts_from_another_stages_seed_with_its_own_counters(campaign: ModuleType,
-                                                                           tmp_path: Path) -> None:
+                                                                           tmp_path: Path,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     state, seed = tmp_path / "state", tmp_path / "seed"
     first = trainer(state / "runs" / "stargan-tiny-cpu")
     with torch.no_grad():
@@ -113,6 +116,11 @@ def test_a_new_recipe_starts_from_another_stages_seed_with_its_own_counters(camp
         " (the first 7580 warm-started from `stargan-compact64`, a stargan run)")
     for (name, pa), pb in zip(first.G.state_dict().items(), other.G.state_dict().values(), strict=True):
         assert torch.allclose(pa.float(), pb.float(), atol=2e-3, rtol=1e-3), name
+    # an FPGAN starts from a StarGAN's seed (the same networks); its card names the StarGAN as the source
+    monkeypatch.setattr(campaign, "PLAN", [*campaign.PLAN, {"stage": "stargan-tiny-cpu", "forger": "stargan"}])
+    fpgan = ForgerTrainer(TrainConfig.for_forger("fpgan", "tiny", "cpu", run_dir=tmp_path / "fpgan", threads=1))
+    assert campaign.load_seed(fpgan, path, counters=False)
+    assert fpgan.cfg.extra["warm_start"]["forger"] == "stargan" and fpgan.iteration == 0
 
 
 def test_only_trains_the_stage_asked_for_and_keeps_the_others_records(campaign: ModuleType, tmp_path: Path,
