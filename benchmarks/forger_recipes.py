@@ -69,25 +69,33 @@ def collect(state: Path, n_faces: int) -> dict[str, list[dict[str, Any]]]:
     return out
 
 
-def started_at(curves: dict[str, list[dict[str, Any]]]) -> dict[str, tuple[str, float]]:
+def started_at(curves: dict[str, list[dict[str, Any]]], status: dict[str, Any] | None = None
+               ) -> dict[str, tuple[str, float]]:
     """For a stage that went on from another stage's seed with another recipe: that stage, and the CPU-hours it
-    had spent by then (the new stage counts its own hours from 0; the curve is drawn from there)."""
+    had spent by then (the new stage counts its own hours from 0; the curve is drawn from there). The status
+    records them when the stage starts; else the source's seed (which may since have moved on) says."""
     out = {}
+    stages = (status or {}).get("stages", {})
     for stage in PLAN:
         source = stage.get("init_from_seed")
-        if stage["stage"] in curves and source and (SEED / f"{source}.safetensors").is_file():
+        if stage["stage"] not in curves or not source:
+            continue
+        began = stages.get(stage["stage"], {}).get("started_from")
+        if began and began.get("cpu_hours") is not None:
+            out[stage["stage"]] = (source, float(began["cpu_hours"]))
+        elif (SEED / f"{source}.safetensors").is_file():
             out[stage["stage"]] = (source, float(load_weights(SEED / f"{source}.safetensors")[1]["cpu_seconds"]) / 3600)
     return out
 
 
-def plot(curves: dict[str, list[dict[str, Any]]], path: Path) -> None:
+def plot(curves: dict[str, list[dict[str, Any]]], path: Path, status: dict[str, Any] | None = None) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 3, figsize=(15, 5.4))
-    origins = started_at(curves)
+    origins = started_at(curves, status)
     for name, rows in curves.items():
         source, offset = origins.get(name, ("", 0.0))
         if source:
@@ -164,7 +172,7 @@ def main() -> None:
             "load_average_1min_start": load, "load_average_1min_end": round(os.getloadavg()[0], 2),
             "command": f"python benchmarks/forger_recipes.py --faces {args.faces}"}
     (RESULTS / "forger-recipes.json").write_text(json.dumps({"info": info, "curves": curves}, indent=1))
-    plot(curves, RESULTS / "forger-recipes.png")
+    plot(curves, RESULTS / "forger-recipes.png", read_status(args.state))
     print("wrote benchmarks/results/forger-recipes.json, .png")
 
 

@@ -169,7 +169,8 @@ def load_seed(trainer: Any, path: Path, counters: bool = True) -> bool:
         # the seed's own architecture (an FPGAN may start from the StarGAN's, whose networks it shares)
         source = next((s["forger"] for s in PLAN if s["stage"] == meta["stage"]), trainer.cfg.forger)
         trainer.cfg.extra["warm_start"] = {"from": meta["stage"], "forger": source,
-                                           "iterations": int(meta["iteration"]), "restarted": True}
+                                           "iterations": int(meta["iteration"]), "restarted": True,
+                                           "cpu_hours": round(float(meta["cpu_seconds"]) / 3600, 3)}
         print(f"campaign: started from {meta['stage']}'s seed ({meta['iteration']} it)", flush=True)
         return True
     trainer.iteration = int(meta["iteration"])
@@ -330,6 +331,11 @@ def run(state: Path, data: Path | None, chunk_minutes: float, snapshot_minutes: 
         trainer = trainers.get(name) or make_trainer(stage, state, status, data)
         trainers[name] = trainer
         rec = status["stages"].setdefault(name, {})
+        warm = trainer.cfg.extra.get("warm_start") or {}
+        if warm.get("restarted") and "started_from" not in rec:
+            # where its hours start on the recipe curve: the source's seed moves on after this stage began
+            rec["started_from"] = {"stage": warm["from"], "iterations": warm["iterations"],
+                                   "cpu_hours": warm["cpu_hours"]}
         last_snap = rec.get("snapshot_cpu_seconds", 0.0)
         trainer.stop_requested = False
         # The trainer's own handlers take SIGINT/SIGTERM during a chunk and save; ours see the flag after.

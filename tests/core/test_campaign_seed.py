@@ -106,7 +106,7 @@ def test_a_new_recipe_starts_from_another_stages_seed_with_its_own_counters(camp
     assert campaign.load_seed(other, path, counters=False)
     assert (other.iteration, other.cpu_seconds, other.cfg.lambda_rec) == (0, 0.0, 2.0)
     assert other.cfg.extra["warm_start"] == {"from": "stargan-tiny-cpu", "forger": "stargan", "iterations": 1234,
-                                            "restarted": True}
+                                            "restarted": True, "cpu_hours": round(567.8 / 3600, 3)}
     # its card counts its own iterations after the other stage's, not within them
     from core.workflows import _warm_note
 
@@ -133,7 +133,7 @@ def test_only_trains_the_stage_asked_for_and_keeps_the_others_records(campaign: 
 
     class Trainer:
         iteration, cpu_seconds, stop_requested = 0, 0.0, False
-        cfg = SimpleNamespace(iters=100)
+        cfg = SimpleNamespace(iters=100, extra={})
 
         def train(self, max_seconds: float, progress: bool) -> None:
             self.iteration += 5
