@@ -23,7 +23,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
 
-from forger_campaign import PLAN, SEED, SELECT_FACES, default_state, read_status
+from forger_campaign import PLAN, SELECT_FACES, default_state, read_status, seed_start
 
 from core.checkpoints import load_weights
 from core.classifier import load_judge
@@ -72,19 +72,12 @@ def collect(state: Path, n_faces: int) -> dict[str, list[dict[str, Any]]]:
 def started_at(curves: dict[str, list[dict[str, Any]]], status: dict[str, Any] | None = None
                ) -> dict[str, tuple[str, float]]:
     """For a stage that went on from another stage's seed with another recipe: that stage, and the CPU-hours it
-    had spent by then (the new stage counts its own hours from 0; the curve is drawn from there). The status
-    records them when the stage starts; else the source's seed (which may since have moved on) says."""
+    had spent by then (the new stage counts its own hours from 0; the curve is drawn from there)."""
     out = {}
-    stages = (status or {}).get("stages", {})
     for stage in PLAN:
-        source = stage.get("init_from_seed")
-        if stage["stage"] not in curves or not source:
-            continue
-        began = stages.get(stage["stage"], {}).get("started_from")
-        if began and began.get("cpu_hours") is not None:
-            out[stage["stage"]] = (source, float(began["cpu_hours"]))
-        elif (SEED / f"{source}.safetensors").is_file():
-            out[stage["stage"]] = (source, float(load_weights(SEED / f"{source}.safetensors")[1]["cpu_seconds"]) / 3600)
+        began = seed_start(stage, status) if stage["stage"] in curves else None
+        if began is not None:
+            out[stage["stage"]] = (began["stage"], float(began["cpu_hours"]))
     return out
 
 

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from core.channel import AttackerChannel, ChannelSpec, texture_mask
 from core.classifier import default_classifier, default_judge
 from core.device import resolve_device
-from core.evaluate import PSNR_CAP, Tally, add_effect, effect_against, judges, measure, summarize
+from core.evaluate import PSNR_CAP, Tally, measure, summarize
 from core.faces import (
     DEFAULT_MAX_FACES,
     PHOTO_FRAMING,
@@ -49,6 +49,7 @@ from core.receipt import (
     WHOLE_PHOTO_SIDE,
     attacker_crops,
     bounded,
+    effect_tally,
     face_window,
     forger_numbers,
     photo_receipt,
@@ -767,10 +768,7 @@ def _face_reports(
     overall = Tally()
     reports = []
     for i, face in enumerate(p.faces):
-        tally = Tally()
-        for forger in protection.forgers:
-            add_effect(tally, f"{forger.name}/clean", effect_against(
-                forger, refs[forger.name].face(i), seen[i : i + 1], judge if judges(judge, forger) else None))
+        tally = effect_tally(protection.forgers, {n: r.face(i) for n, r in refs.items()}, seen[i : i + 1], judge)
         overall.merge(tally)
         numbers = forger_numbers(tally, protection.forgers)
         rates = [v["success_rate"] for v in numbers.values() if v["success_rate"] is not None]

@@ -120,15 +120,16 @@ def references(
     return {f.name: clean_edits(f, crops, targets, judge if judges(judge, f) else None) for f in forgers}
 
 
-def effect_numbers(
+def effect_tally(
     forgers: Sequence[Forger], refs: dict[str, CleanEdits], seen: torch.Tensor, judge: Judge | None = None
-) -> dict[str, dict[str, Any]]:
-    """Per forger: its numbers on the protected crops ``seen`` against its clean edits ``refs``."""
+) -> Tally:
+    """The forgers' effect on the protected crops ``seen`` against their clean edits ``refs`` (keyed
+    ``<forger>/clean``, see :func:`forger_numbers`)."""
     tally = Tally()
     for forger in forgers:
         add_effect(tally, f"{forger.name}/clean",
                    effect_against(forger, refs[forger.name], seen, judge if judges(judge, forger) else None))
-    return forger_numbers(tally, forgers)
+    return tally
 
 
 @torch.no_grad()
@@ -185,7 +186,8 @@ def photo_receipt(
             continue
         refs = references(forgers, conditioned_crops(cond, x, frames, size), targets, judge)
         # forger effect only: the photo's quality is measured once, by the report, not per condition
-        per[cond] = _condition(effect_numbers(forgers, refs, conditioned_crops(cond, x_adv, frames, size), judge))
+        seen = conditioned_crops(cond, x_adv, frames, size)
+        per[cond] = _condition(forger_numbers(effect_tally(forgers, refs, seen, judge), forgers))
     known = {c: v["success_rate"] for c, v in per.items() if v["success_rate"] is not None}
     weakest = min(known, key=lambda c: known[c]) if known else None
     blocked = [v["edit_blocked"] for v in per.values() if v["edit_blocked"] is not None]

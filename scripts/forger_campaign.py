@@ -179,14 +179,33 @@ def load_seed(trainer: Any, path: Path, counters: bool = True) -> bool:
     return True
 
 
-def origin(stage: dict[str, Any]) -> dict[str, Any] | None:
+def seed_start(stage: dict[str, Any], status: dict[str, Any] | None = None) -> dict[str, Any] | None:
+    """Where a stage that went on from another stage's seed began: that stage, its iterations and CPU-hours then
+    (recorded in the status when the stage started; else the seed as it is now, which may since have moved on)."""
+    from core.checkpoints import load_weights
+
+    source = stage.get("init_from_seed")
+    if not source:
+        return None
+    began = (status or {}).get("stages", {}).get(stage["stage"], {}).get("started_from")
+    if began and began.get("cpu_hours") is not None:
+        return dict(began)
+    path = SEED / f"{source}.safetensors"
+    if not path.is_file():
+        return None
+    meta = load_weights(path)[1]
+    return {"stage": source, "iterations": int(meta["iteration"]),
+            "cpu_hours": round(float(meta["cpu_seconds"]) / 3600, 3)}
+
+
+def origin(stage: dict[str, Any], status: dict[str, Any] | None = None) -> dict[str, Any] | None:
     """Where a stage's first iterations came from, for its card (a stage resumed from the seed lost it)."""
-    from core.checkpoints import Manifest, load_weights
+    from core.checkpoints import Manifest
 
     if stage.get("init_from_seed"):  # its own iteration count, from 0 (see load_seed)
-        meta = load_weights(SEED / f"{stage['init_from_seed']}.safetensors")[1]
-        return {"from": stage["init_from_seed"], "forger": planned(stage["init_from_seed"])["forger"],
-                "iterations": int(meta["iteration"]), "restarted": True}
+        began = seed_start(stage, status)
+        return None if began is None else {"from": began["stage"], "forger": planned(began["stage"])["forger"],
+                                           "iterations": began["iterations"], "restarted": True}
     entry = Manifest().find(stage["init_from"]) if stage.get("init_from") else None
     if entry is None:
         return None
@@ -215,7 +234,7 @@ def ship(state: Path, stage_name: str, name: str) -> list[Any]:
         # The run's own record of where it started, when complete; else the plan's (a state resumed from the
         # seed lost it, and one written before records named the forger lacks that)
         own = saved["config"].get("extra", {}).get("warm_start")
-        warm = own if own and "forger" in own else origin(stage)
+        warm = own if own and "forger" in own else origin(stage, read_status(state))
         return export_run(run_dir, name, default=True, half=True, hardware=hardware, warm_start=warm)
 
 
@@ -335,7 +354,7 @@ def run(state: Path, data: Path | None, chunk_minutes: float, snapshot_minutes: 
         if warm.get("restarted") and "started_from" not in rec:
             # where its hours start on the recipe curve: the source's seed moves on after this stage began
             rec["started_from"] = {"stage": warm["from"], "iterations": warm["iterations"],
-                                   "cpu_hours": warm["cpu_hours"]}
+                                   "cpu_hours": warm.get("cpu_hours")}  # None in a run saved before it was kept
         last_snap = rec.get("snapshot_cpu_seconds", 0.0)
         trainer.stop_requested = False
         # The trainer's own handlers take SIGINT/SIGTERM during a chunk and save; ours see the flag after.

@@ -168,3 +168,14 @@ def test_only_trains_the_stage_asked_for_and_keeps_the_others_records(campaign: 
     assert stages["attgan-compact128l4-cpu-rec20"] == {"iteration": 77}
     with pytest.raises(SystemExit, match="no stage 'nope'"):
         campaign.planned("nope")
+
+
+def test_a_stage_started_from_a_seed_keeps_where_that_seed_stood(campaign: ModuleType) -> None:
+    """The source's seed moves on after the stage begins: the status's record of the start wins over it."""
+    stage = campaign.planned("fpgan-compact128-cpu-id1")
+    began = {"stage": "stargan-compact128-cpu-warm", "iterations": 11084, "cpu_hours": 6.076}
+    status = {"stages": {stage["stage"]: {"started_from": began}}}
+    assert campaign.seed_start(stage, status) == began
+    assert campaign.origin(stage, status) == {"from": "stargan-compact128-cpu-warm", "forger": "stargan",
+                                              "iterations": 11084, "restarted": True}
+    assert campaign.seed_start(campaign.planned("stargan-compact128-cpu-warm"), status) is None  # no seed source
