@@ -26,6 +26,7 @@ import torch.nn.functional as F
 
 from core.channel import ChannelSpec
 from core.data import default_celeba_dir, read_index
+from core.forgers import compile_forger
 from core.image import LoadedImage, load_image, quantize, save_image
 from core.methods import parse_options
 from core.protect import ROUND_TRIP_SAMPLES, build_protection, protect_images
@@ -150,7 +151,9 @@ def write_markdown(path: Path, info: dict[str, Any], summaries: dict[str, dict[s
     lines = [f"# Photo benchmark ({', '.join(weights) or info['forgers']}, {info['photos']} photos)", "",
              f"Command: `{info['command']}`", "",
              f"Machine: {info['machine']}; torch threads {info['threads']}; load average (1 min) "
-             f"{info['load_average_1min_start']} at the start, {info['load_average_1min_end']} at the end.", "",
+             f"{info['load_average_1min_start']} at the start, {info['load_average_1min_end']} at the end." +
+             (f" Forgers compiled first (TorchInductor), seconds per method: {info['compile_seconds']}."
+              if info.get("compile_seconds") else ""), "",
              "Receipt (share of the forgers' edits defeated) per condition over the photos with faces: median, "
              "and the mean in brackets; `worst 10 %`: the 10th percentile of each photo's lowest condition. "
              "`edit blocked`: of the edits that work on the clean face (the evaluation classifier reads their "
@@ -214,6 +217,9 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=None,
                     help="attacker framings (or channel draws) averaged per optimisation step (default: the "
                          "pipeline's, 1 for the round trip and 2 for the channel)")
+    ap.add_argument("--compile", action="store_true",
+                    help="compile the forgers first, as a worker with VEIL_WORKER_COMPILE_FORGERS does (the "
+                         "seconds it takes are recorded, not counted in any photo's)")
     args = ap.parse_args()
     if args.samples is None:
         args.samples = ChannelSpec.samples if args.at == "photo" else ROUND_TRIP_SAMPLES
@@ -227,7 +233,8 @@ def main() -> None:
              *(["--no-large"] if args.no_large else []), *(f"--weights {w}" for w in args.weights or []),
              f"--threads {args.threads}", f"--name {args.name}",
              f"--at {args.at}", *([f"--steps {args.steps}"] if args.steps else []),
-             f"--refine {args.refine}", f"--samples {args.samples}", *([f"--eot {args.eot}"] if args.eot else [])]),
+             f"--refine {args.refine}", f"--samples {args.samples}", *([f"--eot {args.eot}"] if args.eot else []),
+             *(["--compile"] if args.compile else [])]),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores", "threads": args.threads, "refine": args.refine,
         "samples": args.samples, "eot": args.eot,
         "forgers": ", ".join(forgers), "photos": len(photos), "at": args.at, "conditions": list(RECEIPT_CONDITIONS),
@@ -240,6 +247,8 @@ def main() -> None:
         protection = build_protection(name, forgers, dict(zip(forgers, args.weights or [], strict=False)), eot=args.eot,
                                       **{"steps": args.steps, **parse_options(options.split(",") if options else [])})
         info.setdefault("weights", {})[method] = [Path(f.source).stem for f in protection.forgers]
+        if args.compile:
+            info.setdefault("compile_seconds", {})[method] = round(sum(map(compile_forger, protection.forgers)), 1)
         rows[method] = []
         for kind, ident, image in photos:
             channel = ChannelSpec(samples=args.samples) if args.at == "photo" else None

@@ -70,6 +70,7 @@ class ModelState:
     preloaded: tuple[str, ...] = ()
     preload_errors: dict[str, str] | None = None
     init_seconds: float = 0.0
+    compile_seconds: float = 0.0  # of init_seconds, compiling forgers (worker_compile_forgers)
 
 
 _state = ModelState()
@@ -113,8 +114,8 @@ def init_process(settings: WorkerSettings, preload: bool = True) -> ModelState:
         _state.initialized = True
         _state.init_seconds = time.perf_counter() - start
         log.info(
-            "models ready on %s (%d torch threads, forgers %s) in %.1f s",
-            _state.device, _state.threads, ", ".join(loaded) or "none", _state.init_seconds,
+            "models ready on %s (%d torch threads, forgers %s) in %.1f s (%.1f s compiling)",
+            _state.device, _state.threads, ", ".join(loaded) or "none", _state.init_seconds, _state.compile_seconds,
         )
         return _state
 
@@ -125,12 +126,16 @@ def state() -> ModelState:
 
 def _load(name: str, settings: WorkerSettings) -> Any:
     from core.checkpoints import CheckpointError
+    from core.forgers import compile_forger
     from core.protect import load_forger
 
     try:
-        return load_forger(name, settings.worker_forger_checkpoints.get(name), _state.device)
+        forger = load_forger(name, settings.worker_forger_checkpoints.get(name), _state.device)
     except (CheckpointError, KeyError, ValueError, FileNotFoundError) as exc:
         raise ModelUnavailable(f"forger {name!r} unavailable: {exc}") from exc
+    if settings.worker_compile_forgers:  # once per forger: the cache keeps it, compiled, for later jobs
+        _state.compile_seconds += compile_forger(forger)
+    return forger
 
 
 def job_seed(job_id: str) -> int:
@@ -155,7 +160,7 @@ def build(
         _load(name, settings)
     options = {k: v for k, v in params.items() if k not in {"eps", "seed"}}
     try:
-        return build_protection(
+        protection = build_protection(
             method,
             forgers=tuple(forgers),
             checkpoints=dict(settings.worker_forger_checkpoints),
@@ -168,6 +173,12 @@ def build(
         raise ModelUnavailable(f"method {method!r} unavailable: {exc}") from exc
     except (KeyError, ValueError, TypeError) as exc:
         raise BadOptions(f"invalid options for method {method!r}: {exc}") from exc
+    if settings.worker_compile_forgers:  # a one-pass method's forgers are the weights it was trained against
+        from core.forgers import compile_forger
+
+        for forger in protection.forgers:
+            _state.compile_seconds += compile_forger(forger)
+    return protection
 
 
 def decode(data: bytes, max_pixels: int) -> LoadedImage:

@@ -15,7 +15,7 @@ from core.checkpoints import CheckpointError, load_weights, resolve_weights
 from core.forgers import attgan as _attgan  # noqa: F401  (registers)
 from core.forgers import fpgan as _fpgan  # noqa: F401  (registers)
 from core.forgers import stargan as _stargan  # noqa: F401  (registers)
-from core.forgers.base import CELEBA5, FORGERS, ArchSpec, Forger, InstanceNorm
+from core.forgers.base import CELEBA5, FORGERS, ArchSpec, Forger, InstanceNorm, compile_forger
 
 __all__ = [
     "CELEBA5",
@@ -23,6 +23,7 @@ __all__ = [
     "ArchSpec",
     "Forger",
     "InstanceNorm",
+    "compile_forger",
     "create_discriminator",
     "create_forger",
     "forger_names",

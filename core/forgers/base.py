@@ -8,6 +8,7 @@ different resolutions.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -75,6 +76,7 @@ class Forger(nn.Module):
         self.attributes = attributes
         self.image_size = int(config["image_size"])
         self.source: str = "random init"
+        self.compiled = False  # see compile_forger
 
     @property
     def c_dim(self) -> int:
@@ -103,3 +105,32 @@ class Forger(nn.Module):
         for p in self.parameters():
             p.requires_grad_(False)
         return self
+
+
+def compile_forger(forger: Forger) -> float:
+    """Compile ``forger``'s generator with TorchInductor and warm it up; returns the seconds it took.
+
+    For a process that keeps its forgers resident (a worker): the StarGAN's pass runs about 1.5 times as fast
+    on a CPU once compiled, and every protection and receipt makes many of them, but compiling costs seconds
+    (tens with a cold Inductor cache), more than one photo's protection saves. ``nn.Module.compile`` compiles
+    in place, so the weights, the state dict and every caller stay as they are. The warm-up runs the pass
+    with and without gradients (PGD and the receipt) with the batch marked dynamic, so that a job's number of
+    faces and targets does not compile again (a batch of one may: Dynamo specialises sizes 0 and 1). Idempotent.
+    """
+    if getattr(forger, "compiled", False):
+        return 0.0
+    start = time.perf_counter()
+    forger.generator.compile()
+    param = next(forger.generator.parameters())
+    x = torch.zeros(2, 3, forger.image_size, forger.image_size, dtype=param.dtype, device=param.device)
+    c = torch.zeros(2, forger.c_dim, dtype=param.dtype, device=param.device)
+    for grad in (False, True):
+        xi = x.clone().requires_grad_(grad)
+        torch._dynamo.mark_dynamic(xi, 0)
+        torch._dynamo.mark_dynamic(c, 0)
+        with torch.set_grad_enabled(grad):
+            out = forger.edit(xi, c)
+        if grad:
+            out.sum().backward()
+    forger.compiled = True
+    return time.perf_counter() - start

@@ -171,3 +171,26 @@ def test_manifest_saves_merge_instead_of_overwriting(tmp_path: Path) -> None:
     assert [e.name for e in final.entries] == ["s", "a"]
     assert final.find("s").info["metrics"] == {"edit_strength": 0.1}  # type: ignore[union-attr]
     assert measurer.find("a") is not None  # the saver sees the merged manifest afterwards
+
+
+@pytest.mark.slow
+def test_a_compiled_forger_edits_as_before_for_any_batch() -> None:
+    from core.forgers import compile_forger
+
+    forger = create_forger("stargan", config="tiny", pretrained=False, frozen=True)
+    keys = list(forger.state_dict())
+    x = torch.rand(3, 3, 32, 32) * 2 - 1
+    c = torch.tensor([[1.0, 0, 0, 1, 0], [0, 1, 0, 0, 1], [0, 0, 1, 1, 1]])
+    with torch.no_grad():
+        eager = forger(x, c)
+    xg = x.clone().requires_grad_(True)
+    forger(xg, c).pow(2).mean().backward()
+    assert compile_forger(forger) > 0 and forger.compiled
+    assert compile_forger(forger) == 0.0  # once
+    assert list(forger.state_dict()) == keys  # weights and checkpoints untouched
+    with torch.no_grad():
+        torch.testing.assert_close(forger(x, c), eager, atol=1e-5, rtol=1e-4)  # a batch the warm-up never ran
+    xc = x.clone().requires_grad_(True)
+    forger(xc, c).pow(2).mean().backward()
+    assert xc.grad is not None and xg.grad is not None
+    torch.testing.assert_close(xc.grad, xg.grad, atol=1e-5, rtol=1e-4)

@@ -225,6 +225,21 @@ def test_a_method_without_its_weights_is_model_unavailable(tiny_checkpoints, mon
         models.build(WorkerSettings(), "pgd", ["stargan"], 0.05, {"luma_eps": 0.01}, seed=1)
 
 
+@pytest.mark.slow
+def test_a_worker_that_compiles_runs_its_jobs_on_compiled_forgers(tiny_checkpoints, monkeypatch) -> None:
+    from core.image import load_image
+
+    monkeypatch.setenv("VEIL_CHECKPOINTS", str(tiny_checkpoints))
+    before = models.state().compile_seconds
+    settings = WorkerSettings(worker_compile_forgers=True)
+    protection = models.build(settings, "pgd", ["stargan"], 0.05, {"steps": 1}, seed=1)
+    assert all(f.compiled for f in protection.forgers) and models.state().compile_seconds > before
+    again = models.build(settings, "pgd", ["stargan"], 0.05, {"steps": 2}, seed=1)
+    assert again.forgers[0] is protection.forgers[0]  # resident: compiled once
+    [photo] = models.protect(again, [load_image(face_png())], "png")
+    assert photo.error is None and photo.report["receipt"]["conditions"]
+
+
 class _Store:
     def __init__(self, canceled: bool | Exception) -> None:
         self.canceled = canceled
