@@ -83,6 +83,8 @@ def test_architectures_take_turns_then_the_furthest_from_the_goals_trains(campai
     every_turn_over["fpgan_compact128_cpu_id2"] = (turns["fpgan-id2"], 0.4)
     assert chosen(status(**every_turn_over)) == "fpgan-compact128-cpu-id1"  # from the StarGAN's seed
     every_turn_over["fpgan_compact128_cpu_id1"] = (turns["fpgan-id1"], 0.3)
+    assert chosen(status(**every_turn_over)) == "attgan-compact128l4-cpu-rec10"  # from the second recipe's seed
+    every_turn_over["attgan_compact128l4_cpu_rec10"] = (turns["attgan-rec10"], 0.15)
     # each architecture is represented by its best stage (the AttGAN by 0.7, not 0.2); the lowest of them trains
     assert chosen(status(**every_turn_over)) == "fpgan-compact128-cpu"
     every_turn_over["attgan_compact128l4_cpu_warm"] = (turns["attgan"], 0.1)
