@@ -479,6 +479,8 @@ def train_generator_cmd(
     export: Annotated[str | None, typer.Option(help="Then export into checkpoints/ as this manifest entry.")] = None,
     export_only: Annotated[bool, typer.Option(help="Export the run as it is, without training.")] = False,
     hardware: Annotated[str, typer.Option(help="What it was trained on, for the model card.")] = "CPU",
+    init_from: Annotated[str | None, typer.Option(
+        help="Start from this generator's weights (file or manifest entry) instead of random ones.")] = None,
 ) -> None:
     """Train a one-pass generator method against frozen forgers; resumes from RUN_DIR/state.pt; Ctrl-C saves."""
     from core.methods import parse_options
@@ -489,7 +491,7 @@ def train_generator_cmd(
         objective=objective,
         forger_checkpoints=forger_checkpoint, forger_random=forger_random or None, threads=threads, device=device,
         limit=limit, targets_per_step=targets_per_step, options=parse_options(option or []),
-        eot=[n.strip() for n in eot.split(",")] if eot else None,
+        eot=[n.strip() for n in eot.split(",")] if eot else None, init_from=init_from,
     )
     if export_only and not export:
         raise ValueError("--export-only needs --export NAME")

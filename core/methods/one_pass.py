@@ -38,6 +38,7 @@ from core.forgers import Forger
 from core.generators.features import FeatureDistance, feature_distance
 from core.generators.nets import PerturbationUNet, generator_config
 from core.methods.base import Protection, Through, expand_targets
+from core.transforms.color import rgb_to_ycbcr
 
 log = logging.getLogger(__name__)
 
@@ -280,8 +281,18 @@ class RGBGeneratorMethod(GeneratorMethod):
         return (x + self.uniform(x.shape, self.eps, gen, x)).clamp(-1, 1)
 
     def magnitude_loss(self, x_adv: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
-        """``lambda_mag * mse(x_adv, x) + lambda_feat * d_VGG16(x_adv, x)``: the imperceptibility term."""
-        l_pix = (x_adv - x).pow(2).mean()
+        """``lambda_mag * mse(x_adv, x) + lambda_feat * d_VGG16(x_adv, x)``: the imperceptibility term.
+
+        The option ``chroma_weight`` w > 1 adds (w^2 - 1) times the mean square of the perturbation's colour part
+        (Cb, Cr): a colour change costs about w^2 times a grey one of the same size, since smooth colour patches
+        are what shows at 400 % zoom (the generator trained through the photo channel tinted faces without it).
+        """
+        d = x_adv - x
+        l_pix = d.pow(2).mean()
+        weight = float(self.options.get("chroma_weight", 1.0))
+        if weight != 1.0:
+            ycc = rgb_to_ycbcr(d) - rgb_to_ycbcr(torch.zeros_like(d[:1, :, :1, :1]))  # affine: the delta's YCbCr
+            l_pix = l_pix + (weight**2 - 1) * ycc[:, 1:].pow(2).mean()
         features = self.features(x.device)
         l_feat = features(x_adv, x).mean() if features is not None else x.new_zeros(())
         loss = float(self.options["lambda_mag"]) * l_pix + float(self.options.get("lambda_feat", 0.0)) * l_feat

@@ -16,7 +16,8 @@ class Retentive(RGBGeneratorMethod):
     Trained against frozen forgers G for the nullifying objective (the edit of a protected face returns
     the face itself, so the photo *retains* its content), summed over every target edit c:
 
-        L = lambda_mag * mse(x_adv, x) + lambda_feat * d_VGG16(x_adv, x)       (l_mag, imperceptibility)
+        L = lambda_mag * mse(x_adv, x) + lambda_feat * d_VGG16(x_adv, x)       (l_mag, imperceptibility;
+                                                                               colour weighted by chroma_weight)
             + lambda_adv * sum_{G, c} mse(G(T(x_adv), c), T(x_adv))            (l_adv, nullification)
 
     with T an optional EoT transform and d_VGG16 the feature distance of
@@ -41,7 +42,7 @@ class Retentive(RGBGeneratorMethod):
     name = "retentive"
     paper = "Jiang et al., Towards Retentive Proactive Defense Against DeepFakes, TRIDENTCOM 2023"
     defaults = {"eps": 0.05, "steps": 1, "objective": "nullify", "random_start": True}
-    option_defaults = {"lambda_mag": 10.0, "lambda_feat": 1.0, "lambda_adv": 1.0}
+    option_defaults = {"lambda_mag": 10.0, "lambda_feat": 1.0, "lambda_adv": 1.0, "chroma_weight": 1.0}
 
     def training_loss(
         self, x: torch.Tensor, targets: torch.Tensor, gen: torch.Generator

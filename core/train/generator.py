@@ -74,6 +74,7 @@ class GeneratorTrainConfig:
     threads: int | None = None
     limit: int | None = None  # use only the first N training faces (tests)
     device: str = "cpu"
+    init_from: str | None = None  # a generator's weights (file or manifest entry) to start from, not random ones
 
     @classmethod
     def for_method(cls, method: str, forgers: list[str], model_config: str, **overrides: Any) -> GeneratorTrainConfig:
@@ -125,7 +126,9 @@ class GeneratorTrainer(ResumableTrainer):
         options: dict[str, Any] = dict(cfg.options)
         if cfg.eot:
             options["eot"] = EoT.from_names(cfg.eot)
-        method = create_method(cfg.method, self.forgers, pretrained=False, config=cfg.model_config, eps=cfg.eps,
+        # A warm start takes the weights (and, unless given, the budget, objective and options) of init_from.
+        method = create_method(cfg.method, self.forgers, pretrained=cfg.init_from is not None,
+                               checkpoint=cfg.init_from, config=cfg.model_config, eps=cfg.eps,
                                objective=cfg.objective, seed=cfg.seed, **options)
         assert isinstance(method, GeneratorMethod)
         self.method = method
@@ -380,7 +383,8 @@ def export_generator(
             "dtype": "float16" if half else "float32",
             "exported": dt.date.today().isoformat(),
             "licence": "CelebA: non-commercial research use only",
-            "recipe": {k: cfg[k] for k in ("lr", "eot", "targets_per_step")} | {"options": state["options"]},
+            "recipe": {k: cfg[k] for k in ("lr", "eot", "targets_per_step")} | {"options": state["options"]}
+                      | ({"init_from": cfg["init_from"]} if cfg.get("init_from") else {}),
             "metrics": {k: v for k, v in last_val.items() if k != "iter" and isinstance(v, int | float)},
         },
     )

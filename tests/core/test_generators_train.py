@@ -113,6 +113,16 @@ def test_export_and_load(tmp_path: Path, root: Path, monkeypatch: pytest.MonkeyP
     _, meta = load_weights(tmp_path / "ckpt" / "retentive-stargan-tiny.safetensors")
     assert meta["forger_weights"] == ["stargan-tiny.safetensors"]
 
+    # A run can start from the exported weights (and say so on its card) instead of random ones.
+    warm = runner.invoke(app, [*args[:9], str(tmp_path / "warm"), "--iters", "0", "--option", "chroma_weight=3",
+                               "--init-from", "retentive-stargan-tiny", "--export", "retentive-warm"])
+    assert warm.exit_code == 0, warm.output
+    warmed = create_method("retentive", forger, checkpoint="retentive-warm")
+    for key, value in warmed.net.state_dict().items():
+        assert torch.equal(value, state["net"][key]), key
+    assert warmed.options["chroma_weight"] == 3 and warmed.options["lambda_feat"] == 0
+    assert "init_from retentive-stargan-tiny" in (tmp_path / "ckpt" / "retentive-warm.md").read_text()
+
     # A smoke run against random forgers is refused at export; a bad option is a one-line error.
     smoke = tmp_path / "smoke"
     ok = runner.invoke(app, [*args[:9], str(smoke), "--iters", "1", "--batch-size", "2", "--forger-random",
@@ -168,3 +178,18 @@ def test_initiative_resume_is_exact(tmp_path: Path, root: Path, one_thread: None
     for a, b in ((straight.net, second.net), (straight.aux, second.aux)):
         for key, value in a.state_dict().items():
             assert torch.equal(value, b.state_dict()[key]), key
+
+
+def test_chroma_weight_makes_colour_cost_more_than_grey() -> None:
+    forger = create_forger("stargan", config="tiny", pretrained=False)
+    plain = create_method("retentive", forger, pretrained=False, config="tiny", lambda_mag=1.0, lambda_feat=0.0)
+    weighted = create_method("retentive", forger, pretrained=False, config="tiny", lambda_mag=1.0, lambda_feat=0.0,
+                             chroma_weight=3.0)
+    x = torch.zeros(1, 3, 8, 8)
+    grey = x + 0.1  # Cb = Cr = 0: lightness only
+    red = x + torch.tensor([0.1, 0.0, 0.0]).view(1, 3, 1, 1)
+    assert weighted.magnitude_loss(grey, x)[0].item() == pytest.approx(0.01)  # as without the weight
+    assert plain.magnitude_loss(red, x)[0].item() == pytest.approx(0.01 / 3)
+    # red's Cb, Cr = -0.1687 * 0.1, 0.5 * 0.1 (BT.601): (9 - 1) times their mean square is added
+    colour = ((0.1687 * 0.1) ** 2 + (0.05) ** 2) / 2
+    assert weighted.magnitude_loss(red, x)[0].item() == pytest.approx(0.01 / 3 + 8 * colour, rel=1e-3)
