@@ -44,8 +44,9 @@ app.conf.update(
     include=["worker.tasks"],
     task_time_limit=settings.task_time_limit_s,
     task_soft_time_limit=settings.task_soft_time_limit_s,
-    # A prefork child loads torch and the forgers in worker_process_init: give it time.
-    worker_proc_alive_timeout=120.0,
+    # A prefork child loads torch and the forgers in worker_process_init: give it time (compiling them takes
+    # up to a minute each with a cold Inductor cache on a busy CPU).
+    worker_proc_alive_timeout=600.0 if settings.worker_compile_forgers else 120.0,
     worker_cancel_long_running_tasks_on_connection_loss=True,
     worker_send_task_events=False,
     worker_hijack_root_logger=False,

@@ -70,11 +70,12 @@ class ModelState:
     preloaded: tuple[str, ...] = ()
     preload_errors: dict[str, str] | None = None
     init_seconds: float = 0.0
-    compile_seconds: float = 0.0  # of init_seconds, compiling forgers (worker_compile_forgers)
+    compile_seconds: float = 0.0  # compiling forgers (worker_compile_forgers), at start-up and in later builds
 
 
 _state = ModelState()
 _lock = threading.Lock()
+_compile_lock = threading.Lock()  # a threads pool's tasks may build on the same forger at once
 
 
 def resolve_device(requested: str) -> str:
@@ -126,7 +127,6 @@ def state() -> ModelState:
 
 def _load(name: str, settings: WorkerSettings) -> Any:
     from core.checkpoints import CheckpointError
-    from core.forgers import compile_forger
     from core.protect import load_forger
 
     try:
@@ -134,8 +134,23 @@ def _load(name: str, settings: WorkerSettings) -> Any:
     except (CheckpointError, KeyError, ValueError, FileNotFoundError) as exc:
         raise ModelUnavailable(f"forger {name!r} unavailable: {exc}") from exc
     if settings.worker_compile_forgers:  # once per forger: the cache keeps it, compiled, for later jobs
-        _state.compile_seconds += compile_forger(forger)
+        _compile([forger])
     return forger
+
+
+def _compile(forgers: Sequence[Any]) -> None:
+    import torch._inductor.config as inductor
+
+    from core.forgers import compile_forger
+
+    inductor.compile_threads = 1  # not a pool of compiler processes in each worker process
+    with _compile_lock:
+        for forger in forgers:
+            seconds = compile_forger(forger)
+            if seconds:
+                _state.compile_seconds += seconds
+                log.info("forger %s compiled in %.1f s%s", forger.name, seconds,
+                         "" if forger.compiled else " (failed: it runs uncompiled)")
 
 
 def job_seed(job_id: str) -> int:
@@ -174,10 +189,7 @@ def build(
     except (KeyError, ValueError, TypeError) as exc:
         raise BadOptions(f"invalid options for method {method!r}: {exc}") from exc
     if settings.worker_compile_forgers:  # a one-pass method's forgers are the weights it was trained against
-        from core.forgers import compile_forger
-
-        for forger in protection.forgers:
-            _state.compile_seconds += compile_forger(forger)
+        _compile(protection.forgers)
     return protection
 
 

@@ -8,6 +8,7 @@ different resolutions.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -18,6 +19,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from core.registry import Registry
+
+log = logging.getLogger(__name__)
 
 CELEBA5: tuple[str, ...] = ("Black_Hair", "Blond_Hair", "Brown_Hair", "Male", "Young")
 
@@ -76,7 +79,11 @@ class Forger(nn.Module):
         self.attributes = attributes
         self.image_size = int(config["image_size"])
         self.source: str = "random init"
-        self.compiled = False  # see compile_forger
+
+    @property
+    def compiled(self) -> bool:
+        """Whether :func:`compile_forger` compiled the generator (a deep copy is not: it runs eagerly)."""
+        return getattr(self.generator, "_compiled_call_impl", None) is not None
 
     @property
     def c_dim(self) -> int:
@@ -114,23 +121,29 @@ def compile_forger(forger: Forger) -> float:
     on a CPU once compiled, and every protection and receipt makes many of them, but compiling costs seconds
     (tens with a cold Inductor cache), more than one photo's protection saves. ``nn.Module.compile`` compiles
     in place, so the weights, the state dict and every caller stay as they are. The warm-up runs the pass
-    with and without gradients (PGD and the receipt) with the batch marked dynamic, so that a job's number of
-    faces and targets does not compile again (a batch of one may: Dynamo specialises sizes 0 and 1). Idempotent.
+    with and without gradients (PGD and the receipt) at batches 1, 2 and 16 with the batch marked dynamic:
+    Dynamo specialises a batch of 1 and bounds the first dynamic range at 15, and after these three no batch
+    size compiles again. If compiling fails (no C compiler, say), the forger stays as it was, uncompiled, and
+    the error is logged. Idempotent.
     """
-    if getattr(forger, "compiled", False):
+    if forger.compiled:
         return 0.0
     start = time.perf_counter()
     forger.generator.compile()
     param = next(forger.generator.parameters())
-    x = torch.zeros(2, 3, forger.image_size, forger.image_size, dtype=param.dtype, device=param.device)
-    c = torch.zeros(2, forger.c_dim, dtype=param.dtype, device=param.device)
-    for grad in (False, True):
-        xi = x.clone().requires_grad_(grad)
-        torch._dynamo.mark_dynamic(xi, 0)
-        torch._dynamo.mark_dynamic(c, 0)
-        with torch.set_grad_enabled(grad):
-            out = forger.edit(xi, c)
-        if grad:
-            out.sum().backward()
-    forger.compiled = True
+    try:
+        for batch in (1, 2, 16):
+            x = torch.zeros(batch, 3, forger.image_size, forger.image_size, dtype=param.dtype, device=param.device)
+            c = torch.zeros(batch, forger.c_dim, dtype=param.dtype, device=param.device)
+            if batch > 1:  # a batch of 1 is specialised whatever it is marked
+                torch._dynamo.mark_dynamic(c, 0)
+            with torch.no_grad():
+                forger.edit(x, c)
+            x.requires_grad_(True)
+            if batch > 1:
+                torch._dynamo.mark_dynamic(x, 0)
+            torch.autograd.grad(forger.edit(x, c).sum(), x)  # no gradient reaches the forger's own weights
+    except Exception as exc:  # any compiler failure: a slower forger beats a broken one
+        forger.generator._compiled_call_impl = None  # what nn.Module.compile set: back to the eager call
+        log.warning("forger %s not compiled, it runs as it was: %s", forger.name, str(exc).splitlines()[0])
     return time.perf_counter() - start

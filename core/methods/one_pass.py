@@ -283,13 +283,16 @@ class RGBGeneratorMethod(GeneratorMethod):
     def magnitude_loss(self, x_adv: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
         """``lambda_mag * mse(x_adv, x) + lambda_feat * d_VGG16(x_adv, x)``: the imperceptibility term.
 
-        The option ``chroma_weight`` w > 1 adds (w^2 - 1) times the mean square of the perturbation's colour part
-        (Cb, Cr): a colour change costs about w^2 times a grey one of the same size, since smooth colour patches
-        are what shows at 400 % zoom (the generator trained through the photo channel tinted faces without it).
+        The option ``chroma_weight`` w >= 1 adds (w^2 - 1) times the mean square of the perturbation's colour part
+        (BT.601 Cb and Cr, averaged over those two channels): smooth colour patches are what shows at 400 % zoom,
+        and the generator trained through the photo channel tinted faces without it. At w = 3 a pure Cb or Cr
+        change costs about 5 times a grey one of the same RGB size.
         """
         d = x_adv - x
         l_pix = d.pow(2).mean()
         weight = float(self.options.get("chroma_weight", 1.0))
+        if weight < 1.0:
+            raise ValueError(f"chroma_weight must be at least 1, got {weight}")
         if weight != 1.0:
             ycc = rgb_to_ycbcr(d) - rgb_to_ycbcr(torch.zeros_like(d[:1, :, :1, :1]))  # affine: the delta's YCbCr
             l_pix = l_pix + (weight**2 - 1) * ycc[:, 1:].pow(2).mean()

@@ -204,8 +204,9 @@ class GeneratorTrainer(ResumableTrainer):
             return False
         state = torch.load(self.state_path, map_location="cpu", weights_only=True)
         saved = state["config"]
-        for key in ("method", "forgers", "model_config"):
-            if saved[key] != getattr(self.cfg, key):
+        # a warm-started run's budget, objective and options came from its source: resumed without it, they would not
+        for key in ("method", "forgers", "model_config", "init_from"):
+            if saved.get(key) != getattr(self.cfg, key):
                 raise ValueError(f"{self.state_path} was trained with {key}={saved[key]!r}, not "
                                  f"{getattr(self.cfg, key)!r}; use another --run-dir")
         self.net.load_state_dict(state["net"])

@@ -188,9 +188,33 @@ def test_a_compiled_forger_edits_as_before_for_any_batch() -> None:
     assert compile_forger(forger) > 0 and forger.compiled
     assert compile_forger(forger) == 0.0  # once
     assert list(forger.state_dict()) == keys  # weights and checkpoints untouched
-    with torch.no_grad():
-        torch.testing.assert_close(forger(x, c), eager, atol=1e-5, rtol=1e-4)  # a batch the warm-up never ran
-    xc = x.clone().requires_grad_(True)
-    forger(xc, c).pow(2).mean().backward()
+    with torch._dynamo.config.patch(error_on_recompile=True):  # the warm-up covered every batch size
+        with torch.no_grad():
+            torch.testing.assert_close(forger(x, c), eager, atol=1e-5, rtol=1e-4)
+            for n in (1, 20, 40):
+                forger(torch.zeros(n, 3, 32, 32), torch.zeros(n, 5))
+        xc = x.clone().requires_grad_(True)
+        forger(xc, c).pow(2).mean().backward()
     assert xc.grad is not None and xg.grad is not None
     torch.testing.assert_close(xc.grad, xg.grad, atol=1e-5, rtol=1e-4)
+
+
+def test_a_forger_that_cannot_be_compiled_runs_as_it_was(monkeypatch: pytest.MonkeyPatch,
+                                                          caplog: pytest.LogCaptureFixture) -> None:
+    from core.forgers import compile_forger
+
+    forger = create_forger("stargan", config="tiny", pretrained=False, frozen=True)
+    x, c = torch.rand(2, 3, 32, 32) * 2 - 1, torch.eye(5)[:2]
+    with torch.no_grad():
+        eager = forger(x, c)
+
+    def broken(self: torch.nn.Module, *args: object, **kwargs: object) -> None:  # as a compiler error would
+        def call(*a: object, **k: object) -> None:
+            raise RuntimeError("no C compiler")
+        self._compiled_call_impl = call
+
+    monkeypatch.setattr(torch.nn.Module, "compile", broken)
+    compile_forger(forger)
+    assert not forger.compiled and "no C compiler" in caplog.text
+    with torch.no_grad():
+        torch.testing.assert_close(forger(x, c), eager)

@@ -122,6 +122,8 @@ def test_export_and_load(tmp_path: Path, root: Path, monkeypatch: pytest.MonkeyP
         assert torch.equal(value, state["net"][key]), key
     assert warmed.options["chroma_weight"] == 3 and warmed.options["lambda_feat"] == 0
     assert "init_from retentive-stargan-tiny" in (tmp_path / "ckpt" / "retentive-warm.md").read_text()
+    cold = runner.invoke(app, [*args[:9], str(tmp_path / "warm"), "--iters", "1"])  # resumed without its source
+    assert cold.exit_code == 2 and "init_from" in cold.output
 
     # A smoke run against random forgers is refused at export; a bad option is a one-line error.
     smoke = tmp_path / "smoke"

@@ -227,15 +227,19 @@ def test_a_method_without_its_weights_is_model_unavailable(tiny_checkpoints, mon
 
 @pytest.mark.slow
 def test_a_worker_that_compiles_runs_its_jobs_on_compiled_forgers(tiny_checkpoints, monkeypatch) -> None:
+    import core.protect
     from core.image import load_image
 
     monkeypatch.setenv("VEIL_CHECKPOINTS", str(tiny_checkpoints))
-    before = models.state().compile_seconds
+    monkeypatch.setattr(core.protect, "_FORGER_CACHE", {})  # other tests' forgers stay uncompiled
+    monkeypatch.setattr(models, "_state", models.ModelState())
     settings = WorkerSettings(worker_compile_forgers=True)
     protection = models.build(settings, "pgd", ["stargan"], 0.05, {"steps": 1}, seed=1)
-    assert all(f.compiled for f in protection.forgers) and models.state().compile_seconds > before
+    assert all(f.compiled for f in protection.forgers)
+    spent = models.state().compile_seconds
+    assert spent > 0 and models.state().preloaded == ("stargan",)  # compiled as it was preloaded
     again = models.build(settings, "pgd", ["stargan"], 0.05, {"steps": 2}, seed=1)
-    assert again.forgers[0] is protection.forgers[0]  # resident: compiled once
+    assert again.forgers[0] is protection.forgers[0] and models.state().compile_seconds == spent  # once
     [photo] = models.protect(again, [load_image(face_png())], "png")
     assert photo.error is None and photo.report["receipt"]["conditions"]
 
