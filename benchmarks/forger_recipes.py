@@ -71,13 +71,15 @@ def collect(state: Path, n_faces: int) -> dict[str, list[dict[str, Any]]]:
 
 def started_at(curves: dict[str, list[dict[str, Any]]], status: dict[str, Any] | None = None
                ) -> dict[str, tuple[str, float]]:
-    """For a stage that went on from another stage's seed with another recipe: that stage, and the CPU-hours it
-    had spent by then (the new stage counts its own hours from 0; the curve is drawn from there)."""
-    out = {}
-    for stage in PLAN:
+    """For a stage that went on from another stage's seed with another recipe: that stage, and where on the curve's
+    CPU-hours it began (the new stage counts its own hours from 0; the curve is drawn from there). A chain adds
+    up: a stage that went on from one that itself went on from a third begins after the hours of both."""
+    out: dict[str, tuple[str, float]] = {}
+    for stage in PLAN:  # in plan order: a source stage comes before the stages that go on from it
         began = seed_start(stage, status) if stage["stage"] in curves else None
         if began is not None:
-            out[stage["stage"]] = (began["stage"], float(began["cpu_hours"]))
+            upstream = out.get(began["stage"], ("", 0.0))[1]
+            out[stage["stage"]] = (began["stage"], upstream + float(began["cpu_hours"]))
     return out
 
 
@@ -88,6 +90,8 @@ def plot(curves: dict[str, list[dict[str, Any]]], path: Path, status: dict[str, 
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 3, figsize=(15, 5.4))
+    for ax in axes:  # more stages than the default cycle's 10 colours
+        ax.set_prop_cycle(color=[plt.get_cmap("tab20")(i) for i in range(20)])
     origins = started_at(curves, status)
     for name, rows in curves.items():
         source, offset = origins.get(name, ("", 0.0))

@@ -181,3 +181,19 @@ def test_a_stage_started_from_a_seed_keeps_where_that_seed_stood(campaign: Modul
     assert campaign.origin(stage, status) == {"from": "stargan-compact128-cpu-warm", "forger": "stargan",
                                               "iterations": 11084, "restarted": True}
     assert campaign.seed_start(campaign.planned("stargan-compact128-cpu-warm"), status) is None  # no seed source
+
+
+def test_the_recipe_curve_draws_a_chain_of_stages_after_each_other() -> None:
+    recipes = load_script("forger_recipes", ROOT / "benchmarks" / "forger_recipes.py")
+    status = {"stages": {
+        "attgan-compact128l4-cpu-rec20": {"started_from": {"stage": "attgan-compact128l4-cpu-warm",
+                                                           "iterations": 16410, "cpu_hours": 3.14}},
+        "attgan-compact128l4-cpu-rec10": {"started_from": {"stage": "attgan-compact128l4-cpu-rec20",
+                                                           "iterations": 5358, "cpu_hours": 1.87}}}}
+    curves = {name: [] for name in ("attgan-compact128l4-cpu-warm", "attgan-compact128l4-cpu-rec20",
+                                    "attgan-compact128l4-cpu-rec10")}
+    origins = recipes.started_at(curves, status)
+    assert origins["attgan-compact128l4-cpu-rec20"] == ("attgan-compact128l4-cpu-warm", 3.14)
+    source, hours = origins["attgan-compact128l4-cpu-rec10"]
+    assert source == "attgan-compact128l4-cpu-rec20" and hours == pytest.approx(3.14 + 1.87)
+    assert "attgan-compact128l4-cpu-warm" not in origins  # a stage of its own recipe starts at 0
