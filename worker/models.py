@@ -103,13 +103,16 @@ def init_process(settings: WorkerSettings, preload: bool = True) -> ModelState:
         errors: dict[str, str] = {}
         loaded: list[str] = []
         if preload:
+            forgers = []
             for name in settings.worker_preload_forgers:
                 try:
-                    _load(name, settings)
+                    forgers.append(_load(name, settings))
                     loaded.append(name)
                 except ModelUnavailable as exc:
                     errors[name] = str(exc)
                     log.error("forger %s not loaded: %s", name, exc)
+            if settings.worker_compile_forgers:  # before the first job, not in it
+                _compile(forgers)
         _state.preloaded = tuple(loaded)
         _state.preload_errors = errors or None
         _state.initialized = True
@@ -130,15 +133,13 @@ def _load(name: str, settings: WorkerSettings) -> Any:
     from core.protect import load_forger
 
     try:
-        forger = load_forger(name, settings.worker_forger_checkpoints.get(name), _state.device)
+        return load_forger(name, settings.worker_forger_checkpoints.get(name), _state.device)
     except (CheckpointError, KeyError, ValueError, FileNotFoundError) as exc:
         raise ModelUnavailable(f"forger {name!r} unavailable: {exc}") from exc
-    if settings.worker_compile_forgers:  # once per forger: the cache keeps it, compiled, for later jobs
-        _compile([forger])
-    return forger
 
 
 def _compile(forgers: Sequence[Any]) -> None:
+    """Compile forgers not compiled yet (worker_compile_forgers); the cache keeps them, compiled, for later jobs."""
     import torch._inductor.config as inductor
 
     from core.forgers import compile_forger

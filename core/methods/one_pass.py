@@ -38,7 +38,7 @@ from core.forgers import Forger
 from core.generators.features import FeatureDistance, feature_distance
 from core.generators.nets import PerturbationUNet, generator_config
 from core.methods.base import Protection, Through, expand_targets
-from core.transforms.color import rgb_to_ycbcr
+from core.methods.pgd_l2 import rgb_to_weighted
 
 log = logging.getLogger(__name__)
 
@@ -267,6 +267,11 @@ class RGBGeneratorMethod(GeneratorMethod):
     budget_units = "L-inf on [-1, 1]"
     eps_range = (0.0, 0.5)
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if float(self.options.get("chroma_weight", 1.0)) < 1.0:
+            raise ValueError(f"chroma_weight must be at least 1, got {self.options['chroma_weight']}")
+
     def build_net(self, config: dict[str, Any]) -> nn.Module:
         return PerturbationUNet(3 + int(config["noise_channels"]), 3, int(config["width"]), int(config["depth"]))
 
@@ -291,11 +296,8 @@ class RGBGeneratorMethod(GeneratorMethod):
         d = x_adv - x
         l_pix = d.pow(2).mean()
         weight = float(self.options.get("chroma_weight", 1.0))
-        if weight < 1.0:
-            raise ValueError(f"chroma_weight must be at least 1, got {weight}")
         if weight != 1.0:
-            ycc = rgb_to_ycbcr(d) - rgb_to_ycbcr(torch.zeros_like(d[:1, :, :1, :1]))  # affine: the delta's YCbCr
-            l_pix = l_pix + (weight**2 - 1) * ycc[:, 1:].pow(2).mean()
+            l_pix = l_pix + (weight**2 - 1) * rgb_to_weighted(d, 1.0)[:, 1:].pow(2).mean()  # the delta's Cb, Cr
         features = self.features(x.device)
         l_feat = features(x_adv, x).mean() if features is not None else x.new_zeros(())
         loss = float(self.options["lambda_mag"]) * l_pix + float(self.options.get("lambda_feat", 0.0)) * l_feat

@@ -207,7 +207,7 @@ class GeneratorTrainer(ResumableTrainer):
         # a warm-started run's budget, objective and options came from its source: resumed without it, they would not
         for key in ("method", "forgers", "model_config", "init_from"):
             if saved.get(key) != getattr(self.cfg, key):
-                raise ValueError(f"{self.state_path} was trained with {key}={saved[key]!r}, not "
+                raise ValueError(f"{self.state_path} was trained with {key}={saved.get(key)!r}, not "
                                  f"{getattr(self.cfg, key)!r}; use another --run-dir")
         self.net.load_state_dict(state["net"])
         self.opt.load_state_dict(state["opt"])

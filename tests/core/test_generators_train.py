@@ -195,3 +195,5 @@ def test_chroma_weight_makes_colour_cost_more_than_grey() -> None:
     # red's Cb, Cr = -0.1687 * 0.1, 0.5 * 0.1 (BT.601): (9 - 1) times their mean square is added
     colour = ((0.1687 * 0.1) ** 2 + (0.05) ** 2) / 2
     assert weighted.magnitude_loss(red, x)[0].item() == pytest.approx(0.01 / 3 + 8 * colour, rel=1e-3)
+    with pytest.raises(ValueError, match="chroma_weight"):  # refused when the method is made, not at a step
+        create_method("retentive", forger, pretrained=False, config="tiny", chroma_weight=0.5)
