@@ -1,5 +1,6 @@
-"""How two face detectors disagree on the framing of the same face: Haar (core.faces) against MTCNN
-(core.detectors.mtcnn), and each against itself after an imperceptible perturbation.
+"""How face detectors disagree on the framing of the same face: Haar (core.faces) against MTCNN
+(core.detectors.mtcnn) and, where MediaPipe is installed, BlazeFace, and each against itself after an
+imperceptible perturbation.
 
 Each detected face becomes the CelebA-style square the forgers are cropped with (``Face.frame()``: centre,
 side, eye angle): Haar's centred on its box, MTCNN's on its eyes (``MtcnnFace.frame()``), both calibrated so
@@ -12,8 +13,19 @@ reported here). For each pair of squares on the same face (boxes matched by IoU)
 
 Comparisons: Haar vs MTCNN on the photo; Haar vs Haar and MTCNN vs MTCNN on the photo and on the photo plus
 uniform noise of +-3/255 rounded to 8 bits (the re-detection jitter an attacker's detector shows on a
-protected photo). Photos: UTKFace chips (``../shared/datasets/utkface/images``, evenly spaced in name order)
-and CelebA validation images after the calibration ones. No image is written.
+protected photo); with BlazeFace, also each of the two against it and it against itself after the noise.
+
+BlazeFace is MediaPipe's short-range face detector (``mediapipe.solutions.face_detection``, model 0). Veil does
+not depend on it: MediaPipe's current wheels ship no face model, 0.10.14's does, and its declared dependencies
+(jax, opencv-contrib-python) are not needed to detect faces and clash with Veil's OpenCV. To include it:
+
+    pip install --no-deps mediapipe==0.10.14 "protobuf>=4.25.3,<5" absl-py flatbuffers
+
+Its square is anchored on its two eye keypoints like MTCNN's and calibrated the same way, in this run
+(:func:`blaze_celeba_framing`).
+
+Photos: UTKFace chips (``../shared/datasets/utkface/images``, evenly spaced in name order) and CelebA
+validation images after the calibration ones. No image is written.
 
     python benchmarks/detectors.py                       # 500 UTKFace + 400 CelebA, one thread, ~8 min
     python benchmarks/detectors.py --utkface 100 --celeba 100 --calibrate 200
@@ -28,8 +40,9 @@ import math
 import os
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -50,6 +63,11 @@ COMPARISONS = {
     "haar_vs_mtcnn": "Haar vs MTCNN",
     "haar_vs_haar_noise": "Haar vs Haar after noise",
     "mtcnn_vs_mtcnn_noise": "MTCNN vs MTCNN after noise",
+}
+BLAZE_COMPARISONS = {
+    "haar_vs_blazeface": "Haar vs BlazeFace",
+    "mtcnn_vs_blazeface": "MTCNN vs BlazeFace",
+    "blazeface_vs_blazeface_noise": "BlazeFace vs BlazeFace after noise",
 }
 MEASURES = {"dx": "centre x (side)", "dy": "centre y (side)", "log_scale": "scale (ln ratio)", "angle": "angle (deg)"}
 
@@ -79,6 +97,57 @@ def match(a: list[Face], b: list[Face]) -> list[tuple[Face, Face, float]]:
     return out
 
 
+@dataclass(frozen=True)
+class BlazeFace(mtcnn.MtcnnFace):
+    """A face found by BlazeFace, framed like MTCNN's: a square ``crop_scale`` box widths wide, centred
+    ``crop_shift`` box widths from the eyes' midpoint (calibrated on CelebA in this run, :func:`calibrate`)."""
+
+    crop_scale: ClassVar[float] = mtcnn.CROP_SCALE
+    crop_shift: ClassVar[tuple[float, float]] = mtcnn.CROP_SHIFT
+
+    def frame(self) -> Frame:
+        w = self.box[2]
+        cx, cy = self.eyes_centre
+        cos, sin = math.cos(self.angle), math.sin(self.angle)
+        dx, dy = self.crop_shift[0] * w, self.crop_shift[1] * w
+        return Frame(cx + cos * dx - sin * dy, cy + sin * dx + cos * dy, self.crop_scale * w, self.angle)
+
+
+class BlazeFaceDetector:
+    """MediaPipe's short-range BlazeFace on an RGB uint8 array: faces with their two eye keypoints."""
+
+    def __init__(self) -> None:
+        import mediapipe as mp  # optional: see the module's docstring
+
+        self.net = mp.solutions.face_detection.FaceDetection(model_selection=0, min_detection_confidence=0.5)
+
+    def __call__(self, arr: np.ndarray) -> list[BlazeFace]:
+        h, w = arr.shape[:2]
+        faces: list[BlazeFace] = []
+        for det in self.net.process(np.ascontiguousarray(arr)).detections or []:
+            loc = det.location_data
+            b = loc.relative_bounding_box
+            eyes = sorted((k.x * w, k.y * h) for k in loc.relative_keypoints[:2])  # left of the picture first
+            faces.append(BlazeFace((b.xmin * w, b.ymin * h, b.width * w, b.height * h), float(det.score[0]),
+                                   {"eye_left": eyes[0], "eye_right": eyes[1]}))
+        return faces
+
+
+def blaze_celeba_framing(detect: BlazeFaceDetector, aligned: np.ndarray) -> tuple[float, float, float] | None:
+    """:func:`core.detectors.mtcnn.celeba_framing` for BlazeFace: CelebA's 178 px centre square as (side,
+    centre x - eyes' midpoint x, centre y - eyes' midpoint y) in box widths, levelled by the eyes."""
+    found = detect(aligned)
+    if not found:
+        return None
+    face = max(found, key=lambda f: f.score)
+    h, w = aligned.shape[:2]
+    crop = min(178, w, h)
+    (bx, by), bw = face.eyes_centre, face.box[2]
+    dx, dy = round((w - crop) / 2) + crop / 2 - bx, round((h - crop) / 2) + crop / 2 - by
+    cos, sin = math.cos(face.angle), math.sin(face.angle)
+    return crop / bw, (cos * dx + sin * dy) / bw, (-sin * dx + cos * dy) / bw
+
+
 def difference(a: Frame, b: Frame) -> dict[str, float]:
     turn = math.degrees(b.angle - a.angle)
     return {"dx": (b.cx - a.cx) / a.side, "dy": (b.cy - a.cy) / a.side, "log_scale": math.log(b.side / a.side),
@@ -103,10 +172,14 @@ def round_all(obj: Any, digits: int = 4) -> Any:
     return obj
 
 
-def calibrate(files: list[Path]) -> dict[str, Any]:
-    """Medians (and 10th/90th percentiles) of celeba_framing for both detectors on CelebA aligned faces."""
+def calibrate(files: list[Path], blaze: BlazeFaceDetector | None) -> dict[str, Any]:
+    """Medians (and 10th/90th percentiles) of celeba_framing for each detector on CelebA aligned faces; sets
+    BlazeFace's square from its medians."""
+    framings: dict[str, Any] = {"mtcnn": mtcnn.celeba_framing, "haar": haar.celeba_framing}
+    if blaze is not None:
+        framings["blazeface"] = lambda arr: blaze_celeba_framing(blaze, arr)
     out: dict[str, Any] = {}
-    for name, fn in (("mtcnn", mtcnn.celeba_framing), ("haar", haar.celeba_framing)):
+    for name, fn in framings.items():
         rows = []
         for k, path in enumerate(files):
             found = fn(read_rgb(path))
@@ -117,14 +190,21 @@ def calibrate(files: list[Path]) -> dict[str, Any]:
         r = np.asarray(rows).reshape(-1, 3)
         out[name] = {"faces": len(rows), "images": len(files),
                      **{key: summary(r[:, c].tolist()) for c, key in enumerate(("scale", "shift_x", "shift_y"))}}
+    if "blazeface" in out and out["blazeface"]["faces"]:
+        b = out["blazeface"]
+        BlazeFace.crop_scale = round(b["scale"]["median"], 2)
+        BlazeFace.crop_shift = (round(b["shift_x"]["median"], 2), round(b["shift_y"]["median"], 2))
     return out
 
 
-def measure(files: list[Path], label: str) -> dict[str, Any]:
-    diffs: dict[str, list[dict[str, float]]] = {c: [] for c in COMPARISONS}
-    ious: dict[str, list[float]] = {c: [] for c in COMPARISONS}
+def measure(files: list[Path], label: str, blaze: BlazeFaceDetector | None) -> dict[str, Any]:
+    comparisons = {**COMPARISONS, **(BLAZE_COMPARISONS if blaze is not None else {})}
+    diffs: dict[str, list[dict[str, float]]] = {c: [] for c in comparisons}
+    ious: dict[str, list[float]] = {c: [] for c in comparisons}
     counts = {"photos": len(files), "haar_faces": 0, "mtcnn_faces": 0, "photos_haar": 0, "photos_mtcnn": 0,
               "haar_eyes": 0, "haar_noise_faces": 0, "mtcnn_noise_faces": 0}
+    if blaze is not None:
+        counts |= {"blazeface_faces": 0, "photos_blazeface": 0, "blazeface_noise_faces": 0}
     start = time.perf_counter()
     for k, path in enumerate(files):
         clean = read_rgb(path)
@@ -132,6 +212,11 @@ def measure(files: list[Path], label: str) -> dict[str, Any]:
         found: dict[str, list[Face]] = {"haar": haar.detect_faces(clean), "mtcnn": list(mtcnn.detect_faces(clean)),
                                          "haar_noise": haar.detect_faces(rough),
                                          "mtcnn_noise": list(mtcnn.detect_faces(rough))}
+        if blaze is not None:
+            found |= {"blazeface": list[Face](blaze(clean)), "blazeface_noise": list[Face](blaze(rough))}
+            counts["blazeface_faces"] += len(found["blazeface"])
+            counts["blazeface_noise_faces"] += len(found["blazeface_noise"])
+            counts["photos_blazeface"] += bool(found["blazeface"])
         counts["haar_faces"] += len(found["haar"])
         counts["mtcnn_faces"] += len(found["mtcnn"])
         counts["haar_noise_faces"] += len(found["haar_noise"])
@@ -139,7 +224,7 @@ def measure(files: list[Path], label: str) -> dict[str, Any]:
         counts["photos_haar"] += bool(found["haar"])
         counts["photos_mtcnn"] += bool(found["mtcnn"])
         counts["haar_eyes"] += sum(f.landmarks is not None for f in found["haar"])
-        for comparison in COMPARISONS:
+        for comparison in comparisons:
             first, second = comparison.split("_vs_")
             for a, b, iou in match(found[first], found[second]):
                 diffs[comparison].append(difference(a.frame(), b.frame()))
@@ -151,6 +236,20 @@ def measure(files: list[Path], label: str) -> dict[str, Any]:
         table[comparison] = {"pairs": len(rows), "iou_median": summary(ious[comparison]).get("median"),
                              **{m: summary([r[m] for r in rows]) for m in MEASURES}}
     return {"counts": counts, "disagreement": table}
+
+
+def blazeface_or_none() -> BlazeFaceDetector | None:
+    try:
+        return BlazeFaceDetector()
+    except ImportError:
+        print("BlazeFace skipped: mediapipe is not installed (see this script's docstring)")
+        return None
+
+
+def blaze_version() -> str:
+    from importlib.metadata import version
+
+    return version("mediapipe")
 
 
 def mtcnn_seconds_512(repeats: int = 5) -> float:
@@ -176,7 +275,8 @@ def fmt(s: dict[str, float], scale: float = 1.0, digits: int = 3) -> str:
 
 def markdown(result: dict[str, Any]) -> str:
     lines = [
-        "# Face detectors: how Haar and MTCNN disagree on the framing of the same face",
+        "# Face detectors: how Haar, MTCNN and BlazeFace disagree on the framing of the same face"
+        if result.get("blazeface") else "# Face detectors: how Haar and MTCNN disagree on the framing of the same face",
         "",
         f"Command: `{result['command']}`. Photos: {result['photos']['utkface']} UTKFace, "
         f"{result['photos']['celeba']} CelebA validation (after the {result['photos']['celeba_calibration']} "
@@ -189,19 +289,24 @@ def markdown(result: dict[str, Any]) -> str:
         "| photos | comparison | pairs | IoU | centre x | centre y | scale | angle (°) |",
         "|---|---|---|---|---|---|---|---|",
     ]
+    labels = COMPARISONS | BLAZE_COMPARISONS
     for dataset, block in result["datasets"].items():
         for comparison, row in block["disagreement"].items():
             lines.append(
-                f"| {dataset} | {COMPARISONS[comparison]} | {row['pairs']} | {row['iou_median'] or 0:.2f} | "
+                f"| {dataset} | {labels[comparison]} | {row['pairs']} | {row['iou_median'] or 0:.2f} | "
                 f"{fmt(row['dx'])} | {fmt(row['dy'])} | {fmt(row['log_scale'])} | {fmt(row['angle'], digits=1)} |"
             )
+    blaze = bool(result.get("blazeface"))
     lines += ["", "Detections:", "",
-              "| photos | photos | Haar faces (with eyes) | MTCNN faces | after noise: Haar / MTCNN |",
-              "|---|---|---|---|---|"]
+              "| photos | photos | Haar faces (with eyes) | MTCNN faces |" + (" BlazeFace faces |" if blaze else "")
+              + " after noise: Haar / MTCNN" + (" / BlazeFace |" if blaze else " |"),
+              "|---|---|---|---|---|" + ("---|" if blaze else "")]
     for dataset, block in result["datasets"].items():
         c = block["counts"]
         lines.append(f"| {dataset} | {c['photos']} | {c['haar_faces']} ({c['haar_eyes']}) | {c['mtcnn_faces']} | "
-                     f"{c['haar_noise_faces']} / {c['mtcnn_noise_faces']} |")
+                     + (f"{c['blazeface_faces']} | " if blaze else "")
+                     + f"{c['haar_noise_faces']} / {c['mtcnn_noise_faces']}"
+                     + (f" / {c['blazeface_noise_faces']} |" if blaze else " |"))
     const = result["constants"]["mtcnn"]
     if "calibration" not in result:
         return "\n".join(lines) + "\n"
@@ -221,6 +326,13 @@ def markdown(result: dict[str, Any]) -> str:
         f"Haar, re-measured on the same images (face in {h['faces']}): side {h['scale']['median']:.3f}, centre "
         f"{h['shift_x']['median']:+.3f}, {h['shift_y']['median']:+.3f} (core.faces: CROP_SCALE = "
         f"{haar.CROP_SCALE}, CROP_SHIFT = {haar.CROP_SHIFT}).")
+    if "blazeface" in result["calibration"]:
+        b = result["calibration"]["blazeface"]
+        lines.append(
+            f"BlazeFace (MediaPipe {result['blazeface']}, short-range model), calibrated on the same images like "
+            f"MTCNN (face in {b['faces']}): side {b['scale']['median']:.3f} ({b['scale']['p10']:.3f}.."
+            f"{b['scale']['p90']:.3f}) box widths, centre {b['shift_x']['median']:+.3f}, "
+            f"{b['shift_y']['median']:+.3f} from the eyes' midpoint.")
     return "\n".join(lines) + "\n"
 
 
@@ -239,6 +351,7 @@ def main() -> None:
     if mtcnn.weights_dir() is None:
         sys.exit("MTCNN weights missing: pip install --no-deps facenet-pytorch (make setup does)")
 
+    blaze = blazeface_or_none()
     seconds = mtcnn_seconds_512()
     print(f"MTCNN on the 512x512 astronaut: {seconds * 1000:.0f} ms ({args.threads} thread(s); not recorded)")
 
@@ -266,6 +379,7 @@ def main() -> None:
         "command": " ".join(["python benchmarks/detectors.py", *sys.argv[1:]]),
         "photos": {"utkface": len(datasets.get("utkface", [])), "celeba": len(datasets.get("celeba", [])),
                    "celeba_calibration": len(calibration)},
+        "blazeface": blaze_version() if blaze is not None else None,
         "match_iou": MATCH_IOU,
         "noise_levels": NOISE,
         "constants": {"mtcnn": {"crop_scale": mtcnn.CROP_SCALE, "crop_shift": list(mtcnn.CROP_SHIFT)},
@@ -273,7 +387,7 @@ def main() -> None:
     }
     if calibration:
         print(f"calibration on {len(calibration)} CelebA validation images", flush=True)
-        result["calibration"] = calibrate(calibration)
+        result["calibration"] = calibrate(calibration, blaze)
         cal = result["calibration"]["mtcnn"]
         derived = (round(cal["scale"]["median"], 2), round(cal["shift_x"]["median"], 2),
                    round(cal["shift_y"]["median"], 2))
@@ -284,7 +398,7 @@ def main() -> None:
     result["datasets"] = {}
     for label, files in datasets.items():
         print(f"{label}: {len(files)} photos", flush=True)
-        result["datasets"][label] = measure(files, label)
+        result["datasets"][label] = measure(files, label, blaze)
     result["load"] = {"start": [round(v, 2) for v in load_start], "end": [round(v, 2) for v in os.getloadavg()]}
     print(f"done in {time.perf_counter() - started:.0f} s")
 
