@@ -229,3 +229,16 @@ def test_lpips_rejects_images_below_the_trunk_size() -> None:
         model(synthetic_faces(1, 31), synthetic_faces(1, 31))
         with pytest.raises(ValueError, match="at least 31"):
             model(synthetic_faces(1, 30), synthetic_faces(1, 30))
+
+
+@needs_lpips
+def test_lpips_layout_changes_speed_not_values(faces64: torch.Tensor) -> None:
+    # core.metrics.LPIPS runs its backbone in channels_last for speed; the default layout must agree
+    other = noisy(faces64, 0.1)
+    model = metrics.LPIPS("alex")
+    with torch.no_grad():
+        channels_last = model(faces64, other)
+        model.memory_format = torch.contiguous_format
+        contiguous = model(faces64, other)
+    assert contiguous.tolist() == pytest.approx([0.29816, 0.65396], abs=2e-4)
+    assert torch.allclose(contiguous, channels_last, atol=1e-6)
