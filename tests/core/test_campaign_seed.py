@@ -85,6 +85,8 @@ def test_architectures_take_turns_then_the_furthest_from_the_goals_trains(campai
     every_turn_over["fpgan_compact128_cpu_id1"] = (turns["fpgan-id1"], 0.3)
     assert chosen(status(**every_turn_over)) == "attgan-compact128l4-cpu-rec10"  # from the second recipe's seed
     every_turn_over["attgan_compact128l4_cpu_rec10"] = (turns["attgan-rec10"], 0.15)
+    assert chosen(status(**every_turn_over)) == "attgan-compact128l4s2-cpu-rec10"  # wider, from rec10's seed
+    every_turn_over["attgan_compact128l4s2_cpu_rec10"] = (turns["attgan-s2"], 0.12)
     # each architecture is represented by its best stage (the AttGAN by 0.7, not 0.2); the lowest of them trains
     assert chosen(status(**every_turn_over)) == "fpgan-compact128-cpu"
     every_turn_over["attgan_compact128l4_cpu_warm"] = (turns["attgan"], 0.1)
@@ -197,3 +199,20 @@ def test_the_recipe_curve_draws_a_chain_of_stages_after_each_other() -> None:
     source, hours = origins["attgan-compact128l4-cpu-rec10"]
     assert source == "attgan-compact128l4-cpu-rec20" and hours == pytest.approx(3.14 + 1.87)
     assert "attgan-compact128l4-cpu-warm" not in origins  # a stage of its own recipe starts at 0
+
+
+def test_a_wider_network_starts_from_a_narrower_seed_as_the_same_function(campaign: ModuleType) -> None:
+    # the AttGAN with a second shortcut takes the one-shortcut weights: new input channels start at zero
+    from core.forgers.attgan import ATTGAN_CONFIGS, AttGANGenerator
+
+    torch.manual_seed(0)
+    narrow = AttGANGenerator(c_dim=5, **ATTGAN_CONFIGS["tiny"]).eval()
+    wide = AttGANGenerator(c_dim=5, **{**ATTGAN_CONFIGS["tiny"], "shortcut_layers": 2}).eval()
+    changed = [k for k, v in wide.state_dict().items() if v.shape != narrow.state_dict()[k].shape]
+    assert changed == ["dec.2.0.weight"]  # the layer the new shortcut feeds
+    wide.load_state_dict(campaign.grown(wide.state_dict(), narrow.state_dict()))
+    x, c = torch.rand(2, 3, 32, 32) * 2 - 1, torch.tensor([[1.0, 0, 0, 1, 0], [0, 1, 0, 0, 1]])
+    with torch.no_grad():
+        assert torch.allclose(wide(x, c), narrow(x, c), atol=1e-6)
+    with pytest.raises(ValueError, match="cannot grow"):
+        campaign.grown(narrow.state_dict(), wide.state_dict())
