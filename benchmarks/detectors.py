@@ -102,8 +102,9 @@ class BlazeFace(mtcnn.MtcnnFace):
     """A face found by BlazeFace, framed like MTCNN's: a square ``crop_scale`` box widths wide, centred
     ``crop_shift`` box widths from the eyes' midpoint (calibrated on CelebA in this run, :func:`calibrate`)."""
 
-    crop_scale: ClassVar[float] = mtcnn.CROP_SCALE
-    crop_shift: ClassVar[tuple[float, float]] = mtcnn.CROP_SHIFT
+    # measured on the first 400 CelebA validation faces (detectors.md); re-derived by calibrate() when it runs
+    crop_scale: ClassVar[float] = 1.83
+    crop_shift: ClassVar[tuple[float, float]] = (0.0, -0.05)
 
     def frame(self) -> Frame:
         w = self.box[2]
@@ -243,7 +244,9 @@ def blazeface_or_none() -> BlazeFaceDetector | None:
         return BlazeFaceDetector()
     except ImportError:
         print("BlazeFace skipped: mediapipe is not installed (see this script's docstring)")
-        return None
+    except (AttributeError, RuntimeError, OSError) as exc:  # a wheel without mp.solutions or its face model
+        print(f"BlazeFace skipped: this mediapipe cannot run it ({exc}); see this script's docstring")
+    return None
 
 
 def blaze_version() -> str:
@@ -395,6 +398,9 @@ def main() -> None:
               f"(in use: {mtcnn.CROP_SCALE}, {mtcnn.CROP_SHIFT})")
         if derived != (mtcnn.CROP_SCALE, *mtcnn.CROP_SHIFT):
             print("  WARNING: core/detectors/mtcnn.py's constants differ from the ones derived here")
+    if blaze is not None:  # the square BlazeFace's faces are measured with (calibrated above, or the default)
+        result["constants"]["blazeface"] = {"crop_scale": BlazeFace.crop_scale,
+                                            "crop_shift": list(BlazeFace.crop_shift)}
     result["datasets"] = {}
     for label, files in datasets.items():
         print(f"{label}: {len(files)} photos", flush=True)

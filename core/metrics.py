@@ -80,8 +80,8 @@ def ssim(a: Tensor, b: Tensor) -> Tensor:
         raise ValueError(f"ssim expects (N, C, H, W) images, got shape {tuple(a.shape)}")
     win = min(SSIM_WINDOW, a.shape[-2], a.shape[-1])
     win -= 1 - win % 2  # largest odd size <= win
-    # channels_last: the library's Gaussian window is a grouped (depthwise) convolution, 4-7 times faster on
-    # CPU in that layout (benchmarks/metrics_layout.py); the values are identical.
+    # channels_last: the library's Gaussian window is a grouped (depthwise) convolution, 3-8 times faster on
+    # CPU in that layout (benchmarks/metrics_layout.py), to the same values within 1e-7.
     x, y = (((t.float() + 1) / 2).contiguous(memory_format=torch.channels_last) for t in (a, b))
     return pytorch_msssim.ssim(x, y, data_range=1.0, size_average=False, win_size=win)
 

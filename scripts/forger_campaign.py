@@ -81,7 +81,8 @@ PLAN: list[dict[str, Any]] = [
     # rec10 went on gaining (62 -> 63 %) with identity at 0.55 of a weak edit (0.025): the decoder rebuilds the
     # face from 16x16 features. The same weights with a second shortcut (32x32), starting as the same function.
     {"stage": "attgan-compact128l4s2-cpu-rec10", "forger": "attgan", "config": "compact128l4s2", "recipe": "cpu",
-     "overrides": {"lambda_rec": 10.0}, "init_from_seed": "attgan-compact128l4-cpu-rec10", "group": "attgan-s2"},
+     "overrides": {"lambda_rec": 10.0}, "init_from_seed": "attgan-compact128l4-cpu-rec10", "group": "attgan-s2",
+     "grow": True},
     # The StarGAN stayed at 76.0-76.3 % from 6.74 to 7.28 CPU-hours at lr 1e-4 (its moving average already
     # smooths the weights). The published recipe decays the rate in its second half: the same weights go on at
     # a rate a third as large.
@@ -127,7 +128,8 @@ def make_trainer(stage: dict[str, Any], state: Path, status: dict[str, Any], dat
     if trainer.resume() or load_seed(trainer, SEED / f"{stage['stage']}.safetensors"):
         return trainer
     if stage.get("init_from_seed"):
-        load_seed(trainer, SEED / f"{stage['init_from_seed']}.safetensors", counters=False)
+        load_seed(trainer, SEED / f"{stage['init_from_seed']}.safetensors", counters=False,
+                  grow=stage.get("grow", False))
     elif stage.get("init_from"):
         manifest = Manifest()
         entry = manifest.find(stage["init_from"])
@@ -164,9 +166,10 @@ def export_seed(state: Path, seed: Path) -> list[Path]:
     return written
 
 
-def load_seed(trainer: Any, path: Path, counters: bool = True) -> bool:
+def load_seed(trainer: Any, path: Path, counters: bool = True, grow: bool = False) -> bool:
     """Resume a stage from its committed seed, when its own state is gone. Without ``counters`` the weights
-    start a new stage (another recipe) with its own iteration count and CPU time."""
+    start a new stage (another recipe) with its own iteration count and CPU time; ``grow``: into a wider
+    network (:func:`grown`), for a stage that says so in the plan."""
     from core.checkpoints import load_weights
 
     if not path.is_file():
@@ -178,7 +181,7 @@ def load_seed(trainer: Any, path: Path, counters: bool = True) -> bool:
             continue
         prefix = f"{part}."
         loaded = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
-        module.load_state_dict(loaded if counters else grown(module.state_dict(), loaded))
+        module.load_state_dict(grown(module.state_dict(), loaded) if grow else loaded)
     if not counters:
         # the seed's own architecture (an FPGAN may start from the StarGAN's, whose networks it shares)
         source = next((s["forger"] for s in PLAN if s["stage"] == meta["stage"]), trainer.cfg.forger)
@@ -194,14 +197,22 @@ def load_seed(trainer: Any, path: Path, counters: bool = True) -> bool:
 
 
 def grown(target: dict[str, Any], loaded: dict[str, Any]) -> dict[str, Any]:
-    """``loaded`` fitted to ``target``'s shapes where a new stage's network is wider (more input channels, a new
-    shortcut): each tensor goes into the leading slice of a zero tensor of the target's shape. Channels are
-    appended after the old ones, so zero weights on them make the wider network compute the same function."""
+    """``loaded`` fitted to ``target``'s shapes where a new stage's network has more input channels in a layer
+    (the AttGAN's second shortcut): that weight goes into the leading slice of a zero tensor of the target's
+    shape. The shortcut's channels are concatenated after the old ones (``AttGANGenerator.decode`` with one
+    injection layer), so zero weights on them make the wider network compute the same function. The same keys,
+    and only a convolution's input dimension may grow (dim 1 of a ``Conv2d`` weight, dim 0 of a
+    ``ConvTranspose2d`` one; which of the two is not known here, so either, and nothing else)."""
+    if set(target) != set(loaded):
+        raise ValueError(f"the seed's keys differ: missing {sorted(set(target) - set(loaded))}, "
+                         f"unexpected {sorted(set(loaded) - set(target))}")
     out = {}
     for key, want in target.items():
         have = loaded[key]
         if have.shape != want.shape:
-            if have.dim() != want.dim() or any(h > w for h, w in zip(have.shape, want.shape, strict=True)):
+            grows = [d for d, (h, w) in enumerate(zip(have.shape, want.shape, strict=False)) if h != w]
+            wider = len(grows) == 1 and grows[0] <= 1 and have.shape[grows[0]] < want.shape[grows[0]]
+            if have.dim() != 4 or want.dim() != 4 or not wider:
                 raise ValueError(f"{key}: cannot grow {tuple(have.shape)} into {tuple(want.shape)}")
             wide = want.new_zeros(want.shape)
             wide[tuple(slice(0, h) for h in have.shape)] = have

@@ -30,7 +30,7 @@ ATTGAN_CONFIGS = {
                          attr_scale=0.5, d_dim=32, d_fc_dim=256),
     # compact128l4 with a second shortcut (the encoder's 32x32 features into the decoder): the AttGAN paper's
     # lever for reconstruction. compact128l4's weights start it as the same function (the new input channels
-    # start at zero: scripts/forger_campaign.py's grown()).
+    # start at zero: scripts/forger_campaign.py's grown()); the default attgan-compact128 has this config.
     "compact128l4s2": dict(image_size=128, dim=32, layers=4, max_dim=512, shortcut_layers=2, inject_layers=1,
                            attr_scale=0.5, d_dim=32, d_fc_dim=256),
     "tiny": dict(image_size=32, dim=8, layers=3, max_dim=32, shortcut_layers=1, inject_layers=1,

@@ -218,3 +218,9 @@ def test_a_wider_network_starts_from_a_narrower_seed_as_the_same_function(campai
         assert torch.allclose(wide(x, c), narrow(x, c), atol=1e-6)
     with pytest.raises(ValueError, match="cannot grow"):
         campaign.grown(narrow.state_dict(), wide.state_dict())
+    # a seed of another network is refused, not zero-padded into it
+    other = AttGANGenerator(c_dim=5, **{**ATTGAN_CONFIGS["tiny"], "dim": 16, "max_dim": 64}).state_dict()
+    with pytest.raises(ValueError, match="cannot grow"):
+        campaign.grown(other, narrow.state_dict())
+    with pytest.raises(ValueError, match="keys differ"):
+        campaign.grown(wide.state_dict(), {k: v for k, v in narrow.state_dict().items() if "dec.0" not in k})
