@@ -99,19 +99,11 @@ def match(a: list[Face], b: list[Face]) -> list[tuple[Face, Face, float]]:
 
 @dataclass(frozen=True)
 class BlazeFace(mtcnn.MtcnnFace):
-    """A face found by BlazeFace, framed like MTCNN's: a square ``crop_scale`` box widths wide, centred
-    ``crop_shift`` box widths from the eyes' midpoint (calibrated on CelebA in this run, :func:`calibrate`)."""
+    """A face found by BlazeFace, framed like MTCNN's (anchored on the eyes) with its own square: measured on the
+    first 400 CelebA validation faces (detectors.md), re-derived by :func:`calibrate` when it runs."""
 
-    # measured on the first 400 CelebA validation faces (detectors.md); re-derived by calibrate() when it runs
     crop_scale: ClassVar[float] = 1.83
     crop_shift: ClassVar[tuple[float, float]] = (0.0, -0.05)
-
-    def frame(self) -> Frame:
-        w = self.box[2]
-        cx, cy = self.eyes_centre
-        cos, sin = math.cos(self.angle), math.sin(self.angle)
-        dx, dy = self.crop_shift[0] * w, self.crop_shift[1] * w
-        return Frame(cx + cos * dx - sin * dy, cy + sin * dx + cos * dy, self.crop_scale * w, self.angle)
 
 
 class BlazeFaceDetector:
@@ -135,18 +127,11 @@ class BlazeFaceDetector:
 
 
 def blaze_celeba_framing(detect: BlazeFaceDetector, aligned: np.ndarray) -> tuple[float, float, float] | None:
-    """:func:`core.detectors.mtcnn.celeba_framing` for BlazeFace: CelebA's 178 px centre square as (side,
-    centre x - eyes' midpoint x, centre y - eyes' midpoint y) in box widths, levelled by the eyes."""
+    """:func:`core.detectors.mtcnn.celeba_framing` for BlazeFace's most confident face."""
     found = detect(aligned)
     if not found:
         return None
-    face = max(found, key=lambda f: f.score)
-    h, w = aligned.shape[:2]
-    crop = min(178, w, h)
-    (bx, by), bw = face.eyes_centre, face.box[2]
-    dx, dy = round((w - crop) / 2) + crop / 2 - bx, round((h - crop) / 2) + crop / 2 - by
-    cos, sin = math.cos(face.angle), math.sin(face.angle)
-    return crop / bw, (cos * dx + sin * dy) / bw, (-sin * dx + cos * dy) / bw
+    return mtcnn.celeba_offsets(max(found, key=lambda f: f.score), aligned.shape[1], aligned.shape[0])
 
 
 def difference(a: Frame, b: Frame) -> dict[str, float]:

@@ -320,8 +320,7 @@ def measure(trainer: Any, data: Path | None) -> dict[str, Any]:
 # stage, a chunk at a time. The warm AttGAN's turn was cut at its plateau, for the weaker reconstruction term, and
 # so was the FPGAN-id2's (60-61 % from 0.64 to 1.42 CPU-hours; its committed seed is the 0.64 snapshot).
 TURN_HOURS = {"stargan": 6.0, "fpgan": 4.0, "attgan": 3.1, "attgan-rec20": 1.0, "fpgan-id2": 0.6, "fpgan-id1": 0.5,
-              "attgan-rec10": 1.0, "attgan-s2": 1.5,
-              "stargan-lr": 1.0}
+              "attgan-rec10": 1.0, "attgan-s2": 1.5, "stargan-lr": 1.0}
 
 
 def choose(state: Path, status: dict[str, Any]) -> dict[str, Any] | None:

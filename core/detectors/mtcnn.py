@@ -26,7 +26,7 @@ import math
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -143,7 +143,11 @@ def load_nets() -> tuple[PNet, RNet, ONet]:
 @dataclass(frozen=True)
 class MtcnnFace(Face):
     """A face found by MTCNN: ``box`` (x, y, w, h), ``score`` the O-Net face probability, ``landmarks`` the
-    5 points of :data:`LANDMARKS`. A :class:`core.faces.Face` whose :meth:`frame` uses MTCNN's calibration."""
+    5 points of :data:`LANDMARKS`. A :class:`core.faces.Face` whose :meth:`frame` uses MTCNN's calibration
+    (class attributes, so that another eye-anchored detector can bring its own)."""
+
+    crop_scale: ClassVar[float] = CROP_SCALE
+    crop_shift: ClassVar[tuple[float, float]] = CROP_SHIFT
 
     @property
     def eyes_centre(self) -> Point:
@@ -155,8 +159,8 @@ class MtcnnFace(Face):
         w = self.box[2]
         cx, cy = self.eyes_centre
         cos, sin = math.cos(self.angle), math.sin(self.angle)
-        dx, dy = CROP_SHIFT[0] * w, CROP_SHIFT[1] * w
-        return Frame(cx + cos * dx - sin * dy, cy + sin * dx + cos * dy, CROP_SCALE * w, self.angle)
+        dx, dy = self.crop_shift[0] * w, self.crop_shift[1] * w
+        return Frame(cx + cos * dx - sin * dy, cy + sin * dx + cos * dy, self.crop_scale * w, self.angle)
 
 
 def nms(boxes: torch.Tensor, scores: torch.Tensor, threshold: float, mode: str = "union") -> torch.Tensor:
@@ -299,9 +303,13 @@ def celeba_framing(aligned: Any) -> tuple[float, float, float] | None:
     if not found:
         return None
     h, w = _rgb255(aligned).shape[-2:]
+    return celeba_offsets(found[0], w, h)
+
+
+def celeba_offsets(face: MtcnnFace, w: int, h: int) -> tuple[float, float, float]:
+    """:func:`celeba_framing` of one eye-anchored face in a ``w`` x ``h`` aligned CelebA image."""
     crop = min(178, w, h)
     left, top = round((w - crop) / 2), round((h - crop) / 2)
-    face = found[0]
     (bx, by), bw = face.eyes_centre, face.box[2]
     dx, dy = left + crop / 2 - bx, top + crop / 2 - by
     cos, sin = math.cos(face.angle), math.sin(face.angle)
