@@ -110,6 +110,10 @@ class PhotoReport(_LPIPSMeasured):
     lpips: float | None = Field(description="None where nothing changed or LPIPS is not available")
     lpips_available: bool = Field(default=True, description="False: LPIPS could not be measured")
     linf: float = Field(description="largest change of a channel on [-1, 1], over the whole delivered photo")
+    max_change_levels: int | None = Field(default=None, ge=0, le=255, description="the largest change of any "
+                                          "colour channel in 8-bit levels of 255 (absent from older reports)")
+    changed_share: float | None = Field(default=None, ge=0, le=1, description="the share of the photo's pixels "
+                                        "changed at all (a face-only protection leaves every other pixel as it was)")
     within_budget: bool = Field(description="the protection's budget held (before a lossy output encoding)")
     lossy_output: bool = Field(description="the numbers are of the JPEG/WebP file as decoded")
     faces: list[FaceReport]

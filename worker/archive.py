@@ -259,7 +259,7 @@ def check_photo(data: bytes, settings: Settings, name: str) -> str:
 
 CSV_FIELDS = (
     "index", "name", "status", "error", "output", "width", "height", "psnr", "ssim", "lpips", "linf",
-    "within_budget", "seconds",
+    "max_change_levels", "changed_share", "within_budget", "seconds",
 )
 FORGER_FIELDS = ("success_rate", "distortion", "nullification")
 RECEIPT_FIELDS = ("min_success_rate", "weakest")

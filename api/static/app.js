@@ -371,6 +371,10 @@
     addTerm(list, "SSIM", fmt(photo.ssim, 4));
     addTerm(list, "LPIPS", photo.lpips_available === false ? "unavailable" : fmt(photo.lpips, 4));
     if (typeof photo.within_budget === "boolean") addTerm(list, "Within budget", photo.within_budget ? "yes" : "no");
+    if (isNumber(photo.max_change_levels)) {
+      const where = isNumber(photo.changed_share) ? `, on ${pct(photo.changed_share)} of the pixels` : "";
+      addTerm(list, "Largest change", `${photo.max_change_levels} of 255 levels${where}`);
+    }
     if (isNumber(job.eps)) addTerm(list, "Budget (eps)", `${fmt(job.eps, 4)}${job.strength ? ` (${job.strength})` : ""}`);
     const receipt = photo.receipt;
     if (receipt && isNumber(receipt.min_success_rate)) {

@@ -205,6 +205,9 @@ def check_receipt(page: Page, photo: dict[str, Any]) -> None:
             assert metrics[label] == "—"
     if "faces_found" in photo:
         assert metrics["Faces found"] == str(photo["faces_found"])
+    if isinstance(photo.get("max_change_levels"), int):  # the change in a user's units
+        assert metrics["Largest change"] == (f"{photo['max_change_levels']} of 255 levels, on "
+                                             f"{100 * photo['changed_share']:.1f} % of the pixels")
     forgers = photo.get("forgers") or {}
     shown = table_rows(page, "#forgers")
     assert set(shown) == set(forgers)

@@ -275,6 +275,11 @@ def test_protect_a_face_at_full_resolution(protection: Protection) -> None:
     assert face["success_rate"] == rate == rep["forgers"]["stargan"]["success_rate"]
     assert rate * 5 == pytest.approx(round(rate * 5))
     assert rep["linf"] <= protection.linf_cap() + 1e-6
+    # the same change in a user's units: whole 8-bit levels, and only pixels inside the face's region touched
+    assert rep["max_change_levels"] == round(rep["linf"] * 127.5) and 1 <= rep["max_change_levels"] <= 7
+    touched = int((result.x_adv != image.tensor).any(dim=1).sum())
+    assert rep["changed_share"] == pytest.approx(touched / (700 * 900))
+    assert 0 < rep["changed_share"] <= (x1 - x0) * (y1 - y0) / (700 * 900)
     json.dumps(rep)
 
 
