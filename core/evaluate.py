@@ -38,6 +38,11 @@ def _lpips_or_none(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor | None:
 
 
 Judge = Callable[[torch.Tensor], torch.Tensor]  # faces in [-1, 1] -> attribute logits (N, A)
+# How clearly the judge must read an attribute (logits; p 0.73 / 0.27) for an edit to count as working on the
+# clean face or as failing on the protected one. A quarter of the 128 px StarGAN's edits are read at logits
+# between 0 and 1: with no margin any nudge, a protection's or JPEG's, flips such an edit across the boundary
+# and counts it as blocked although it looks the same (seen on `retentive`'s astronaut: 0.47 -> -0.1).
+JUDGE_MARGIN = 1.0
 
 
 def edited_attributes(judge: Judge, xs: torch.Tensor, cs: torch.Tensor) -> torch.Tensor:
@@ -77,10 +82,20 @@ class CleanEdits:
                           cut(self.edited), cut(self.counted), cut(self.own))
 
 
+def _toward_target(judge: Judge, out: torch.Tensor, cs: torch.Tensor) -> torch.Tensor:
+    """(N, A) the judge's logits of ``out`` signed toward the targets ``cs``: positive where it reads the target."""
+    return judge(out) * (2 * cs - 1)
+
+
 def _reached(judge: Judge, out: torch.Tensor, cs: torch.Tensor, edited: torch.Tensor) -> torch.Tensor:
-    """(N,) bool: the judge reads every edited attribute of ``out`` at its target value."""
-    hit = ((judge(out) > 0) == cs.bool()) | ~edited
+    """(N,) bool: the judge clearly reads every edited attribute of ``out`` at its target value."""
+    hit = (_toward_target(judge, out, cs) >= JUDGE_MARGIN) | ~edited
     return hit.all(dim=1)
+
+
+def _missed(judge: Judge, out: torch.Tensor, cs: torch.Tensor, edited: torch.Tensor) -> torch.Tensor:
+    """(N,) bool: the judge clearly reads some edited attribute of ``out`` away from its target value."""
+    return ((_toward_target(judge, out, cs) <= -JUDGE_MARGIN) & edited).any(dim=1)
 
 
 @torch.no_grad()
@@ -98,10 +113,11 @@ def clean_edits(forger: Forger, x: torch.Tensor, targets: torch.Tensor, judge: J
 
 @torch.no_grad()
 def blocked_edits(judge: Judge, ref: CleanEdits, out_adv: torch.Tensor) -> torch.Tensor:
-    """(N,) bool per pair: the edit of the protected face fails (the judge no longer reads the target) or is
-    visibly ruined (its LPIPS distance to the clean edit exceeds the clean edit's own distance to the face)."""
+    """(N,) bool per pair: the edit of the protected face fails (the judge clearly reads an edited attribute
+    away from its target, by :data:`JUDGE_MARGIN`) or is visibly ruined (its LPIPS distance to the clean edit
+    exceeds the clean edit's own distance to the face)."""
     assert ref.edited is not None, "clean edits measured without a judge"
-    fails = ~_reached(judge, out_adv, ref.targets, ref.edited)
+    fails = _missed(judge, out_adv, ref.targets, ref.edited)
     if ref.own is None:
         return fails
     far = _lpips_or_none(out_adv, ref.edits)
@@ -116,10 +132,11 @@ def edit_blocked(
     """Per (face, edit) pair: (counted, blocked), two (N,) bools.
 
     A pair is *counted* when the forger's edit of the clean face works: the judge reads every edited
-    attribute (:func:`edited_attributes`) at its target value. It is *blocked* when the edit of the protected
-    face fails (the judge no longer reads the target) or is visibly ruined: its LPIPS distance to the clean
-    edit exceeds the clean edit's own distance to the face, i.e. the protection changed the picture more than
-    the edit did. Without LPIPS's weights only the judge decides.
+    attribute (:func:`edited_attributes`) at its target value, clearly (by :data:`JUDGE_MARGIN`). It is
+    *blocked* when the edit of the protected face fails (the judge clearly reads an edited attribute away from
+    its target: an edit merely nudged across the boundary is not blocked) or is visibly ruined: its LPIPS
+    distance to the clean edit exceeds the clean edit's own distance to the face, i.e. the protection changed
+    the picture more than the edit did. Without LPIPS's weights only the judge decides.
     """
     edited = edited_attributes(judge, xs, cs)
     counted = edited.any(dim=1) & _reached(judge, out_clean, cs, edited)

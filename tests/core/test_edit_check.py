@@ -36,7 +36,7 @@ def no_lpips(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_edited_attributes_prefers_the_one_set() -> None:
     judge = RedJudge(second=-1.0)  # reads (A by red, B = 0)
-    xs = faces(0.5, 0.5, -0.5)  # A read as 1, 1, 0
+    xs = faces(0.5, 0.5, -0.5)  # A read as 1, 1, 0 (which attributes an edit sets needs no margin)
     cs = torch.tensor([[0.0, 1.0], [0.0, 0.0], [0.0, 0.0]])
     edited = edited_attributes(judge, xs, cs)
     # set B (and clear A): checked on B; only clear A: checked on A; nothing differs: nothing edited
@@ -46,19 +46,34 @@ def test_edited_attributes_prefers_the_one_set() -> None:
 def test_blocked_when_the_protected_edit_misses_the_target(monkeypatch: pytest.MonkeyPatch) -> None:
     no_lpips(monkeypatch)
     judge = RedJudge()
-    xs = faces(-0.5, -0.5, -0.5, -0.5)  # A read as 0 on every face
+    xs = faces(-1.5, -1.5, -1.5, -1.5)  # A read as 0 on every face
     cs = torch.tensor([[1.0, 0.0], [1.0, 0.0], [1.0, 0.0], [0.0, 0.0]])  # edit to A, three times; no edit
-    out_clean = faces(0.5, 0.5, -0.5, -0.5)  # the third clean edit fails by itself
-    out_adv = faces(0.5, -0.5, -0.5, -0.5)
+    out_clean = faces(1.5, 1.5, -1.5, -1.5)  # the third clean edit fails by itself
+    out_adv = faces(1.5, -1.5, -1.5, -1.5)
     counted, blocked = edit_blocked(judge, xs, cs, out_clean, out_adv)
     assert counted.tolist() == [True, True, False, False]
     assert blocked.tolist() == [False, True, True, False]
 
 
+@pytest.mark.parametrize(("clean", "adv", "counted", "blocked"), [
+    (0.5, -1.5, False, True),  # an edit the judge barely reads on the clean face does not count
+    (1.5, -0.5, True, False),  # nudged across the boundary: the judge no longer reads it clearly either way
+    (1.5, -0.99, True, False),
+    (1.5, -1.0, True, True),  # clearly read away from the target (the margin, JUDGE_MARGIN)
+])
+def test_the_judge_must_read_an_edit_clearly(monkeypatch: pytest.MonkeyPatch, clean: float, adv: float,
+                                            counted: bool, blocked: bool) -> None:
+    no_lpips(monkeypatch)
+    assert evaluate.JUDGE_MARGIN == 1.0
+    xs, cs = faces(-1.5), torch.tensor([[1.0, 0.0]])
+    got = edit_blocked(RedJudge(), xs, cs, faces(clean), faces(adv))
+    assert (bool(got[0]), bool(got[1])) == (counted, blocked)
+
+
 def test_a_visibly_ruined_edit_is_blocked_even_when_it_reaches_the_target(monkeypatch: pytest.MonkeyPatch) -> None:
     judge = RedJudge()
-    xs, cs = faces(-0.5, -0.5), torch.tensor([[1.0, 0.0], [1.0, 0.0]])
-    out_clean, out_adv = faces(0.5, 0.5), faces(0.6, 0.6)  # both reach A
+    xs, cs = faces(-1.5, -1.5), torch.tensor([[1.0, 0.0], [1.0, 0.0]])
+    out_clean, out_adv = faces(1.5, 1.5), faces(1.6, 1.6)  # both reach A
     # LPIPS stand-in: the edits' own distance is 0.2 (measured first, with the clean edits); the protected
     # edits' distance from the clean edits is 0.3 and 0.1
     distances = iter([torch.tensor([0.2, 0.2]), torch.tensor([0.3, 0.1])])
