@@ -423,6 +423,18 @@ def run(state: Path, data: Path | None, chunk_minutes: float, snapshot_minutes: 
             write_status(state, status)
 
 
+def background() -> None:
+    """Yield the CPU to any other work: a low nice value, and the same for the process's scheduling autogroup.
+    Linux shares the CPU between autogroups (one per session) before it looks at nice values, so a campaign
+    started in its own session (setsid) held a full share against the tests and benchmarks beside it,
+    whatever its nice value (measured: two niced campaign processes took 70 % of a core each against 30 %
+    for each of two benchmarks; after this, 2 % against 97 %)."""
+    with contextlib.suppress(OSError):
+        os.nice(10)
+    with contextlib.suppress(OSError):
+        Path("/proc/self/autogroup").write_text("19")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--state", type=Path, default=default_state())
@@ -448,8 +460,7 @@ def main() -> None:
         for path in export_seed(args.state, SEED):
             print(f"seed: {path.relative_to(REPO)} ({path.stat().st_size / 2**20:.1f} MiB)")
         return
-    with contextlib.suppress(OSError):
-        os.nice(10)
+    background()
     if args.only:
         planned(args.only)  # an unknown stage fails before any work
     run(args.state, args.data, args.chunk_minutes, args.snapshot_minutes, args.hours, args.only)
