@@ -51,7 +51,8 @@ class ForgerNumbers(ReportModel):
     nullification: float | None = Field(description="mean MSE between the edit of the protected face and the face")
     edit_blocked: float | None = Field(
         default=None, description="of the edits that work on the clean face (the evaluation classifier reads the "
-        "target attribute), the share that fail or are visibly ruined on the protected one; None: none to judge")
+        "target attribute clearly, by a logit of 1), the share that fail (read clearly away from it) or are "
+        "visibly ruined on the protected one; None: none to judge")
 
 
 class ConditionResult(ReportModel):
@@ -113,7 +114,8 @@ class PhotoReport(_LPIPSMeasured):
     max_change_levels: int | None = Field(default=None, ge=0, le=255, description="the largest change of any "
                                           "colour channel in 8-bit levels of 255 (absent from older reports)")
     changed_share: float | None = Field(default=None, ge=0, le=1, description="the share of the photo's pixels "
-                                        "changed at all (a face-only protection leaves every other pixel as it was)")
+                                        "changed at all (a face-only protection in PNG leaves every other pixel as "
+                                        "it was; with lossy_output the compression's changes count too)")
     within_budget: bool = Field(description="the protection's budget held (before a lossy output encoding)")
     lossy_output: bool = Field(description="the numbers are of the JPEG/WebP file as decoded")
     faces: list[FaceReport]

@@ -424,15 +424,17 @@ def run(state: Path, data: Path | None, chunk_minutes: float, snapshot_minutes: 
 
 
 def background() -> None:
-    """Yield the CPU to any other work: a low nice value, and the same for the process's scheduling autogroup.
-    Linux shares the CPU between autogroups (one per session) before it looks at nice values, so a campaign
-    started in its own session (setsid) held a full share against the tests and benchmarks beside it,
-    whatever its nice value (measured: two niced campaign processes took 70 % of a core each against 30 %
-    for each of two benchmarks; after this, 2 % against 97 %)."""
+    """Yield the CPU to any other work: a high nice value, and, for a campaign that leads its own session
+    (started with setsid), the same for the session's scheduling autogroup. Linux shares the CPU between
+    autogroups (one per session) before it looks at nice values, so such a campaign held a full share against
+    the tests and benchmarks beside it, whatever its nice value (measured: two niced campaign processes took
+    70 % of a core each against 30 % for each of two benchmarks; after this, 2 % against 97 %). Started from
+    a shell, the campaign shares the shell's autogroup, whose priority it leaves alone."""
     with contextlib.suppress(OSError):
         os.nice(10)
-    with contextlib.suppress(OSError):
-        Path("/proc/self/autogroup").write_text("19")
+    if os.getsid(0) == os.getpid():
+        with contextlib.suppress(OSError):
+            Path("/proc/self/autogroup").write_text("19")
 
 
 def main() -> None:
