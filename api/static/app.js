@@ -381,6 +381,9 @@
       const weakest = CONDITION_LABELS[receipt.weakest] ?? receipt.weakest ?? "";
       addTerm(list, "Worst-case protection", `${pct(receipt.min_success_rate)}${weakest ? ` (${weakest})` : ""}`);
     }
+    if (receipt && isNumber(receipt.min_edit_blocked)) {
+      addTerm(list, "Edits blocked (worst case)", pct(receipt.min_edit_blocked));
+    }
   }
 
   function showForgers(forgers) {
@@ -415,12 +418,14 @@
     const rows = names.map((c) => [
       CONDITION_LABELS[c] ?? c,
       pct(conditions[c]?.success_rate),
+      pct(conditions[c]?.edit_blocked),
       ...forgerNames.map((f) => pct(conditions[c]?.forgers?.[f]?.success_rate)),
     ]);
     el("conditions").append(
       table(
-        "After what platforms do to photos (success rate per condition)",
-        ["Condition", "Success rate", ...forgerNames],
+        "After what platforms do to photos (success rate per condition; edits blocked: of the edits that work " +
+          "on the original, the share that fail or come out visibly ruined)",
+        ["Condition", "Success rate", "Edits blocked", ...forgerNames],
         rows,
       ),
     );

@@ -216,8 +216,17 @@ def check_receipt(page: Page, photo: dict[str, Any]) -> None:
     for name, numbers in forgers.items():
         if isinstance(numbers.get("success_rate"), int | float):
             assert abs(shown_number(shown[name][0]) - 100 * numbers["success_rate"]) <= 0.06
-    conditions = (photo.get("receipt") or {}).get("conditions") or {}
-    assert len(table_rows(page, "#conditions")) == len(conditions)
+    receipt = photo.get("receipt") or {}
+    conditions = receipt.get("conditions") or {}
+    rows = table_rows(page, "#conditions")
+    assert len(rows) == len(conditions)
+    # whether the edits still work, beside the success rate: per condition, and the worst of them
+    blocked = sorted(round(100 * c["edit_blocked"], 1) for c in conditions.values()
+                     if isinstance(c.get("edit_blocked"), int | float))
+    assert sorted(shown_number(r[1]) for r in rows.values() if r[1] != "—") == pytest.approx(blocked, abs=0.06)
+    if isinstance(receipt.get("min_edit_blocked"), int | float):
+        assert shown_number(metrics["Edits blocked (worst case)"]) == pytest.approx(
+            100 * receipt["min_edit_blocked"], abs=0.06)
 
 
 def check_previews(page: Page, photo: dict[str, Any]) -> None:
@@ -251,8 +260,9 @@ PREVIEWS = {"perturbation": "previews/face-perturbation.png", "edits": "previews
 # Fields null or missing, as a report may have them: the page shows what exists.
 SPARSE_PHOTO = {"index": 0, "name": "face.png", "status": "ok", "output": "face.png", "psnr": None, "ssim": 0.98765,
                 "faces_found": 1, "protection": "faces", "forgers": {"stargan": {"success_rate": 0.75}},
-                "receipt": {"conditions": {"clean": {"success_rate": 0.75}, "jpeg75": {"success_rate": None}},
-                            "min_success_rate": 0.5, "weakest": "jpeg75"},
+                "receipt": {"conditions": {"clean": {"success_rate": 0.75, "edit_blocked": 0.5},
+                                           "jpeg75": {"success_rate": None}},
+                            "min_success_rate": 0.5, "weakest": "jpeg75", "min_edit_blocked": 0.25},
                 "previews": PREVIEWS}
 
 
@@ -356,7 +366,8 @@ def test_page_shows_previews_and_sparse_receipts(page: Page) -> None:
     assert metrics["PSNR"] == "—" and metrics["LPIPS"] == "—" and metrics["SSIM"] == "0.9877"
     assert metrics["Worst-case protection"] == "50.0 % (JPEG quality 75)"
     assert table_rows(page, "#forgers") == {"stargan": ["75.0 %", "—", "—"]}
-    assert table_rows(page, "#conditions") == {"as delivered": ["75.0 %"], "JPEG quality 75": ["—"]}
+    assert metrics["Edits blocked (worst case)"] == "25.0 %"
+    assert table_rows(page, "#conditions") == {"as delivered": ["75.0 %", "50.0 %"], "JPEG quality 75": ["—", "—"]}
     assert "×10" in page.inner_text("#perturbation-caption")
     assert "input, Black_Hair, Blond_Hair" in page.inner_text("#edits-caption")
     page.screenshot(path=str(artifacts_dir() / "app-page-previews-scripted.png"), full_page=True)
