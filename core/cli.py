@@ -239,6 +239,11 @@ def _print_protect_table(results: list[dict[str, Any]]) -> None:
                       _fmt(lp, ".4f") if r["lpips_available"] else "unavailable", succ, _blocked(r.get("receipt")),
                       _fmt(r["seconds"], ".1f"))
     console.print(table)
+    for r in results:  # what each receipt means, in words
+        said = (r.get("receipt") or {}).get("verdict")
+        if said:
+            colour = {"protected": "green", "partly": "yellow"}.get(said["level"], "red")
+            console.print(f"[bold]{r['name']}[/bold]: [{colour}]{said['text']}[/{colour}]", highlight=False)
 
 
 @app.command("eval")

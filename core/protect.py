@@ -54,6 +54,7 @@ from core.receipt import (
     forger_numbers,
     photo_receipt,
     references,
+    verdict,
 )
 from core.report import PhotoReport, validated
 from core.targets import fixed_targets, select_edits, targets_for
@@ -677,6 +678,7 @@ def verify_photo(
         report["receipt"]["scope"] = "faces" if mode == "faces" else "whole_photo"
         if mode == "whole_image":
             report["receipt"]["note"] = WHOLE_PHOTO_NOTE
+        report["receipt"]["verdict"] = verdict(report["receipt"])
     return Verified(report, frames)
 
 

@@ -33,6 +33,14 @@ from core.metrics import SUCCESS_THRESHOLD
 from core.transforms.conditions import apply_condition
 
 RECEIPT_CONDITIONS: tuple[str, ...] = ("clean", "jpeg90", "jpeg75", "webp80", "resize0.5", "blur1", "noise")
+# The conditions in a user's words (the page has the same labels).
+CONDITION_WORDS = {"clean": "as delivered", "jpeg90": "JPEG quality 90", "jpeg75": "JPEG quality 75",
+                   "webp80": "WebP quality 80", "resize0.5": "a resize to half and back",
+                   "blur1": "a slight blur", "noise": "mild noise"}
+# A receipt's verdict: protected when at least this share of the edits is broken under every condition (the
+# project's target), partly protected when a fifth of them are, as delivered or under every condition.
+PROTECTED_AT = 0.8
+PARTLY_AT = 0.2
 # Conditions are applied to a window around each face rather than to a whole (12-megapixel) photo: a window
 # starting on JPEG's 16 px 4:2:0 blocks is coded in the very blocks the whole photo is, and a margin keeps the
 # face's square beyond the reach of the decoder's chroma upsampling and of the resize's kernels.
@@ -198,3 +206,42 @@ def photo_receipt(
         "weakest": weakest,
         "threshold": SUCCESS_THRESHOLD,
     }
+
+
+def verdict(receipt: dict[str, Any]) -> dict[str, str]:
+    """What a receipt means, in words a person protecting a photo will not misread: ``level`` (``protected``,
+    ``partly`` or ``not_protected``, from the success rates: see :data:`PROTECTED_AT`) and ``text``, which
+    also says how many of the edits that work on the original no longer do, where the judge measured it."""
+    conditions = receipt["conditions"]
+    clean = conditions.get("clean", {}).get("success_rate")
+    worst, weakest = receipt.get("min_success_rate"), receipt.get("weakest")
+    if worst is None:
+        return {"level": "not_protected", "text": "Nothing could be measured: the forgers' edits were not tried."}
+    rates = {r for c in conditions.values() if (r := c.get("success_rate")) is not None}
+    if len(rates) == 1:
+        broken = f"{_pct(worst)} of them broken, as delivered and after what platforms do to photos"
+    elif weakest and weakest != "clean":
+        after = CONDITION_WORDS.get(weakest, weakest)
+        broken = f"{_pct(clean)} of them broken as delivered, {_pct(worst)} after {after}"
+    else:
+        broken = f"{_pct(clean)} of them broken as delivered, more after what platforms do to photos"
+    if worst >= PROTECTED_AT:
+        level, text = "protected", (f"Protected against these editors: their edits of this photo come out "
+                                    f"broken ({broken}).")
+    elif worst >= PARTLY_AT or (clean or 0.0) >= PARTLY_AT:
+        level, text = "partly", (f"Partly protected: some of these editors' edits of this photo come out broken "
+                                 f"({broken}); the others still work.")
+    else:
+        level, text = "not_protected", (f"Not protected against these editors: their edits of this photo still work "
+                                        f"({broken}).")
+    blocked = conditions.get("clean", {}).get("edit_blocked")
+    if blocked is not None and receipt.get("min_edit_blocked") is not None:
+        text += (f" Of the edits that work on the original, {_pct(blocked)} fail or come out visibly ruined as "
+                 f"delivered, {_pct(receipt['min_edit_blocked'])} in the worst case.")
+    if receipt.get("scope") == "whole_photo":
+        text = "No face was found, so this is about the whole picture, not a face. " + text
+    return {"level": level, "text": text}
+
+
+def _pct(share: float | None) -> str:
+    return "-" if share is None else f"{100 * share:.0f} %"

@@ -63,6 +63,15 @@ class ConditionResult(ReportModel):
     forgers: dict[str, ForgerNumbers]
 
 
+class Verdict(ReportModel):
+    """What a receipt means, in words (:func:`core.receipt.verdict`)."""
+
+    level: Literal["protected", "partly", "not_protected"] = Field(
+        description="protected: at least 80 % of the edits broken under every condition; partly: at least 20 % "
+        "as delivered or under every condition; else not_protected")
+    text: str = Field(description="the verdict and its numbers in a sentence or two, for the person it protects")
+
+
 class Receipt(ReportModel):
     """What an attacker's forgers achieve on the delivered photo, under each condition measured."""
 
@@ -76,6 +85,7 @@ class Receipt(ReportModel):
         "whole picture was protected and measured"
     )
     note: str | None = Field(default=None, description="with scope whole_photo: what the numbers do not show")
+    verdict: Verdict | None = Field(default=None, description="what the numbers mean (absent from older reports)")
 
 
 class FaceReport(_LPIPSMeasured):

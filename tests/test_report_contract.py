@@ -18,6 +18,7 @@ from core.report import (
     Previews,
     Receipt,
     Summary,
+    Verdict,
     validated,
 )
 
@@ -33,6 +34,8 @@ READS: list[tuple[str, str, type[BaseModel]]] = [
     ("showConditions", r"\bforgers\?\.\[f\]\?\.(\w+)", ForgerNumbers),
     ("showForgers", r"\bf\.(\w+)", ForgerNumbers),
     ("showPreviews", r"\bpreviews\.(\w+)", Previews),
+    ("showVerdict", r"\bverdict\??\.(\w+)", Verdict),
+    ("showPhoto", r"\breceipt\?\.(\w+)", Receipt),
     ("showArchive", r"\bsummary\.(\w+)", Summary),
     ("showPhoto", r"\bjob\.report\?\.(\w+)", JobReport),
     ("showArchive", r"\bjob\.report\?\.(\w+)", JobReport),

@@ -181,6 +181,8 @@
     for (const id of ["metrics", "forgers", "conditions", "archive-summary", "archive-files"]) {
       el(id).replaceChildren();
     }
+    el("verdict").hidden = true;
+    el("verdict").textContent = "";
     for (const id of ["protected-img", "perturbation-img", "edits-img"]) el(id).removeAttribute("src");
     el("perturbation-figure").hidden = true;
     el("edits-figure").hidden = true;
@@ -358,6 +360,7 @@
     if (state.originalUrl) el("original-img").src = state.originalUrl;
     showMetrics(job, photo);
     showForgers(photo.forgers);
+    showVerdict(photo.receipt?.verdict);
     showConditions(photo.receipt);
     showPreviews(photo.previews, byName);
     el("photo-result").hidden = false;
@@ -400,6 +403,14 @@
         rows,
       ),
     );
+  }
+
+  // What the receipt means, in words (core.receipt.verdict), coloured by its level.
+  function showVerdict(verdict) {
+    if (!verdict?.text) return;
+    el("verdict").textContent = verdict.text;
+    el("verdict").dataset.level = verdict.level;
+    el("verdict").hidden = false;
   }
 
   function showConditions(receipt) {

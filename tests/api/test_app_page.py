@@ -224,6 +224,9 @@ def check_receipt(page: Page, photo: dict[str, Any]) -> None:
     blocked = sorted(round(100 * c["edit_blocked"], 1) for c in conditions.values()
                      if isinstance(c.get("edit_blocked"), int | float))
     assert sorted(shown_number(r[1]) for r in rows.values() if r[1] != "—") == pytest.approx(blocked, abs=0.06)
+    if receipt.get("verdict"):  # what the receipt means, in words, above its numbers
+        assert page.inner_text("#verdict") == receipt["verdict"]["text"]
+        assert page.is_visible("#verdict")
     if isinstance(receipt.get("min_edit_blocked"), int | float):
         assert shown_number(metrics["Edits blocked (worst case)"]) == pytest.approx(
             100 * receipt["min_edit_blocked"], abs=0.06)
@@ -262,7 +265,8 @@ SPARSE_PHOTO = {"index": 0, "name": "face.png", "status": "ok", "output": "face.
                 "faces_found": 1, "protection": "faces", "forgers": {"stargan": {"success_rate": 0.75}},
                 "receipt": {"conditions": {"clean": {"success_rate": 0.75, "edit_blocked": 0.5},
                                            "jpeg75": {"success_rate": None}},
-                            "min_success_rate": 0.5, "weakest": "jpeg75", "min_edit_blocked": 0.25},
+                            "min_success_rate": 0.5, "weakest": "jpeg75", "min_edit_blocked": 0.25,
+                            "verdict": {"level": "partly", "text": "Partly protected: in words."}},
                 "previews": PREVIEWS}
 
 
@@ -367,6 +371,8 @@ def test_page_shows_previews_and_sparse_receipts(page: Page) -> None:
     assert metrics["Worst-case protection"] == "50.0 % (JPEG quality 75)"
     assert table_rows(page, "#forgers") == {"stargan": ["75.0 %", "—", "—"]}
     assert metrics["Edits blocked (worst case)"] == "25.0 %"
+    assert page.inner_text("#verdict") == "Partly protected: in words."
+    assert page.get_attribute("#verdict", "data-level") == "partly"
     assert table_rows(page, "#conditions") == {"as delivered": ["75.0 %", "50.0 %"], "JPEG quality 75": ["—", "—"]}
     assert "×10" in page.inner_text("#perturbation-caption")
     assert "input, Black_Hair, Blond_Hair" in page.inner_text("#edits-caption")

@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 
 from core.cli import app
 from core.image import to_uint8
+from core.receipt import verdict
 from tests.conftest import synthetic_faces
 
 runner = CliRunner()
@@ -46,6 +47,7 @@ def test_protect_writes_pngs_and_report(tiny_checkpoints: Path, photos: Path, tm
         rate = entry["forgers"]["stargan"]["success_rate"]  # a share of the 5 edits of one whole photo
         assert rate * 5 == pytest.approx(round(rate * 5))
         assert entry["receipt"]["conditions"]["clean"]["forgers"]["stargan"]["success_rate"] == rate
+        assert entry["receipt"]["verdict"] == verdict(entry["receipt"])  # written with the receipt it reads
         protected = np.asarray(Image.open(entry["output"]))
         original = np.asarray(Image.open(entry["input"]))
         assert protected.shape == original.shape

@@ -311,6 +311,8 @@ def test_no_face_is_reported_and_left_alone_unless_asked(protection: Protection)
     assert whole.x_adv.shape == plain.tensor.shape and not torch.equal(whole.x_adv, plain.tensor)
     rate = whole.report["forgers"]["stargan"]["success_rate"]  # a share of the 5 edits of the whole photo
     assert rate * 5 == pytest.approx(round(rate * 5)) and whole.report["receipt"]["scope"] == "whole_photo"
+    # the verdict in words says it is the whole picture, not a face, whatever its level
+    assert whole.report["receipt"]["verdict"]["text"].startswith("No face was found")
 
 
 def test_unknown_target_fails_even_without_faces(protection: Protection) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import torch
 
@@ -10,7 +12,7 @@ from core.forgers import create_forger
 from core.image import LoadedImage, load_image, quantize
 from core.methods import create_method
 from core.protect import protect_images
-from core.receipt import RECEIPT_CONDITIONS, attacker_crops, photo_receipt
+from core.receipt import RECEIPT_CONDITIONS, attacker_crops, photo_receipt, verdict
 from core.targets import fixed_targets
 from core.transforms.conditions import apply_condition
 
@@ -192,3 +194,47 @@ def test_a_large_photo_protected_whole_is_measured_at_a_bounded_size(
     # PSNR is still of every pixel
     mse = float((result.x_adv - photo.tensor).double().pow(2).mean())
     assert result.report["psnr"] == pytest.approx(10 * torch.log10(torch.tensor(4.0 / mse)).item(), rel=1e-6)
+
+
+def _receipt(rates: dict[str, float | None], blocked: tuple[float, float] | None = None,
+             scope: str = "faces") -> dict[str, Any]:
+    known = {c: r for c, r in rates.items() if r is not None}
+    weakest = min(known, key=lambda c: known[c]) if known else None
+    conditions: dict[str, dict[str, Any]] = {c: {"success_rate": r} for c, r in rates.items()}
+    if blocked:
+        conditions["clean"]["edit_blocked"] = blocked[0]
+    return {"conditions": conditions, "min_success_rate": known[weakest] if weakest else None, "weakest": weakest,
+            "min_edit_blocked": blocked[1] if blocked else None, "scope": scope}
+
+
+@pytest.mark.parametrize(("rates", "level", "text"), [
+    ({"clean": 1.0, "jpeg75": 0.8}, "protected",
+     "Protected against these editors: their edits of this photo come out broken (100 % of them broken as "
+     "delivered, 80 % after JPEG quality 75)."),
+    ({"clean": 0.6, "resize0.5": 0.0}, "partly",
+     "Partly protected: some of these editors' edits of this photo come out broken (60 % of them broken as "
+     "delivered, 0 % after a resize to half and back); the others still work."),
+    ({"clean": 0.4, "jpeg90": 0.2}, "partly", None),
+    ({"clean": 0.0, "jpeg90": 0.0}, "not_protected",
+     "Not protected against these editors: their edits of this photo still work (0 % of them broken, as "
+     "delivered and after what platforms do to photos)."),
+    ({"clean": 0.1, "jpeg90": 0.15}, "not_protected",
+     "Not protected against these editors: their edits of this photo still work (10 % of them broken as "
+     "delivered, more after what platforms do to photos)."),
+    ({"clean": 0.19, "jpeg90": 0.19}, "not_protected", None),
+    ({"clean": None}, "not_protected", "Nothing could be measured: the forgers' edits were not tried."),
+])
+def test_verdict_in_words(rates: dict[str, float | None], level: str, text: str | None) -> None:
+    got = verdict(_receipt(rates))
+    assert got["level"] == level
+    if text is not None:
+        assert got["text"] == text
+
+
+def test_verdict_says_whether_edits_still_work_and_what_a_whole_photo_is() -> None:
+    got = verdict(_receipt({"clean": 0.0, "noise": 0.0}, blocked=(0.5, 0.25)))
+    assert got["text"].endswith(" Of the edits that work on the original, 50 % fail or come out visibly ruined as "
+                                "delivered, 25 % in the worst case.")
+    whole = verdict(_receipt({"clean": 0.9, "noise": 0.85}, scope="whole_photo"))
+    assert whole["level"] == "protected" and whole["text"].startswith("No face was found, so this is about the "
+                                                                      "whole picture, not a face. Protected")
