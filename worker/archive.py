@@ -262,7 +262,7 @@ CSV_FIELDS = (
     "max_change_levels", "changed_share", "within_budget", "seconds",
 )
 FORGER_FIELDS = ("success_rate", "distortion", "nullification")
-RECEIPT_FIELDS = ("min_success_rate", "weakest")
+RECEIPT_FIELDS = ("min_success_rate", "weakest", "min_edit_blocked")
 
 
 def output_name(name: str, ext: str, index: int, taken: set[str]) -> str:
@@ -301,7 +301,7 @@ def report_csv(results: Sequence[EntryResult]) -> str:
     conditions = list(dict.fromkeys(c for r in results for c in (((r.report or {}).get("receipt") or {})
                                                                  .get("conditions") or {})))
     columns = [*CSV_FIELDS, *(f"{f}_{k}" for f in forgers for k in FORGER_FIELDS),
-               *(f"receipt_{c}" for c in conditions), *RECEIPT_FIELDS]
+               *(f"receipt_{c}" for c in conditions), *RECEIPT_FIELDS, "verdict"]
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
     writer.writeheader()
@@ -320,6 +320,7 @@ def report_csv(results: Sequence[EntryResult]) -> str:
             row[f"receipt_{c}"] = ((receipt.get("conditions") or {}).get(c) or {}).get("success_rate", "")
         for k in RECEIPT_FIELDS:
             row[k] = receipt.get(k, "")
+        row["verdict"] = (receipt.get("verdict") or {}).get("level", "")  # the text is in report.json
         writer.writerow(row)
     return buf.getvalue()
 

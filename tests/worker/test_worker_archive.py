@@ -137,7 +137,9 @@ def test_reports() -> None:
     rep = {"width": 4, "height": 3, "psnr": 40.0, "ssim": 0.9, "lpips": 0.1, "linf": 0.05, "within_budget": True,
            "seconds": 0.2, "forgers": {"stargan": {"success_rate": 0.2, "distortion": 0.3, "nullification": 0.4}},
            "receipt": {"conditions": {"clean": {"success_rate": 0.2}, "jpeg75": {"success_rate": 0.1}},
-                       "min_success_rate": 0.1, "weakest": "jpeg75"}}
+                       "min_success_rate": 0.1, "weakest": "jpeg75", "min_edit_blocked": 0.0,
+                       "verdict": {"level": "not_protected", "text": "Not protected ..."}},
+           "max_change_levels": 6, "changed_share": 0.25}
     results = [arc.EntryResult(0, "a.jpg", "ok", output="a.png", key="k", size=10, report=rep),
                arc.EntryResult(1, "b.txt", "error", "not an image")]
     assert arc.EntryResult.from_json(results[0].to_json()) == results[0]
@@ -151,3 +153,8 @@ def test_reports() -> None:
     assert (rows[0]["receipt_clean"], rows[0]["receipt_jpeg75"], rows[0]["min_success_rate"], rows[0]["weakest"]) == (
         "0.2", "0.1", "0.1", "jpeg75")
     assert rows[1]["receipt_jpeg75"] == "" and rows[1]["weakest"] == ""
+    # the verdict's level and the change in a user's units, beside the numbers
+    first = rows[0]
+    assert (first["verdict"], first["min_edit_blocked"], first["max_change_levels"], first["changed_share"]) == (
+        "not_protected", "0.0", "6", "0.25")
+    assert rows[1]["verdict"] == ""
