@@ -210,8 +210,9 @@ def photo_receipt(
 
 def verdict(receipt: dict[str, Any]) -> dict[str, str]:
     """What a receipt means, in words a person protecting a photo will not misread: ``level`` (``protected``,
-    ``partly`` or ``not_protected``, from the success rates: see :data:`PROTECTED_AT`) and ``text``, which
-    also says how many of the edits that work on the original no longer do, where the judge measured it."""
+    ``partly`` or ``not_protected``, from the success rates: see :data:`PROTECTED_AT`; an edit changed past the
+    threshold that the judge still reads as working does not count as protected) and ``text``, which also says
+    how many of the edits that work on the original no longer do, where the judge measured it."""
     conditions = receipt["conditions"]
     clean = conditions.get("clean", {}).get("success_rate")
     worst, weakest = receipt.get("min_success_rate"), receipt.get("weakest")
@@ -225,9 +226,14 @@ def verdict(receipt: dict[str, Any]) -> dict[str, str]:
         broken = f"{_pct(clean)} of them broken as delivered, {_pct(worst)} after {after}"
     else:
         broken = f"{_pct(clean)} of them broken as delivered, more after what platforms do to photos"
-    if worst >= PROTECTED_AT:
+    judged = receipt.get("min_edit_blocked")
+    still_work = judged is not None and judged < PROTECTED_AT
+    if worst >= PROTECTED_AT and not still_work:
         level, text = "protected", (f"Protected against these editors: their edits of this photo come out "
                                     f"broken ({broken}).")
+    elif worst >= PROTECTED_AT:  # changed past the threshold, yet the judge still reads many of them as working
+        level, text = "partly", (f"Partly protected: these editors' edits of this photo come out changed "
+                                 f"({broken}), but some of them still do what they were asked.")
     elif worst >= PARTLY_AT or (clean or 0.0) >= PARTLY_AT:
         level, text = "partly", (f"Partly protected: some of these editors' edits of this photo come out broken "
                                  f"({broken}); the others still work.")
@@ -235,9 +241,9 @@ def verdict(receipt: dict[str, Any]) -> dict[str, str]:
         level, text = "not_protected", (f"Not protected against these editors: their edits of this photo still work "
                                         f"({broken}).")
     blocked = conditions.get("clean", {}).get("edit_blocked")
-    if blocked is not None and receipt.get("min_edit_blocked") is not None:
+    if blocked is not None and judged is not None:
         text += (f" Of the edits that work on the original, {_pct(blocked)} fail or come out visibly ruined as "
-                 f"delivered, {_pct(receipt['min_edit_blocked'])} in the worst case.")
+                 f"delivered, {_pct(judged)} in the worst case.")
     if receipt.get("scope") == "whole_photo":
         text = "No face was found, so this is about the whole picture, not a face. " + text
     return {"level": level, "text": text}

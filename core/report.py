@@ -67,8 +67,9 @@ class Verdict(ReportModel):
     """What a receipt means, in words (:func:`core.receipt.verdict`)."""
 
     level: Literal["protected", "partly", "not_protected"] = Field(
-        description="protected: at least 80 % of the edits broken under every condition; partly: at least 20 % "
-        "as delivered or under every condition; else not_protected")
+        description="protected: at least 80 % of the edits broken under every condition (and of the working ones, "
+        "where the judge measured it, 80 % failed or ruined); partly: at least 20 % as delivered or under every "
+        "condition; else not_protected")
     text: str = Field(description="the verdict and its numbers in a sentence or two, for the person it protects")
 
 

@@ -231,6 +231,15 @@ def test_verdict_in_words(rates: dict[str, float | None], level: str, text: str 
         assert got["text"] == text
 
 
+def test_edits_changed_but_still_working_are_not_protected() -> None:
+    changed = _receipt({"clean": 1.0, "jpeg90": 0.85}, blocked=(0.9, 0.05))  # DSR high, the judge disagrees
+    got = verdict(changed)
+    assert got["level"] == "partly" and got["text"].startswith(
+        "Partly protected: these editors' edits of this photo come out changed (100 % of them broken as delivered, "
+        "85 % after JPEG quality 90), but some of them still do what they were asked.")
+    assert verdict(_receipt({"clean": 1.0, "jpeg90": 0.85}, blocked=(0.9, 0.8)))["level"] == "protected"
+
+
 def test_verdict_says_whether_edits_still_work_and_what_a_whole_photo_is() -> None:
     got = verdict(_receipt({"clean": 0.0, "noise": 0.0}, blocked=(0.5, 0.25)))
     assert got["text"].endswith(" Of the edits that work on the original, 50 % fail or come out visibly ruined as "
