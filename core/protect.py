@@ -614,7 +614,7 @@ def verify_photo(
       the face regions (each face's square; PSNR from their pooled squared error, SSIM and LPIPS weighted
       by area), so that neither the untouched rest of a large photo flatters them nor measuring it costs
       seconds; over the whole photo for ``whole_image``; None for ``no_face``. ``linf``: the whole photo.
-      ``max_change_levels`` and ``changed_share``: the same change in a user's units (see :func:`readable_change`).
+      ``max_change_levels`` and ``changed_share``: the same change in a user's units (see :func:`change_of`).
       SSIM and LPIPS of a region or photo larger than :data:`QUALITY_SIDE` are of it downscaled to that size.
     - ``faces``: per protected face its ``box`` (x, y, w, h in pixels), detector ``score``, eye
       ``landmarks`` when found, ``angle`` (degrees the crop was rotated to level the eyes), ``region``
@@ -652,8 +652,7 @@ def verify_photo(
         "ssim": quality["ssim"],
         "lpips": _lpips_or_none(quality["lpips"]),
         "lpips_available": quality["lpips"] != "unavailable",  # else LPIPS's weights are missing (`veil weights`)
-        "linf": float((x_adv - x).abs().max()),
-        **readable_change(x, x_adv),
+        **change_of(x, x_adv),
         "within_budget": p.within_budget,  # of the protection, before any lossy output encoding
         "lossy_output": delivered.encoded is not None,  # then every number here is of the decoded file
         "faces": [],
@@ -682,12 +681,14 @@ def verify_photo(
     return Verified(report, frames)
 
 
-def readable_change(x: torch.Tensor, x_adv: torch.Tensor) -> dict[str, Any]:
-    """The change of a photo in units its owner can read: the largest change of any colour channel in 8-bit
-    levels (of 255; a channel on [-1, 1] moves 127.5 levels per unit), and the share of the photo's pixels that
-    changed at all (a face-only protection leaves the rest exactly as it was)."""
+def change_of(x: torch.Tensor, x_adv: torch.Tensor) -> dict[str, Any]:
+    """How much a photo changed, from one difference image (a 12 MP photo's is 36 M values): ``linf`` on
+    [-1, 1], the same in units its owner can read (the largest change of any colour channel in 8-bit levels
+    of 255: a channel on [-1, 1] moves 127.5 levels per unit), and the share of the photo's pixels that changed
+    at all (a face-only protection leaves the rest exactly as it was)."""
     diff = (x_adv - x).abs()
-    return {"max_change_levels": round(float(diff.max()) * 127.5),
+    linf = float(diff.max())
+    return {"linf": linf, "max_change_levels": round(linf * 127.5),
             "changed_share": float((diff.amax(dim=-3) > 0.5 / 127.5).double().mean())}
 
 

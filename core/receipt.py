@@ -33,7 +33,7 @@ from core.metrics import SUCCESS_THRESHOLD
 from core.transforms.conditions import apply_condition
 
 RECEIPT_CONDITIONS: tuple[str, ...] = ("clean", "jpeg90", "jpeg75", "webp80", "resize0.5", "blur1", "noise")
-# The conditions in a user's words (the page has the same labels).
+# The conditions in a user's words, for the verdict's sentence (the page labels its table in its own).
 CONDITION_WORDS = {"clean": "as delivered", "jpeg90": "JPEG quality 90", "jpeg75": "JPEG quality 75",
                    "webp80": "WebP quality 80", "resize0.5": "a resize to half and back",
                    "blur1": "a slight blur", "noise": "mild noise"}
