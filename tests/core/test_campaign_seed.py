@@ -90,7 +90,12 @@ def test_architectures_take_turns_then_the_furthest_from_the_goals_trains(campai
     # a stage whose turn was ended before it was kept (no hours) is passed over
     assert turns["stargan-lr"] == 0.0
     assert chosen(status(**every_turn_over)) == "stargan-compact128-cpu-cls3"  # from the StarGAN's seed
+    # a stage another process trains (--only) is left to it
+    busy = frozenset({"stargan-compact128-cpu-cls3"})
+    assert campaign.choose(tmp_path, status(**every_turn_over), busy)["stage"] == "fpgan-compact128-cpu-id2-cls3"
     every_turn_over["stargan_compact128_cpu_cls3"] = (turns["stargan-cls"], 0.5)
+    assert chosen(status(**every_turn_over)) == "fpgan-compact128-cpu-id2-cls3"  # from the FPGAN-id1's seed
+    every_turn_over["fpgan_compact128_cpu_id2_cls3"] = (turns["fpgan-cls"], 0.3)
     # each architecture is represented by its best stage (the AttGAN by 0.7, not 0.2); the lowest of them trains
     assert chosen(status(**every_turn_over)) == "fpgan-compact128-cpu"
     every_turn_over["attgan_compact128l4_cpu_warm"] = (turns["attgan"], 0.1)
@@ -226,3 +231,15 @@ def test_a_wider_network_starts_from_a_narrower_seed_as_the_same_function(campai
         campaign.grown(other, narrow.state_dict())
     with pytest.raises(ValueError, match="keys differ"):
         campaign.grown(wide.state_dict(), {k: v for k, v in narrow.state_dict().items() if "dec.0" not in k})
+
+
+def test_a_stage_claimed_by_another_process_is_busy_until_it_ends(campaign: ModuleType, tmp_path: Path) -> None:
+    """``--only`` claims its stage for its lifetime; the scheduled process sees the claim, a second ``--only``
+    of the same stage is refused, and the claim ends with the process that held it (here: the with block)."""
+    name = "fpgan-compact128-cpu-id2-cls3"
+    assert campaign.claimed(tmp_path) == frozenset()
+    with campaign.claim(tmp_path, name):
+        assert campaign.claimed(tmp_path) == frozenset({name})
+        with pytest.raises(SystemExit, match="already trains"), campaign.claim(tmp_path, name):
+            pass
+    assert campaign.claimed(tmp_path) == frozenset()
