@@ -72,14 +72,21 @@ class Leases:
         pipe.execute()
 
     def lapsed(self, limit: int = 1000) -> list[str]:
-        """Leases in ``running`` that expired (at most ``limit``)."""
+        """Leases in ``running`` that expired (at most ``limit``).
+
+        A task that ends releases its lease between this read of ``running`` and the check of its key; an
+        archive's job goes on running under its next task's lease, so reading that lease as lapsed would fail
+        a healthy job as ``worker_lost``. The check therefore reads membership and key in one transaction
+        (``release`` removes both in one): a lease counts as lapsed only while it is still in ``running``."""
         ids = sorted(str(j) for j in self.r.srandmember(self.keys.running(), limit) or [])
         if not ids:
             return []
-        pipe = self.r.pipeline()
+        pipe = self.r.pipeline(transaction=True)
         for lease_id in ids:
+            pipe.sismember(self.keys.running(), lease_id)
             pipe.exists(self.keys.lease(lease_id))
-        return [j for j, alive in zip(ids, pipe.execute(), strict=True) if not alive]
+        flags = pipe.execute()
+        return [j for j, member, alive in zip(ids, flags[0::2], flags[1::2], strict=True) if member and not alive]
 
     def forget(self, lease_id: str) -> None:
         self.r.srem(self.keys.running(), lease_id)

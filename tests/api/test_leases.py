@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 
+import pytest
 import redis
 
 from service.leases import LeaseKeeper, LeaseKeys, Leases, reconcile, task_lease
@@ -34,6 +35,27 @@ def test_a_lease_lapses_unless_its_keeper_refreshes_it(rclient: redis.Redis, red
     keeper.release("job-b/protect")
     assert not rclient.sismember(leases.keys.running(), "job-b/protect")
     keeper.stop_event.set()
+
+
+def test_a_lease_released_while_it_is_being_checked_has_not_lapsed(rclient: redis.Redis, redis_prefix: str) -> None:
+    """The task ends and releases its lease after the reconciler listed ``running`` and before it looked at the
+    lease's key: that job goes on (an archive's next task) and must not be failed as worker_lost."""
+    leases = make(rclient, redis_prefix, "race", ttl=30.0)
+    leases.hold("job-r/protect_archive", "host:1")
+    listed = leases.r.srandmember
+
+    class ReleasedMeanwhile:
+        def __getattr__(self, name: str) -> object:
+            return getattr(rclient, name)
+
+        def srandmember(self, key: str, number: int) -> object:
+            ids = listed(key, number)
+            leases.release("job-r/protect_archive")  # the task ends here
+            return ids
+
+    racing = Leases(ReleasedMeanwhile(), leases.keys, leases.ttl_s)  # type: ignore[arg-type]
+    assert racing.lapsed() == []
+    assert reconcile(racing, {"job-r": "running"}.get, lambda job: pytest.fail(job), lambda key: None).lost == []
 
 
 def test_reconcile_fails_each_lost_running_job_once(rclient: redis.Redis, redis_prefix: str) -> None:
