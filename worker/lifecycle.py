@@ -7,6 +7,12 @@
   queue torch's threads, the device and the preloaded forgers (:func:`worker.models.init_process`).
 * ``worker_ready``: a daemon thread refreshes ``<prefix>workers:<hostname>`` (:func:`service.heartbeat.beat`)
   every ``worker_heartbeat_ttl_s / 3`` seconds; ``worker_shutdown`` stops it and removes the key.
+
+A prefork parent forks a new child whenever one dies, while its heartbeat thread runs. A fork copies every
+lock as it is at that instant, and one the heartbeat thread holds mid-round (its Redis client's, the S3
+client's, the context's) stays held forever in the child, which hangs at its first use of it: a redelivered
+task that was received and never started. So a fork waits for the round in progress to end
+(:data:`ROUND`, taken by each round and by ``os.fork``), bounded by the Redis and S3 socket timeouts.
 """
 
 from __future__ import annotations
@@ -27,6 +33,17 @@ from worker.config import WorkerSettings, get_worker_settings
 from worker.context import get_context, reset_context
 
 log = logging.getLogger(__name__)
+
+ROUND = threading.Lock()  # held by a heartbeat round and across every fork of this process
+
+
+def _release_round() -> None:
+    ROUND.release()
+
+
+# The forking thread takes it (waiting for a round to end) and releases it on both sides of the fork; the
+# child's copy is held by its own main thread, which the release in the child frees.
+os.register_at_fork(before=ROUND.acquire, after_in_parent=_release_round, after_in_child=_release_round)
 
 
 class _State:
@@ -91,15 +108,19 @@ class Heartbeat:
         # the reconciler must notice a lapsed lease well within its TTL, whatever the heartbeat's period
         interval = max(0.5, min(self.settings.worker_heartbeat_ttl_s, self.settings.job_lease_ttl_s) / 3)
         while not self.stop_event.wait(interval):
-            try:
-                self.beat_once()
-            except redis.RedisError as exc:
-                log.warning("heartbeat failed: %s", exc)
-                continue
-            try:
-                reconcile_leftovers()
-            except Exception:  # the heartbeat must outlive any error of the reconciler
-                log.exception("reconciling leftovers failed")
+            with ROUND:  # no fork while a round holds any lock (see the module's docstring)
+                self._round()
+
+    def _round(self) -> None:
+        try:
+            self.beat_once()
+        except redis.RedisError as exc:
+            log.warning("heartbeat failed: %s", exc)
+            return
+        try:
+            reconcile_leftovers()
+        except Exception:  # the heartbeat must outlive any error of the reconciler
+            log.exception("reconciling leftovers failed")
 
     def start(self) -> None:
         try:

@@ -109,6 +109,37 @@ print(os.waitstatus_to_exitcode(status))
     assert out.stdout.strip() == "0", "the forked child hung on the context lock"
 
 
+def test_a_fork_waits_for_the_heartbeat_round_in_progress() -> None:
+    """A prefork parent forks while its heartbeat thread may be mid-round, holding locks of its Redis and S3
+    clients that would stay held forever in the child. The fork waits for the round to end, and the child
+    starts with the round lock free."""
+    code = """
+import os, threading, time
+from worker import lifecycle
+held = threading.Event()
+def round_in_progress():
+    with lifecycle.ROUND:
+        held.set()
+        time.sleep(0.5)
+        ended.append(time.monotonic())
+ended = []
+threading.Thread(target=round_in_progress, daemon=True).start()
+held.wait(10)
+pid = os.fork()
+if pid == 0:
+    os._exit(0 if lifecycle.ROUND.acquire(timeout=5) else 1)
+forked = time.monotonic()
+_, status = os.waitpid(pid, 0)
+print(bool(ended) and forked >= ended[0], os.waitstatus_to_exitcode(status), lifecycle.ROUND.acquire(timeout=5))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert out.returncode == 0, out.stderr
+    waited, child, parent = out.stdout.split()
+    assert waited == "True", "the fork did not wait for the round to end"
+    assert child == "0", "the child could not take the round lock"
+    assert parent == "True", "the parent's round lock was left held"
+
+
 def test_protect_with_targets_and_formats() -> None:
     from core.forgers import create_forger
     from core.methods import create_method
