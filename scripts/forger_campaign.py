@@ -384,6 +384,15 @@ def _claim_file(state: Path, name: str) -> Path:
     return state / "runs" / f"{name}.claim"
 
 
+def _flock_now(fh: Any, operation: int) -> bool:
+    """Take an flock without waiting; False when another process holds it."""
+    try:
+        fcntl.flock(fh, operation | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
+
+
 @contextlib.contextmanager
 def claim(state: Path, name: str) -> Iterator[None]:
     """Held by an ``--only`` process while it trains ``name``, so that the scheduled process does not train
@@ -392,10 +401,8 @@ def claim(state: Path, name: str) -> Iterator[None]:
     path = _claim_file(state, name)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise SystemExit(f"another campaign process already trains {name}") from None
+        if not _flock_now(fh, fcntl.LOCK_EX):
+            raise SystemExit(f"another campaign process already trains {name}")
         yield
 
 
@@ -407,9 +414,7 @@ def claimed(state: Path) -> frozenset[str]:
         if not path.is_file():
             continue
         with open(path) as fh:
-            try:
-                fcntl.flock(fh, fcntl.LOCK_SH | fcntl.LOCK_NB)
-            except BlockingIOError:
+            if not _flock_now(fh, fcntl.LOCK_SH):
                 busy.add(stage["stage"])
     return frozenset(busy)
 

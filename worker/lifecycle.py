@@ -36,14 +36,9 @@ log = logging.getLogger(__name__)
 
 ROUND = threading.Lock()  # held by a heartbeat round and across every fork of this process
 
-
-def _release_round() -> None:
-    ROUND.release()
-
-
 # The forking thread takes it (waiting for a round to end) and releases it on both sides of the fork; the
 # child's copy is held by its own main thread, which the release in the child frees.
-os.register_at_fork(before=ROUND.acquire, after_in_parent=_release_round, after_in_child=_release_round)
+os.register_at_fork(before=ROUND.acquire, after_in_parent=ROUND.release, after_in_child=ROUND.release)
 
 
 class _State:
