@@ -7,14 +7,18 @@ MSE(G(x, c_trg), x) and identity error MSE(G(x, c_org), x). Measurements are cac
 so a rerun measures only new ones.
 
     python benchmarks/forger_recipes.py                 # the campaign's state (see scripts/forger_campaign.py)
-Writes ``benchmarks/results/forger-recipes.json`` and ``forger-recipes.png``, prints a table.
+Writes ``benchmarks/results/forger-recipes.json`` and ``forger-recipes.png`` and prints a table, then each
+architecture's outlook: its best stage, that stage's trend per CPU-hour over the last hour of its curve, and the
+CPU-hours to each goal at that trend (a straight line: where the curves bend, as they do, an optimistic one).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
+import statistics
 import sys
 from pathlib import Path
 from typing import Any
@@ -23,7 +27,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
 
-from forger_campaign import PLAN, SELECT_FACES, default_state, read_status, seed_start
+from forger_campaign import PLAN, SELECT_FACES, default_state, read_status, score, seed_start
 
 from core.checkpoints import load_weights
 from core.classifier import load_judge
@@ -33,6 +37,14 @@ from core.forgers import arch, create_forger
 
 RESULTS = Path(__file__).parent / "results"
 KEYS = ("target_accuracy", "edit_strength", "identity_mse", "reconstruction_mse")
+# The goals for the shipped 128 px defaults: target accuracy per architecture, identity error at most a third of
+# the edit strength, an edit strength of at least 0.03.
+ACCURACY_GOAL = {"stargan": 0.85, "fpgan": 0.85, "attgan": 0.80}
+SHARE_GOAL = 1 / 3
+EDIT_GOAL = 0.03
+# A stage's trend is read from the last hour of its own curve (at least 3 points over a quarter of an hour):
+# older points belong to a stage that was still finding its feet after it started from another's seed.
+TREND_HOURS = 1.0
 
 
 def measure_snapshot(path: Path, faces: torch.Tensor, attrs: torch.Tensor, judge: Any) -> dict[str, Any]:
@@ -81,6 +93,79 @@ def started_at(curves: dict[str, list[dict[str, Any]]], status: dict[str, Any] |
             upstream = out.get(began["stage"], ("", 0.0))[1]
             out[stage["stage"]] = (began["stage"], upstream + float(began["cpu_hours"]))
     return out
+
+
+def share(point: dict[str, Any]) -> float:
+    """The identity error's share of the edit: how much of what an edit changes the forger changes anyway."""
+    return point["identity_mse"] / max(point["edit_strength"], 1e-9)
+
+
+def trend(rows: list[dict[str, Any]], key: Any, hours: float = TREND_HOURS) -> float | None:
+    """Least-squares slope per CPU-hour of ``key(point)`` over the last ``hours`` of a stage's curve; None with too
+    few points to read one."""
+    last = rows[-1]["cpu_hours"]
+    recent = [r for r in rows if r["cpu_hours"] >= last - hours]
+    if len(recent) < 3 or recent[-1]["cpu_hours"] - recent[0]["cpu_hours"] < 0.25:
+        return None
+    return statistics.linear_regression([r["cpu_hours"] for r in recent], [key(r) for r in recent]).slope
+
+
+def hours_to(now: float, goal: float, slope: float | None, rising: bool) -> float | None:
+    """CPU-hours to reach ``goal`` from ``now`` at ``slope`` per hour: 0 once reached, inf where the trend is flat or
+    goes the wrong way, None without a trend."""
+    gap = goal - now if rising else now - goal
+    if gap <= 0:
+        return 0.0
+    if slope is None:
+        return None
+    rate = slope if rising else -slope
+    return gap / rate if rate > 0 else math.inf
+
+
+def outlook(curves: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, Any]]:
+    """Per architecture: its best stage by the campaign's score at its last point, where that stands against the
+    goals, its trend per CPU-hour and the CPU-hours to each goal at that trend; and the CPU-hours the campaign has
+    spent on the architecture in all (each stage's own hours, summed)."""
+    out: dict[str, dict[str, Any]] = {}
+    for forger, goal in ACCURACY_GOAL.items():
+        stages = {s["stage"] for s in PLAN if s["forger"] == forger}
+        rows = {name: pts for name, pts in curves.items() if name in stages and pts}
+        if not rows:
+            continue
+        best = max(rows, key=lambda name: score(rows[name][-1]))
+        last = rows[best][-1]
+        acc_slope, share_slope = trend(rows[best], lambda r: r["target_accuracy"]), trend(rows[best], share)
+        out[forger] = {
+            "stage": best, "cpu_hours_spent": round(sum(pts[-1]["cpu_hours"] for pts in rows.values()), 2),
+            "target_accuracy": last["target_accuracy"], "identity_share": share(last),
+            "edit_strength": last["edit_strength"], "accuracy_per_cpu_hour": acc_slope,
+            "share_per_cpu_hour": share_slope,
+            "cpu_hours_to_accuracy_goal": hours_to(last["target_accuracy"], goal, acc_slope, rising=True),
+            "cpu_hours_to_share_goal": hours_to(share(last), SHARE_GOAL, share_slope, rising=False),
+            "edit_goal_met": last["edit_strength"] >= EDIT_GOAL,
+        }
+    return out
+
+
+def _hours(value: float | None) -> str:
+    return "no trend yet" if value is None else "never at this trend" if math.isinf(value) else f"{value:.1f}"
+
+
+def print_outlook(view: dict[str, dict[str, Any]]) -> None:
+    print("\narchitecture  best stage                          CPU-h spent  accuracy (/h)    identity share (/h)"
+          "   CPU-h to accuracy goal / share goal")
+    for forger, o in view.items():
+        acc = "" if o["accuracy_per_cpu_hour"] is None else f" ({100 * o['accuracy_per_cpu_hour']:+.1f})"
+        sh = "" if o["share_per_cpu_hour"] is None else f" ({o['share_per_cpu_hour']:+.3f})"
+        to_goals = f"{_hours(o['cpu_hours_to_accuracy_goal'])} / {_hours(o['cpu_hours_to_share_goal'])}"
+        print(f"{forger:12s}  {o['stage']:34s}  {o['cpu_hours_spent']:11.2f}  {100 * o['target_accuracy']:.1f} %"
+              f"{acc:9s}  {o['identity_share']:.2f}{sh:10s}        {to_goals}")
+
+
+def _json_hours(view: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """JSON has no infinity: a goal never reached at the trend is written as the string "never"."""
+    return {f: {k: "never" if isinstance(v, float) and math.isinf(v) else v for k, v in o.items()}
+            for f, o in view.items()}
 
 
 def plot(curves: dict[str, list[dict[str, Any]]], path: Path, status: dict[str, Any] | None = None) -> None:
@@ -164,11 +249,14 @@ def main() -> None:
         for r in rows:
             print(f"  {r['iteration']:9d}  {r['cpu_hours']:5.2f}  {100 * r['target_accuracy']:9.1f}%  "
                   f"{r['edit_strength']:.4f}  {r['identity_mse']:.4f}    {r['identity_mse'] / r['edit_strength']:.2f}")
+    view = outlook(curves)
+    print_outlook(view)
     RESULTS.mkdir(parents=True, exist_ok=True)
     info = {"faces": args.faces, "judge": "attribute-classifier-128 (the 64 px classifier where it is absent)",
             "load_average_1min_start": load, "load_average_1min_end": round(os.getloadavg()[0], 2),
             "command": f"python benchmarks/forger_recipes.py --faces {args.faces}"}
-    (RESULTS / "forger-recipes.json").write_text(json.dumps({"info": info, "curves": curves}, indent=1))
+    (RESULTS / "forger-recipes.json").write_text(json.dumps({"info": info, "outlook": _json_hours(view),
+                                                                   "curves": curves}, indent=1))
     plot(curves, RESULTS / "forger-recipes.png", read_status(args.state))
     print("wrote benchmarks/results/forger-recipes.json, .png")
 
