@@ -337,9 +337,11 @@ def measure(trainer: Any, data: Path | None) -> dict[str, Any]:
 # its state not kept): its turn is over; the heavier classification term (77.2, 77.8 %) goes on instead.
 # That read 77.8, 77.9, 77.4, 77.4 % from 0.37 to 0.76 CPU-hours: its weights at 299 iterations ship as the
 # default StarGAN (74.4 % on 1,000 faces); its turn ended at its committed seed (0.37), its later state not kept.
+# The FPGAN alike read 75.1, 75.2, 75.4, 75.1 % from 0.24 to 0.84 CPU-hours (identity 0.71-0.70 of the edit): its
+# turn ended at its committed seed (0.43).
 TURN_HOURS = {"stargan": 6.0, "fpgan": 4.0, "attgan": 3.1, "attgan-rec20": 1.0, "fpgan-id2": 0.6, "fpgan-id1": 0.5,
               "attgan-rec10": 1.0, "attgan-s2": 0.9, "stargan-lr": 0.0,
-              "stargan-cls": 0.36, "fpgan-cls": 1.0}
+              "stargan-cls": 0.36, "fpgan-cls": 0.43}
 
 
 def choose(state: Path, status: dict[str, Any], busy: frozenset[str] = frozenset()) -> dict[str, Any] | None:

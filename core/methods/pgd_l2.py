@@ -78,8 +78,8 @@ class PGDL2(Protection):
     paper = "Madry et al., Towards Deep Learning Models Resistant to Adversarial Attacks, ICLR 2018 (arXiv 1706.06083)"
     budget_units = "RMS on [-1, 1] (PSNR = 20 log10(2 / eps) dB)"
     # 20 steps: on 20 photos against the 128 px StarGAN they defeat the same edits as 60 (28 % as delivered, 16 % at
-    # the weakest condition, on average) in 42 % of the time (benchmarks/results/photos-compact128-pgd-l2-s20.md;
-    # 60 steps: the same photos in photos-compact128-methods-b.md).
+    # the weakest condition, on average) in 44 % of the time (benchmarks/results/photos-compact128-pgd-l2-s60.md, and
+    # the same photos in photos-compact128-pgd-l2.md).
     defaults = {"eps": 0.035, "steps": 20, "objective": "distort", "random_start": True, "momentum": 0.9}
     eps_range = (0.0, 0.2)
 
