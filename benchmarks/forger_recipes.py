@@ -27,7 +27,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
 
-from forger_campaign import PLAN, SELECT_FACES, default_state, read_status, score, seed_start
+from forger_campaign import PLAN, SELECT_FACES, default_state, read_status, score, seed_start, share
 
 from core.checkpoints import load_weights
 from core.classifier import load_judge
@@ -93,11 +93,6 @@ def started_at(curves: dict[str, list[dict[str, Any]]], status: dict[str, Any] |
             upstream = out.get(began["stage"], ("", 0.0))[1]
             out[stage["stage"]] = (began["stage"], upstream + float(began["cpu_hours"]))
     return out
-
-
-def share(point: dict[str, Any]) -> float:
-    """The identity error's share of the edit: how much of what an edit changes the forger changes anyway."""
-    return point["identity_mse"] / max(point["edit_strength"], 1e-9)
 
 
 def trend(rows: list[dict[str, Any]], key: Any, hours: float = TREND_HOURS) -> float | None:
@@ -185,10 +180,10 @@ def plot(curves: dict[str, list[dict[str, Any]]], path: Path, status: dict[str, 
         hours = [offset + r["cpu_hours"] for r in rows]
         axes[0].plot(hours, [100 * r["target_accuracy"] for r in rows], marker="o", label=name)
         axes[1].plot(hours, [r["edit_strength"] for r in rows], marker="o", label=name)
-        axes[2].plot(hours, [r["identity_mse"] / max(r["edit_strength"], 1e-9) for r in rows], marker="o", label=name)
-    axes[0].axhline(85, color="grey", linestyle="--", linewidth=1)
-    axes[1].axhline(0.03, color="grey", linestyle="--", linewidth=1)
-    axes[2].axhline(1 / 3, color="grey", linestyle="--", linewidth=1)
+        axes[2].plot(hours, [share(r) for r in rows], marker="o", label=name)
+    axes[0].axhline(100 * ACCURACY_GOAL["stargan"], color="grey", linestyle="--", linewidth=1)
+    axes[1].axhline(EDIT_GOAL, color="grey", linestyle="--", linewidth=1)
+    axes[2].axhline(SHARE_GOAL, color="grey", linestyle="--", linewidth=1)
     for ax, title in zip(axes, ("target accuracy (%), goal 85", "edit strength MSE, goal >= 0.03",
                                 "identity error / edit strength, goal <= 1/3"), strict=True):
         ax.set_title(title)
@@ -248,7 +243,7 @@ def main() -> None:
         print("  iteration  CPU-h  target acc  edit    identity  id/edit")
         for r in rows:
             print(f"  {r['iteration']:9d}  {r['cpu_hours']:5.2f}  {100 * r['target_accuracy']:9.1f}%  "
-                  f"{r['edit_strength']:.4f}  {r['identity_mse']:.4f}    {r['identity_mse'] / r['edit_strength']:.2f}")
+                  f"{r['edit_strength']:.4f}  {r['identity_mse']:.4f}    {share(r):.2f}")
     view = outlook(curves)
     print_outlook(view)
     RESULTS.mkdir(parents=True, exist_ok=True)

@@ -124,10 +124,14 @@ def write_status(state: Path, status: dict[str, Any]) -> None:
     tmp.replace(state / "status.json")
 
 
+def share(m: dict[str, Any]) -> float:
+    """The identity error's share of the edit: how much of what an edit changes the forger changes anyway."""
+    return float(m["identity_mse"]) / max(float(m["edit_strength"]), 1e-6)
+
+
 def score(m: dict[str, Any]) -> float:
     """Higher is better: target accuracy, less the identity error's share of the edit (the goals' terms)."""
-    ratio = m["identity_mse"] / max(m["edit_strength"], 1e-6)
-    return m.get("target_accuracy", 0.0) - 0.5 * max(0.0, ratio - 1 / 3)
+    return m.get("target_accuracy", 0.0) - 0.5 * max(0.0, share(m) - 1 / 3)
 
 
 def make_trainer(stage: dict[str, Any], state: Path, status: dict[str, Any], data: Path | None) -> Any:
